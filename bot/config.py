@@ -1,0 +1,184 @@
+"""Settings from the environment (and `.env` when present), validated once at start.
+
+The names are the interface contract of SPEC.md; a bad value raises `ConfigError` whose message
+names the variable, so the entry point can print one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet
+from dotenv import load_dotenv
+
+from bot.errors import ConfigError
+from bot.presets import PRESETS
+
+DEFAULT_RUNPOD_API_URL = "https://api.runpod.ai/v2"
+DEFAULT_DATABASE_URL = "sqlite:///data/bot.db"
+_DATABASE_SCHEMES = ("sqlite", "postgres", "postgresql")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A string that never shows itself in `repr`, `str`, f-strings or logs."""
+
+    _value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        return self._value
+
+    @property
+    def masked(self) -> str:
+        """What an admin may see: enough to recognise the key, not to use it."""
+        tail = self._value[-4:] if len(self._value) >= 12 else ""
+        return f"…{tail}" if tail else "…"
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Settings:
+    discord_token: Secret | None = None
+    runpod_api_key: Secret | None = None
+    runpod_endpoint_id: str | None = None
+    runpod_api_url: str = DEFAULT_RUNPOD_API_URL
+    runpod_worker: str = "sdxl"
+    database_url: Secret = Secret(DEFAULT_DATABASE_URL)
+    encryption_keys: tuple[Secret, ...] = ()
+    guild_ids: tuple[int, ...] = ()
+    log_level: str = "INFO"
+
+    def require_discord_token(self) -> Secret:
+        if self.discord_token is None:
+            raise ConfigError(
+                "DISCORD_TOKEN is not set: put the bot token from the Discord developer portal "
+                "in the environment or in .env"
+            )
+        return self.discord_token
+
+    def require_runpod(self) -> tuple[Secret, str]:
+        """The operator's default key and endpoint, for the CLI and for guilds without their own."""
+        if self.runpod_api_key is None:
+            raise ConfigError("RUNPOD_API_KEY is not set (RUNPOD_KEY is accepted too)")
+        if self.runpod_endpoint_id is None:
+            raise ConfigError("RUNPOD_ENDPOINT_ID is not set (or give RUNPOD_BASE_URL=https://api.runpod.ai/v2/<id>)")
+        return self.runpod_api_key, self.runpod_endpoint_id
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting. With no mapping given, `.env` is loaded first (real env wins)."""
+    if environ is None:
+        load_dotenv(override=False)
+        environ = os.environ
+    env = {key: value.strip() for key, value in environ.items() if value.strip()}
+
+    api_url, endpoint_from_base = _runpod_urls(env)
+    worker = env.get("RUNPOD_WORKER", "sdxl").lower()
+    if worker not in PRESETS:
+        raise ConfigError(f"RUNPOD_WORKER must be one of {', '.join(PRESETS)}, not {worker!r}")
+    key = env.get("RUNPOD_API_KEY") or env.get("RUNPOD_KEY")
+    return Settings(
+        discord_token=_secret(env.get("DISCORD_TOKEN")),
+        runpod_api_key=_secret(key),
+        runpod_endpoint_id=_endpoint_id(env.get("RUNPOD_ENDPOINT_ID") or endpoint_from_base),
+        runpod_api_url=api_url,
+        runpod_worker=worker,
+        database_url=Secret(_database_url(env.get("DATABASE_URL", DEFAULT_DATABASE_URL))),
+        encryption_keys=_fernet_keys(env.get("BOT_ENCRYPTION_KEY", "")),
+        guild_ids=_guild_ids(env.get("DISCORD_GUILD_IDS", "")),
+        log_level=_log_level(env.get("LOG_LEVEL", "INFO")),
+    )
+
+
+def _secret(value: str | None) -> Secret | None:
+    return Secret(value) if value else None
+
+
+def _runpod_urls(env: Mapping[str, str]) -> tuple[str, str | None]:
+    """RUNPOD_API_URL is the API root; RUNPOD_BASE_URL (the original script's) names one endpoint."""
+    endpoint = None
+    root = env.get("RUNPOD_API_URL")
+    base = env.get("RUNPOD_BASE_URL")
+    if base:
+        _check_http_url("RUNPOD_BASE_URL", base)
+        parent, _, endpoint = base.rstrip("/").rpartition("/")
+        if not endpoint or urlsplit(parent).path in ("", "/"):
+            raise ConfigError(f"RUNPOD_BASE_URL must look like {DEFAULT_RUNPOD_API_URL}/<endpoint_id>")
+        root = root or parent
+    root = root or DEFAULT_RUNPOD_API_URL
+    _check_http_url("RUNPOD_API_URL", root)
+    return root.rstrip("/"), endpoint
+
+
+def _check_http_url(name: str, value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name} must be an http(s) URL, not {value!r}")
+
+
+def _endpoint_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"RUNPOD_ENDPOINT_ID must be an endpoint id such as 'abc123xyz', not {value!r}")
+    return value
+
+
+def _database_url(value: str) -> str:
+    scheme = urlsplit(value).scheme.split("+")[0]
+    if scheme not in _DATABASE_SCHEMES:
+        # Never echo the value: it may hold a password.
+        raise ConfigError("DATABASE_URL must start with sqlite:///, postgres:// or postgresql://")
+    return value
+
+
+def _fernet_keys(value: str) -> tuple[Secret, ...]:
+    keys = [part.strip() for part in value.split(",") if part.strip()]
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except ValueError:
+            raise ConfigError(
+                f"BOT_ENCRYPTION_KEY entry {position} is not a Fernet key (32 url-safe base64 bytes); make one with: "
+                'python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+            ) from None
+    return tuple(Secret(key) for key in keys)
+
+
+def _guild_ids(value: str) -> tuple[int, ...]:
+    ids = []
+    for part in (part.strip() for part in value.split(",")):
+        if not part:
+            continue
+        if not part.isdigit():
+            raise ConfigError(f"DISCORD_GUILD_IDS must be comma-separated numeric guild ids; {part!r} is not one")
+        ids.append(int(part))
+    return tuple(ids)
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in _LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, not {value!r}")
+    return level
+
+
+def configure_logging(level: str) -> None:
+    """Log to stdout; discord.http stays at WARNING because it logs request routes at DEBUG/INFO."""
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        handlers=[logging.StreamHandler(sys.stdout)],
+        force=True,
+    )
+    logging.getLogger("discord.http").setLevel(logging.WARNING)

@@ -1,0 +1,247 @@
+"""The job engine: submit a job and follow it to the end, with no Discord in sight.
+
+`follow_job` yields a `JobUpdate` whenever something a person would notice changes (state, worker,
+progress) and finally a `JobResult` with the decoded pictures; every other ending raises a `JobError`
+whose message says what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from bot.errors import (
+    JobCancelled,
+    JobExpired,
+    JobFailed,
+    JobTimedOut,
+    OutputError,
+    RunPodBadResponse,
+    RunPodError,
+    RunPodNotFound,
+    RunPodRateLimited,
+    RunPodUnavailable,
+)
+from bot.images import DecodedImage, ImageFetcher, find_images
+from bot.params import GenerationParams
+from bot.presets import WorkerPreset
+from bot.runpod import JobState, JobStatus, RunPodClient
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_LENGTH = 300
+
+
+@dataclass(frozen=True)
+class Progress:
+    text: str  # what the worker said, e.g. "4/10" or "denoising"
+    fraction: float | None = None  # 0..1 when the worker's value can be read as one
+
+
+@dataclass(frozen=True)
+class JobUpdate:
+    job_id: str
+    state: JobState
+    delay_ms: int | None = None
+    execution_ms: int | None = None
+    worker_id: str | None = None
+    progress: Progress | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job_id: str
+    images: tuple[DecodedImage, ...]
+    delay_ms: int | None = None
+    execution_ms: int | None = None
+    worker_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """Poll quickly after a change, then back off while nothing moves; a queue can last minutes."""
+
+    queued: tuple[float, float] = (1.0, 4.0)  # first and longest interval while IN_QUEUE
+    running: tuple[float, float] = (0.5, 2.0)
+    growth: float = 1.5
+    max_failures: int = 6  # consecutive failed polls (each already retried by the client) before giving up
+
+    def delay(self, state: JobState, unchanged_polls: int) -> float:
+        first, longest = self.queued if state is JobState.IN_QUEUE else self.running
+        return min(longest, first * self.growth**unchanged_polls)
+
+
+async def submit_job(
+    client: RunPodClient,
+    params: GenerationParams,
+    preset: WorkerPreset,
+    *,
+    workflow: Any = None,
+    execution_timeout_s: float | None = None,
+) -> JobStatus:
+    """Build the worker's input and POST /run. `params` must carry a seed."""
+    job_input = preset.build_input(params, workflow)
+    policy = {"executionTimeout": int(execution_timeout_s * 1000)} if execution_timeout_s else None
+    status = await client.run(job_input, policy=policy)
+    log.info("job %s submitted to endpoint %s (%s)", status.id, client.endpoint_id, preset.name)
+    return status
+
+
+async def follow_job(
+    client: RunPodClient,
+    job_id: str,
+    fetcher: ImageFetcher,
+    *,
+    timeout: float | None = None,
+    poll: PollPolicy | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> AsyncIterator[JobUpdate | JobResult]:
+    """Poll one job until it ends. With `timeout`, a job still unfinished then is cancelled on RunPod."""
+    poll = poll or PollPolicy()
+    deadline = clock() + timeout if timeout is not None else None
+    last: JobUpdate | None = None
+    unchanged = failures = 0
+    while True:
+        try:
+            status = await client.status(job_id)
+            failures = 0
+        except RunPodNotFound:
+            raise JobExpired(
+                "RunPod no longer has this job (404): results are kept for 30 minutes after they finish.", job_id
+            ) from None
+        except (RunPodUnavailable, RunPodRateLimited, RunPodBadResponse) as error:
+            failures += 1
+            if failures >= poll.max_failures:
+                raise
+            log.warning("job %s: status poll failed (%s); will retry", job_id, error)
+            status = None
+
+        if status is not None:
+            if status.state.is_terminal:
+                yield await _finish(status, fetcher)
+                return
+            update = _update(status)
+            if update != last:
+                last, unchanged = update, 0
+                yield update
+            else:
+                unchanged += 1
+
+        delay = poll.delay(last.state if last else JobState.IN_QUEUE, unchanged)
+        if deadline is not None:
+            remaining = deadline - clock()
+            if remaining <= 0:
+                await _give_up(client, job_id, timeout or 0)
+            delay = min(delay, remaining)
+        await sleep(delay)
+
+
+def _update(status: JobStatus) -> JobUpdate:
+    progress = parse_progress(status.output) if status.has_output else None
+    return JobUpdate(status.id, status.state, status.delay_ms, status.execution_ms, status.worker_id, progress)
+
+
+async def _finish(status: JobStatus, fetcher: ImageFetcher) -> JobResult:
+    job_id = status.id
+    log.info("job %s ended %s (queue %s ms, run %s ms)", job_id, status.state, status.delay_ms, status.execution_ms)
+    if status.state is JobState.FAILED:
+        raise JobFailed(describe_worker_error(status.error, status.output), job_id)
+    if status.state is JobState.CANCELLED:
+        raise JobCancelled("The job was cancelled on RunPod.", job_id)
+    if status.state is JobState.TIMED_OUT:
+        raise JobTimedOut(
+            "RunPod timed the job out: no worker picked it up in time, or it ran past the endpoint's execution "
+            "timeout. Try again, or raise the endpoint's timeout.",
+            job_id,
+        )
+    try:
+        images = await fetcher.decode_all(find_images(status.output if status.has_output else None))
+    except OutputError as error:
+        error.job_id = job_id
+        raise
+    return JobResult(job_id, tuple(images), status.delay_ms, status.execution_ms, status.worker_id)
+
+
+async def _give_up(client: RunPodClient, job_id: str, timeout: float) -> NoReturn:
+    """Our deadline passed: cancel on RunPod so the job stops billing, then say so."""
+    try:
+        await client.cancel(job_id)
+        outcome = "it was cancelled on RunPod so it stops costing GPU time"
+    except RunPodError as error:
+        log.warning("job %s: cancel after timeout failed: %s", job_id, error)
+        outcome = "cancelling it on RunPod failed, so it may still run"
+    raise JobTimedOut(f"No result after {timeout:g} s; {outcome}.", job_id)
+
+
+_FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)")
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
+
+
+def parse_progress(value: Any) -> Progress | None:
+    """Read a worker's `progress_update` value: "4/10", "40%", 0.4, {"progress": ...}, {"step", "total"}."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        step, total = value.get("step"), value.get("total") or value.get("steps")
+        if _is_number(step) and _is_number(total) and total > 0:
+            return Progress(f"{step}/{total}", _clamp(step / total))
+        for key in ("progress", "percent", "status", "message"):
+            if key in value:
+                inner = parse_progress(value[key])
+                if inner is not None and key == "percent" and _is_number(value[key]):
+                    return Progress(f"{value[key]:g}%", _clamp(value[key] / 100))
+                return inner
+        return None
+    if _is_number(value):
+        fraction = value if value <= 1 else value / 100
+        return Progress(f"{round(_clamp(fraction) * 100)}%", _clamp(fraction))
+    if isinstance(value, str) and value.strip():
+        text = value.strip()[:100]
+        if match := _FRACTION.match(text):
+            done, total = float(match.group(1)), float(match.group(2))
+            return Progress(text, _clamp(done / total) if total else None)
+        if match := _PERCENT.search(text):
+            return Progress(text, _clamp(float(match.group(1)) / 100))
+        return Progress(text)
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _clamp(fraction: float) -> float:
+    return max(0.0, min(1.0, fraction))
+
+
+def describe_worker_error(error: Any, output: Any = None) -> str:
+    """The worker's own words, never a traceback: runpod-python sends a JSON string with `error_message`."""
+    message: Any = error
+    if isinstance(error, str):
+        try:
+            decoded = json.loads(error)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict):
+            message = decoded.get("error_message") or decoded.get("error") or decoded.get("message")
+    elif isinstance(error, dict):
+        message = error.get("error_message") or error.get("message") or error.get("error")
+    elif isinstance(error, list):
+        message = "; ".join(str(item) for item in error)
+    if isinstance(output, dict) and isinstance(output.get("details"), list) and output["details"]:
+        message = f"{message}: {'; '.join(str(item) for item in output['details'][:3])}"
+    text = str(message).strip() if message else ""
+    if "Traceback (most recent call last)" in text:
+        text = text.strip().splitlines()[-1]
+    if not text:
+        return "The worker failed without saying why."
+    if len(text) > MAX_ERROR_LENGTH:
+        text = text[: MAX_ERROR_LENGTH - 1] + "…"
+    return f"The worker failed: {text}"

@@ -1,0 +1,75 @@
+"""Domain errors. Each one carries a message a member or operator can act on, never a traceback."""
+
+from __future__ import annotations
+
+
+class BotError(Exception):
+    """Base of every error this project raises on purpose; `str()` is safe to show to a user."""
+
+
+class ConfigError(BotError):
+    """A missing or malformed setting; the message names the variable."""
+
+
+# --- RunPod API ---------------------------------------------------------------------------------
+
+
+class RunPodError(BotError):
+    """Something went wrong talking to RunPod."""
+
+
+class RunPodAuthError(RunPodError):
+    def __init__(self) -> None:
+        super().__init__("RunPod refused the API key (401). Check that the key is valid and has access.")
+
+
+class RunPodNotFound(RunPodError):
+    """404: the endpoint id is wrong, or the job is unknown or past RunPod's retention."""
+
+
+class RunPodRateLimited(RunPodError):
+    def __init__(self) -> None:
+        super().__init__("RunPod kept answering 429 (rate limited); try again in a minute.")
+
+
+class RunPodUnavailable(RunPodError):
+    """5xx, connection failures and timeouts that outlasted the retries."""
+
+
+class RunPodBadResponse(RunPodError):
+    """A body that is not JSON, or JSON of the wrong shape."""
+
+
+class RunPodRejected(RunPodError):
+    """400 and other 4xx: RunPod refused the request itself (bad input)."""
+
+
+# --- job outcomes ---------------------------------------------------------------------------------
+
+
+class JobError(BotError):
+    """A job ended without pictures."""
+
+    def __init__(self, message: str, job_id: str | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class JobFailed(JobError):
+    """RunPod reported FAILED; the message is the worker's own error text."""
+
+
+class JobCancelled(JobError):
+    pass
+
+
+class JobTimedOut(JobError):
+    """RunPod reported TIMED_OUT, or our own deadline passed (then the job was cancelled)."""
+
+
+class JobExpired(JobError):
+    """The job is gone from RunPod (404): its result outlived the 30-minute retention or its TTL."""
+
+
+class OutputError(JobError):
+    """The job completed but its output held no usable picture."""

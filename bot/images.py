@@ -1,0 +1,311 @@
+"""Find the pictures in a worker's output, whatever its shape, and prove they are pictures.
+
+Shapes (reference/runpod-api.md section 5): worker-sdxl `{image_url, images[], seed}`, worker-comfyui 5.x
+`{images: [{type: base64|s3_url, data}]}` and older `{status, message}`, A1111 `{images: [b64], info}`,
+SD v1 `[{image, seed}]`, public endpoints `{image_url: https://...}`, and bare strings. Each entry may be a
+`data:image/...;base64,` URI, raw base64 or an https URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import ipaddress
+import json
+import re
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from PIL import Image, UnidentifiedImageError
+
+from bot.errors import OutputError
+
+MAX_IMAGES = 16
+MAX_PIXELS = 40_000_000  # ~6300x6300: far above any SD output, far below a decompression bomb
+MAX_IMAGE_BYTES = 40 * 1024 * 1024
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+_BASE64 = re.compile(r"[A-Za-z0-9+/=_\-\s]+")
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One picture found in an output, before it is fetched or decoded."""
+
+    where: str  # e.g. "output.images[1]", so an error can say which entry was bad
+    data: bytes | None = None
+    url: str | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    png: bytes = field(repr=False)  # the worker's own bytes when it sent PNG, else re-encoded to PNG
+    width: int
+    height: int
+    source_format: str
+    seed: int | None = None
+
+
+# --- finding ------------------------------------------------------------------------------------
+
+
+def find_images(output: Any) -> list[ImageSource]:
+    """Every picture in a COMPLETED job's output; `OutputError` names what is wrong when there is none."""
+    if output is None:
+        raise OutputError("The job completed but the worker returned no output.")
+    if isinstance(output, dict) and output.get("status") == "success_no_images":
+        raise OutputError(
+            "The ComfyUI workflow finished without saving an image: it needs a SaveImage node at the end."
+        )
+    default_seed = _seed(output.get("seed")) if isinstance(output, dict) else None
+    seeds = _a1111_seeds(output) if isinstance(output, dict) else []
+    sources = []
+    for position, (where, value, seed) in enumerate(_candidates(output, "output")):
+        if seed is None and position < len(seeds):
+            seed = seeds[position]
+        sources.append(_source(where, value, seed if seed is not None else default_seed))
+        if len(sources) > MAX_IMAGES:
+            raise OutputError(f"The worker returned more than {MAX_IMAGES} images; refusing to post them all.")
+    if not sources:
+        keys = f" (keys: {', '.join(sorted(map(str, output))[:8])})" if isinstance(output, dict) else ""
+        raise OutputError(f"The job completed but its output holds no image{keys}.")
+    return sources
+
+
+def _candidates(node: Any, where: str) -> Iterator[tuple[str, Any, int | None]]:
+    """(where, string value, seed) for each image-like entry, in order, without duplicates."""
+    if isinstance(node, str):
+        yield where, node, None
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            if isinstance(item, str):
+                yield f"{where}[{index}]", item, None
+            elif isinstance(item, dict):
+                yield from _from_entry(item, f"{where}[{index}]")
+    elif isinstance(node, dict):
+        images = node.get("images")
+        if isinstance(images, list) and images:
+            # worker-sdxl repeats images[0] as image_url; the list is the whole answer.
+            yield from _candidates(images, f"{where}.images")
+        elif isinstance(node.get("image_url"), str):
+            yield f"{where}.image_url", node["image_url"], None
+        elif isinstance(node.get("image"), str):
+            yield from _from_entry(node, where)
+        elif node.get("status") == "success" and isinstance(node.get("message"), str):
+            yield f"{where}.message", node["message"], None  # worker-comfyui before 5.0
+
+
+def _from_entry(entry: dict[str, Any], where: str) -> Iterator[tuple[str, Any, int | None]]:
+    for key in ("data", "image", "url", "image_url"):
+        if isinstance(entry.get(key), str):
+            yield f"{where}.{key}", entry[key], _seed(entry.get("seed"))
+            return
+
+
+def _seed(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _a1111_seeds(output: dict[str, Any]) -> list[int]:
+    """A1111 puts the seeds in `info`, a JSON string."""
+    info = output.get("info")
+    if not isinstance(info, str):
+        return []
+    try:
+        parsed = json.loads(info)
+    except ValueError:
+        return []
+    seeds = parsed.get("all_seeds") if isinstance(parsed, dict) else None
+    return [seed for seed in seeds if _seed(seed) is not None] if isinstance(seeds, list) else []
+
+
+def _source(where: str, value: str, seed: int | None) -> ImageSource:
+    text = value.strip()
+    if text.startswith("data:"):
+        header, comma, payload = text.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise OutputError(f"{where} is a data URI that is not base64-encoded.")
+        if not header[5:].startswith("image/"):
+            raise OutputError(f"{where} is a data URI of {header[5:].split(';')[0] or 'no type'}, not an image.")
+        return ImageSource(where, data=_b64decode(payload, where), seed=seed)
+    scheme = urlsplit(text).scheme.lower()
+    if scheme in ("http", "https"):
+        return ImageSource(where, url=text, seed=seed)
+    if scheme or ("/" in text and not _BASE64.fullmatch(text)):
+        raise OutputError(
+            f"{where} is {text[:60]!r}, a path on the worker's own disk, not a picture. The worker could not "
+            "upload it: give it working bucket credentials, or unset BUCKET_ENDPOINT_URL so it returns base64."
+        )
+    return ImageSource(where, data=_b64decode(text, where), seed=seed)
+
+
+def _b64decode(text: str, where: str) -> bytes:
+    compact = "".join(text.split())
+    if not compact or not _BASE64.fullmatch(compact):
+        raise OutputError(f"{where} is neither base64, a data URI nor an https URL.")
+    compact += "=" * (-len(compact) % 4)
+    try:
+        if "-" in compact or "_" in compact:
+            return base64.urlsafe_b64decode(compact)
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise OutputError(f"{where} is not valid base64.") from None
+
+
+# --- validating ---------------------------------------------------------------------------------
+
+
+def decode_image(data: bytes, where: str, seed: int | None = None, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+    """Open with Pillow under a pixel cap and decode fully. Blocking: call it in a thread."""
+    try:
+        with Image.open(BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise OutputError(f"{where} claims {width}×{height} pixels, over the {max_pixels:,} allowed; refused.")
+            image.load()
+            source_format = image.format or "unknown"
+            png = data if source_format == "PNG" else _to_png(image)
+    except Image.DecompressionBombError:
+        raise OutputError(f"{where} is a decompression bomb (absurd pixel count); refused.") from None
+    except UnidentifiedImageError:
+        raise OutputError(f"{where} is not a PNG, JPEG or WebP image.") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise OutputError(f"{where} is a damaged image ({error}).") from None
+    return DecodedImage(png, width, height, source_format, seed)
+
+
+def _to_png(image: Image.Image) -> bytes:
+    buffer = BytesIO()
+    image.convert("RGBA" if "A" in image.getbands() else "RGB").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+# --- fetching -----------------------------------------------------------------------------------
+
+
+def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Only globally routable unicast addresses: no loopback, private, link-local (cloud metadata) or CGNAT."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+class AddressRefused(OSError):
+    """Raised inside aiohttp's connector, so a URL that resolves to a private address never connects."""
+
+
+class _PublicOnlyResolver(AbstractResolver):
+    """Checks the addresses aiohttp will actually connect to, which also defeats DNS rebinding."""
+
+    def __init__(self, allowed: Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool]) -> None:
+        self._inner = DefaultResolver()
+        self._allowed = allowed
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        allowed = [result for result in results if self._allowed(ipaddress.ip_address(result["host"]))]
+        if not allowed:
+            raise AddressRefused(f"{host} resolves only to private or local addresses")
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class ImageFetcher:
+    """Turns `ImageSource`s into `DecodedImage`s: https only, public addresses only, capped and timed."""
+
+    def __init__(
+        self,
+        *,
+        max_bytes: int = MAX_IMAGE_BYTES,
+        max_pixels: int = MAX_PIXELS,
+        timeout: float = 30.0,
+        max_redirects: int = 3,
+        address_allowed: Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool] = is_public_address,
+        ssl: Any = True,
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_redirects = max_redirects
+        self._address_allowed = address_allowed
+        self._ssl = ssl
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ImageFetcher:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def decode_all(self, sources: list[ImageSource]) -> list[DecodedImage]:
+        return list(await asyncio.gather(*(self.decode(source) for source in sources)))
+
+    async def decode(self, source: ImageSource) -> DecodedImage:
+        data = source.data if source.data is not None else await self.fetch(source.url or "", source.where)
+        if len(data) > self.max_bytes:
+            raise OutputError(f"{source.where} is {len(data):,} bytes, over the {self.max_bytes:,} allowed.")
+        return await asyncio.to_thread(decode_image, data, source.where, source.seed, max_pixels=self.max_pixels)
+
+    async def fetch(self, url: str, where: str) -> bytes:
+        for _ in range(self._max_redirects + 1):
+            self._check_url(url, where)
+            try:
+                async with self._get_session().get(url, allow_redirects=False, ssl=self._ssl) as response:
+                    if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
+                        url = urljoin(url, response.headers["Location"])
+                        continue
+                    if response.status != 200:
+                        raise OutputError(f"{where}: the image URL answered HTTP {response.status}.")
+                    return await self._read_capped(response, where)
+            except aiohttp.ClientConnectorError as error:
+                if isinstance(error.os_error, AddressRefused):
+                    raise OutputError(f"{where} points at a private or local address; refused.") from None
+                raise OutputError(f"{where}: could not connect to {urlsplit(url).hostname}.") from None
+            except (aiohttp.ClientError, TimeoutError):
+                raise OutputError(f"{where}: downloading the image failed or timed out.") from None
+        raise OutputError(f"{where}: the image URL redirected more than {self._max_redirects} times.")
+
+    def _check_url(self, url: str, where: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise OutputError(f"{where} is not an https URL; only https images are fetched.")
+        try:
+            literal = ipaddress.ip_address(parts.hostname)
+        except ValueError:
+            return  # a name: the resolver checks what it resolves to
+        if not self._address_allowed(literal):
+            raise OutputError(f"{where} points at a private or local address; refused.")
+
+    async def _read_capped(self, response: aiohttp.ClientResponse, where: str) -> bytes:
+        if (response.content_length or 0) > self.max_bytes:
+            raise OutputError(f"{where} is {response.content_length:,} bytes, over the {self.max_bytes:,} allowed.")
+        buffer = bytearray()
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            buffer += chunk
+            if len(buffer) > self.max_bytes:
+                raise OutputError(f"{where} is over the {self.max_bytes:,} bytes allowed.")
+        return bytes(buffer)
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # Its own session: the resolver policy must not apply to the RunPod API session (tests run it on loopback).
+        if self._session is None:
+            connector = aiohttp.TCPConnector(resolver=_PublicOnlyResolver(self._address_allowed))
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session

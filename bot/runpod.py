@@ -1,0 +1,264 @@
+"""Typed async client for RunPod's serverless HTTP API (reference/runpod-api.md).
+
+One `aiohttp.ClientSession` is shared by every client; a client is cheap and bound to one key and
+endpoint. Errors are the domain errors of `bot.errors`; transient failures are retried with capped,
+jittered exponential backoff, and a `POST /run` is only retried when RunPod provably did not take it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from bot.config import Secret
+from bot.errors import (
+    RunPodAuthError,
+    RunPodBadResponse,
+    RunPodError,
+    RunPodNotFound,
+    RunPodRateLimited,
+    RunPodRejected,
+    RunPodUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+_ENDPOINT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_MISSING: Any = object()
+
+
+class JobState(StrEnum):
+    IN_QUEUE = "IN_QUEUE"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    id: str
+    state: JobState
+    delay_ms: int | None = None  # time spent in the queue, once a worker took the job
+    execution_ms: int | None = None
+    worker_id: str | None = None
+    output: Any = field(default=None, repr=False)  # progress while IN_PROGRESS, the result once COMPLETED
+    has_output: bool = False
+    error: Any = None
+
+
+@dataclass(frozen=True)
+class Health:
+    in_queue: int = 0
+    in_progress: int = 0
+    completed: int = 0
+    failed: int = 0
+    idle: int = 0
+    running: int = 0
+    initializing: int = 0
+    ready: int = 0
+    throttled: int = 0
+
+    @property
+    def warm_workers(self) -> int:
+        """Workers that can start a job without a cold start."""
+        return self.idle + self.running + self.ready
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 10.0
+    max_retry_after: float = 60.0  # never trust a Retry-After that would stall a job for minutes
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: many jobs hit by the same 429 burst must not come back in step."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class RunPodClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        api_key: Secret,
+        endpoint_id: str,
+        api_url: str = "https://api.runpod.ai/v2",
+        retry: RetryPolicy | None = None,
+        request_timeout: float = 20.0,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if not _ENDPOINT_ID.fullmatch(endpoint_id):
+            raise RunPodRejected(f"{endpoint_id!r} is not a RunPod endpoint id.")
+        self.endpoint_id = endpoint_id
+        self._session = session
+        self._api_key = api_key
+        self._base = f"{api_url.rstrip('/')}/{endpoint_id}"
+        self._retry = retry or RetryPolicy()
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        self._sleep = sleep
+
+    def __repr__(self) -> str:
+        return f"RunPodClient(endpoint_id={self.endpoint_id!r})"
+
+    async def run(self, job_input: dict[str, Any], *, policy: dict[str, Any] | None = None) -> JobStatus:
+        body: dict[str, Any] = {"input": job_input}
+        if policy:
+            body["policy"] = policy
+        data = await self._request("POST", "run", body=body, retry_ambiguous=False)
+        return _parse_status(data, "run")
+
+    async def status(self, job_id: str) -> JobStatus:
+        data = await self._request("GET", f"status/{quote(job_id, safe='')}", job_id=job_id)
+        return _parse_status(data, "status")
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        data = await self._request("POST", f"cancel/{quote(job_id, safe='')}", job_id=job_id)
+        return _parse_status(data, "cancel")
+
+    async def health(self) -> Health:
+        data = await self._request("GET", "health")
+        jobs, workers = data.get("jobs"), data.get("workers")
+        if not isinstance(jobs, dict) or not isinstance(workers, dict):
+            raise RunPodBadResponse("RunPod's /health answer lacks its jobs and workers counts.")
+        return Health(
+            in_queue=_count(jobs, "inQueue"),
+            in_progress=_count(jobs, "inProgress"),
+            completed=_count(jobs, "completed"),
+            failed=_count(jobs, "failed"),
+            idle=_count(workers, "idle"),
+            running=_count(workers, "running"),
+            initializing=_count(workers, "initializing"),
+            ready=_count(workers, "ready"),
+            throttled=_count(workers, "throttled"),
+        )
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        job_id: str | None = None,
+        retry_ambiguous: bool = True,
+    ) -> dict[str, Any]:
+        """One API call with retries. `retry_ambiguous=False` for calls that must not happen twice:
+        those are retried only after a 429 or a failure to connect, when RunPod surely did nothing."""
+        operation = path.split("/")[0]
+        headers = {"Authorization": f"Bearer {self._api_key.reveal()}"}
+        failure: RunPodError = RunPodUnavailable("RunPod could not be reached.")
+        for attempt in range(self._retry.attempts):
+            delay = self._retry.backoff(attempt)
+            try:
+                async with self._session.request(
+                    method, f"{self._base}/{path}", json=body, headers=headers, timeout=self._timeout
+                ) as response:
+                    payload = await response.read()
+                    if response.status == 200:
+                        return _parse_json(payload, operation)
+                    if response.status == 429:
+                        failure = RunPodRateLimited()
+                        delay = _retry_after(response.headers.get("Retry-After"), self._retry) or delay
+                    elif response.status >= 500:
+                        failure = RunPodUnavailable(f"RunPod answered {response.status} to /{operation}.")
+                        if not retry_ambiguous:
+                            raise failure
+                    else:
+                        raise self._client_error(response.status, payload, operation, job_id)
+            except aiohttp.ClientConnectorError:
+                failure = RunPodUnavailable("RunPod could not be reached (connection failed).")
+            except (aiohttp.ClientError, TimeoutError):
+                failure = RunPodUnavailable(f"RunPod did not answer /{operation} (connection dropped or timed out).")
+                if not retry_ambiguous:
+                    raise failure from None
+            log.debug(
+                "RunPod %s on %s: retry %d in %.2fs (%s)", operation, self.endpoint_id, attempt + 1, delay, failure
+            )
+            if attempt + 1 < self._retry.attempts:
+                await self._sleep(delay)
+        raise failure
+
+    def _client_error(self, status: int, payload: bytes, operation: str, job_id: str | None) -> RunPodError:
+        if status == 401:
+            return RunPodAuthError()
+        if status == 404:
+            if job_id is not None:
+                return RunPodNotFound(f"RunPod no longer knows job {job_id} (404).")
+            return RunPodNotFound(f"RunPod does not know endpoint {self.endpoint_id} (404): check the endpoint id.")
+        detail = _error_text(payload)
+        return RunPodRejected(f"RunPod refused /{operation} ({status}){': ' + detail if detail else ''}.")
+
+
+def _parse_json(payload: bytes, operation: str) -> dict[str, Any]:
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        raise RunPodBadResponse(f"RunPod answered /{operation} with something that is not JSON.") from None
+    if not isinstance(data, dict):
+        raise RunPodBadResponse(f"RunPod answered /{operation} with JSON that is not an object.")
+    return data
+
+
+def _parse_status(data: dict[str, Any], operation: str) -> JobStatus:
+    job_id, raw_state = data.get("id"), data.get("status")
+    if raw_state == "RUNNING":  # documented but never sent; accept it as its real name
+        raw_state = "IN_PROGRESS"
+    if not isinstance(job_id, str) or not job_id or raw_state not in JobState.__members__:
+        raise RunPodBadResponse(f"RunPod's /{operation} answer has no valid job id and status.")
+    output = data.get("output", _MISSING)
+    return JobStatus(
+        id=job_id,
+        state=JobState(raw_state),
+        delay_ms=_optional_int(data.get("delayTime")),
+        execution_ms=_optional_int(data.get("executionTime")),
+        worker_id=data.get("workerId") if isinstance(data.get("workerId"), str) else None,
+        output=None if output is _MISSING else output,
+        has_output=output is not _MISSING,
+        error=data.get("error"),
+    )
+
+
+def _optional_int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+def _count(section: dict[str, Any], key: str) -> int:
+    return _optional_int(section.get(key)) or 0
+
+
+def _retry_after(value: str | None, policy: RetryPolicy) -> float | None:
+    """Honour a numeric Retry-After, with jitter so that clients told the same number still spread out."""
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None
+    if seconds is None or seconds < 0:
+        return None
+    seconds = min(seconds, policy.max_retry_after)
+    return seconds + random.uniform(0, min(1.0, seconds / 2 + 0.1))
+
+
+def _error_text(payload: bytes) -> str:
+    text = payload.decode("utf-8", "replace").strip()
+    return text[:200]
