@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
-from dotenv import load_dotenv
+from dotenv import find_dotenv, load_dotenv
 
 from bot.errors import ConfigError
 from bot.presets import PRESETS
@@ -78,7 +78,7 @@ class Settings:
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting. With no mapping given, `.env` is loaded first (real env wins)."""
     if environ is None:
-        load_dotenv(override=False)
+        load_dotenv(find_dotenv(usecwd=True), override=False)
         environ = os.environ
     env = {key: value.strip() for key, value in environ.items() if value.strip()}
 

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
@@ -33,7 +32,7 @@ from bot.errors import (
 
 log = logging.getLogger(__name__)
 
-_ENDPOINT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")  # endpoint and job ids: never anything path-like
 _MISSING: Any = object()
 
 
@@ -107,7 +106,7 @@ class RunPodClient:
         request_timeout: float = 20.0,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        if not _ENDPOINT_ID.fullmatch(endpoint_id):
+        if not _ID.fullmatch(endpoint_id):
             raise RunPodRejected(f"{endpoint_id!r} is not a RunPod endpoint id.")
         self.endpoint_id = endpoint_id
         self._session = session
@@ -128,11 +127,11 @@ class RunPodClient:
         return _parse_status(data, "run")
 
     async def status(self, job_id: str) -> JobStatus:
-        data = await self._request("GET", f"status/{quote(job_id, safe='')}", job_id=job_id)
+        data = await self._request("GET", f"status/{_job_path(job_id)}", job_id=job_id)
         return _parse_status(data, "status")
 
     async def cancel(self, job_id: str) -> JobStatus:
-        data = await self._request("POST", f"cancel/{quote(job_id, safe='')}", job_id=job_id)
+        data = await self._request("POST", f"cancel/{_job_path(job_id)}", job_id=job_id)
         return _parse_status(data, "cancel")
 
     async def health(self) -> Health:
@@ -206,6 +205,12 @@ class RunPodClient:
             return RunPodNotFound(f"RunPod does not know endpoint {self.endpoint_id} (404): check the endpoint id.")
         detail = _error_text(payload)
         return RunPodRejected(f"RunPod refused /{operation} ({status}){': ' + detail if detail else ''}.")
+
+
+def _job_path(job_id: str) -> str:
+    if not _ID.fullmatch(job_id):
+        raise RunPodRejected(f"{job_id[:80]!r} is not a RunPod job id.")
+    return job_id
 
 
 def _parse_json(payload: bytes, operation: str) -> dict[str, Any]:

@@ -46,9 +46,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def call(
-    http: aiohttp.ClientSession, rp: RunPodDouble, method: str, path: str, **kw: Any
-) -> tuple[int, Any]:
+async def call(http: aiohttp.ClientSession, rp: RunPodDouble, method: str, path: str, **kw: Any) -> tuple[int, Any]:
     async with http.request(method, f"{rp.api_url}/test-endpoint/{path}", **kw) as resp:
         text = await resp.text()
         if resp.content_type == "application/json":
@@ -82,9 +80,7 @@ async def test_auth_missing_or_wrong_key_is_401_with_empty_text_body(rp: RunPodD
     assert rp.requests[1].headers["Authorization"] == "Bearer nope"
 
 
-async def test_validation_and_unknown_endpoint_and_foreign_key(
-    rp: RunPodDouble, http: aiohttp.ClientSession
-) -> None:
+async def test_validation_and_unknown_endpoint_and_foreign_key(rp: RunPodDouble, http: aiohttp.ClientSession) -> None:
     assert (await call(http, rp, "POST", "run", data=b"not json"))[0] == 400
     status, data = await call(http, rp, "POST", "run", json={"input": "x"})
     assert (status, set(data)) == (400, {"error"})
@@ -130,9 +126,7 @@ async def test_lifecycle_queue_progress_completed(
     assert rp.requests_for("run")[0].job_id == job_id
 
 
-async def test_failed_timed_out_and_no_output(
-    rp: RunPodDouble, http: aiohttp.ClientSession, clock: FakeClock
-) -> None:
+async def test_failed_timed_out_and_no_output(rp: RunPodDouble, http: aiohttp.ClientSession, clock: FakeClock) -> None:
     err = json.dumps({"error_type": "<class 'ValueError'>", "error_message": "bad"})
     rp.script_next(
         Script(run_s=1, outcome="FAILED", error=err, output={"details": ["x"]}),
@@ -245,9 +239,7 @@ async def test_runsync(rp: RunPodDouble, http: aiohttp.ClientSession, clock: Fak
 
 
 async def test_health_counts(rp: RunPodDouble, http: aiohttp.ClientSession, clock: FakeClock) -> None:
-    rp.script_next(
-        Script(), Script(run_s=1, outcome="FAILED", error="boom"), Script(run_s=100), Script(queue_s=100)
-    )
+    rp.script_next(Script(), Script(run_s=1, outcome="FAILED", error="boom"), Script(run_s=100), Script(queue_s=100))
     for _ in range(4):
         await submit(http, rp)
     clock.advance(2)

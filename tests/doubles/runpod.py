@@ -38,14 +38,8 @@ RUNSYNC_RETENTION_S: Final = 60.0
 _POLL_STEP_S: Final = 0.01
 # Allowed methods per operation; "other" is anything that is not one of these routes.
 _METHODS: Final[dict[str, frozenset[str]]] = {
-    "run": frozenset({"POST"}),
-    "runsync": frozenset({"POST"}),
-    "status": frozenset({"GET", "POST"}),
-    "status-sync": frozenset({"GET", "POST"}),
-    "stream": frozenset({"GET", "POST"}),
-    "cancel": frozenset({"POST"}),
-    "retry": frozenset({"POST"}),
-    "purge-queue": frozenset({"POST"}),
+    **dict.fromkeys(("run", "runsync", "cancel", "retry", "purge-queue"), frozenset({"POST"})),
+    **dict.fromkeys(("status", "status-sync", "stream"), frozenset({"GET", "POST"})),
     "health": frozenset({"GET"}),
 }
 _JOB_OPS: Final = frozenset({"status", "status-sync", "stream", "cancel", "retry"})
@@ -385,17 +379,8 @@ class RunPodDouble:
         except web.HTTPRequestEntityTooLarge:
             raw = None
         op, endpoint, job_id = _classify(request.path)
-        rec = RecordedRequest(
-            method=request.method,
-            path=request.path,
-            query=dict(request.query),
-            headers=dict(request.headers),
-            body=_parse_body(raw),
-            at=self.clock(),
-            op=op,
-            endpoint_id=endpoint,
-            job_id=job_id,
-        )
+        query, headers, body = dict(request.query), dict(request.headers), _parse_body(raw)
+        rec = RecordedRequest(request.method, request.path, query, headers, body, self.clock(), op, endpoint, job_id)
         self.requests.append(rec)
         limited = self._rate_limited(op, endpoint)
         faults = self._faults.get(op)

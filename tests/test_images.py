@@ -1,0 +1,291 @@
+"""Image extraction from every worker output shape, validation with Pillow, and the https-only fetcher."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import ssl
+import struct
+import zlib
+from io import BytesIO
+
+import pytest
+import trustme
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from bot.errors import BotError, OutputError
+from bot.images import ImageFetcher, ImageSource, decode_image, find_images, is_public_address
+from tests.doubles import outputs
+from tests.doubles.outputs import make_jpeg, make_png, pixels
+
+PNG_A, PNG_B = make_png(32, 24, seed=1), make_png(24, 32, seed=2)
+
+
+async def decode(output: object) -> list:
+    async with ImageFetcher() as fetcher:
+        return await fetcher.decode_all(find_images(output))
+
+
+@pytest.mark.parametrize(
+    ("output", "seeds"),
+    [
+        (outputs.sdxl(PNG_A, PNG_B, seed=7), [7, 7]),
+        (outputs.comfyui(PNG_A, PNG_B), [None, None]),
+        (outputs.a1111(PNG_A, PNG_B, seeds=[11, 12]), [11, 12]),
+        (outputs.sd_v1(PNG_A, PNG_B), [46578, 46579]),
+        ([outputs.data_uri(PNG_A), outputs.b64(PNG_B)], [None, None]),
+    ],
+    ids=["worker-sdxl", "comfyui-5", "a1111", "sd-v1", "list-of-strings"],
+)
+async def test_every_multi_image_shape_gives_the_workers_pixels_in_order(output, seeds):
+    images = await decode(output)
+    assert [image.png for image in images] == [PNG_A, PNG_B]
+    assert [(image.width, image.height) for image in images] == [(32, 24), (24, 32)]
+    assert [image.seed for image in images] == seeds
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        outputs.comfyui_legacy(PNG_A),
+        outputs.sdxl_turbo(PNG_A),
+        outputs.data_uri(PNG_A),
+        outputs.b64(PNG_A),
+        {"image": outputs.b64(PNG_A), "seed": 3},
+        {"image_url": outputs.data_uri(PNG_A)},
+    ],
+    ids=["comfyui-legacy", "sdxl-turbo", "bare-data-uri", "bare-base64", "single-image-dict", "image_url-only"],
+)
+async def test_single_image_shapes(output):
+    (image,) = await decode(output)
+    assert image.png == PNG_A
+
+
+async def test_base64_with_line_breaks_and_no_padding_still_decodes():
+    text = outputs.b64(PNG_A).rstrip("=")
+    wrapped = "\n".join(text[i : i + 76] for i in range(0, len(text), 76))
+    (image,) = await decode({"images": [wrapped]})
+    assert image.png == PNG_A
+
+
+async def test_jpeg_output_is_converted_to_png_with_the_same_picture():
+    jpeg = make_jpeg(40, 30)
+    (image,) = await decode(outputs.data_uri(jpeg, "image/jpeg"))
+    assert image.source_format == "JPEG"
+    assert image.png.startswith(b"\x89PNG")
+    assert pixels(image.png) == pixels(jpeg)
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        (None, "no output"),
+        ({}, "holds no image"),
+        (outputs.NO_IMAGES, "SaveImage"),
+        (outputs.LOCAL_PATH_FALLBACK, "worker's own disk"),
+        ({"images": ["data:image/png,notbase64"]}, "not base64-encoded"),
+        ({"images": ["data:text/html;base64,PGI+"]}, "not an image"),
+        ({"images": ["!!!not base64!!!"]}, r"output.images\[0\] is neither base64"),
+        ({"images": [outputs.b64(b"hello, this is not a picture")]}, r"output.images\[0\] is not a PNG, JPEG or WebP"),
+        ({"images": [outputs.b64(PNG_A[: len(PNG_A) // 2])]}, "damaged image"),
+        ({"images": [outputs.b64(PNG_A)] * 17}, "more than 16 images"),
+    ],
+)
+async def test_bad_outputs_name_what_is_wrong(output, message):
+    with pytest.raises(OutputError, match=message):
+        await decode(output)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG file that claims an enormous canvas: the classic decompression bomb."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [20_000, 100_000])
+def test_decompression_bomb_is_refused_before_decoding(side):
+    with pytest.raises(OutputError, match="refused"):
+        decode_image(_png_header_only(side, side), "output.images[0]")
+
+
+def test_pixel_cap_is_configurable():
+    with pytest.raises(OutputError, match="32×24 pixels"):
+        decode_image(PNG_A, "x", max_pixels=100)
+
+
+async def test_oversized_bytes_are_refused():
+    async with ImageFetcher(max_bytes=100) as fetcher:
+        with pytest.raises(OutputError, match="over the 100 allowed"):
+            await fetcher.decode(ImageSource("output.images[0]", data=PNG_A))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+image_keys = st.sampled_from(["images", "image", "image_url", "data", "message", "status", "seed", "info", "type"])
+shaped_values = st.recursive(
+    st.none() | st.integers() | st.text(max_size=30) | st.sampled_from(["success", "data:image/png;base64,AAAA"]),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(image_keys, children, max_size=4),
+    max_leaves=15,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.one_of(json_values, shaped_values))
+def test_extractor_fed_arbitrary_json_returns_sources_or_a_clear_error(output):
+    try:
+        sources = find_images(output)
+    except OutputError as error:
+        assert str(error)
+        return
+    assert sources
+    for source in sources:
+        assert (source.data is None) != (source.url is None)
+        if source.data is not None:
+            try:
+                decode_image(source.data, source.where)
+            except OutputError:
+                pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_decoder_fed_arbitrary_bytes_raises_only_clear_errors(data):
+    try:
+        decode_image(data, "x")
+    except BotError:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("2606:4700:4700::1111", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),
+        ("100.64.0.1", False),
+        ("0.0.0.0", False),
+        ("::1", False),
+        ("fe80::1", False),
+        ("fc00::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("224.0.0.1", False),
+    ],
+)
+def test_only_public_addresses_are_fetchable(address, public):
+    assert is_public_address(ipaddress.ip_address(address)) is public
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://example.com/a.png", "not an https URL"),
+        ("ftp://example.com/a.png", "not an https URL"),
+        ("https://127.0.0.1/a.png", "private or local"),
+        ("https://169.254.169.254/latest/meta-data", "private or local"),
+        ("https://[::1]/a.png", "private or local"),
+        ("https://10.0.0.5:8443/a.png", "private or local"),
+        ("https://localhost/a.png", "private or local"),
+    ],
+)
+async def test_unsafe_urls_are_refused_without_fetching(url, message):
+    async with ImageFetcher(timeout=5) as fetcher:
+        with pytest.raises(OutputError, match=message):
+            await fetcher.decode(ImageSource("output.image_url", url=url))
+
+
+@pytest.fixture
+def tls():
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost", "127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    return server_context, client_context
+
+
+@pytest.fixture
+async def image_host(tls):
+    """An https server on loopback; tests allow loopback explicitly, as production never does."""
+    server_context, _ = tls
+    app = web.Application()
+    big = make_png(600, 600, seed=5)
+
+    async def image(request: web.Request) -> web.Response:
+        return web.Response(body=PNG_A, content_type="image/png")
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query.get("to", "/image.png"))
+
+    async def missing(request: web.Request) -> web.Response:
+        return web.Response(status=403, text="AccessDenied")
+
+    async def streamed_big(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()  # no Content-Length: the cap must hold while reading
+        await response.prepare(request)
+        for start in range(0, len(big), 4096):
+            await response.write(big[start : start + 4096])
+        return response
+
+    app.router.add_get("/image.png", image)
+    app.router.add_get("/redirect", redirect)
+    app.router.add_get("/expired.png", missing)
+    app.router.add_get("/big.png", streamed_big)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"https://localhost:{port}"
+    await runner.cleanup()
+
+
+def _loopback_allowed(address):
+    return address.is_loopback
+
+
+async def test_https_url_is_fetched_and_decoded(image_host, tls):
+    async with ImageFetcher(address_allowed=_loopback_allowed, ssl=tls[1]) as fetcher:
+        (image,) = await fetcher.decode_all(find_images(outputs.public_endpoint(f"{image_host}/image.png")))
+    assert image.png == PNG_A
+
+
+async def test_redirect_to_http_is_refused(image_host, tls):
+    async with ImageFetcher(address_allowed=_loopback_allowed, ssl=tls[1]) as fetcher:
+        with pytest.raises(OutputError, match="not an https URL"):
+            await fetcher.fetch(f"{image_host}/redirect?to=http://localhost/x.png", "output.image_url")
+        assert await fetcher.fetch(f"{image_host}/redirect", "output.image_url") == PNG_A
+
+
+async def test_expired_url_and_streamed_oversize_are_clear_errors(image_host, tls):
+    async with ImageFetcher(address_allowed=_loopback_allowed, ssl=tls[1], max_bytes=50_000) as fetcher:
+        with pytest.raises(OutputError, match="HTTP 403"):
+            await fetcher.fetch(f"{image_host}/expired.png", "output.image_url")
+        with pytest.raises(OutputError, match="over the 50,000 bytes"):
+            await fetcher.fetch(f"{image_host}/big.png", "output.image_url")
+
+
+async def test_name_resolving_to_loopback_is_refused_by_the_default_policy(image_host, tls):
+    async with ImageFetcher(ssl=tls[1]) as fetcher:
+        with pytest.raises(OutputError, match="private or local"):
+            await fetcher.fetch(f"{image_host}/image.png", "output.image_url")
+
+
+def test_png_round_trip_helper_is_honest():
+    image = Image.open(BytesIO(PNG_A))
+    assert image.size == (32, 24)
+    assert base64.b64decode(outputs.b64(PNG_A)) == PNG_A

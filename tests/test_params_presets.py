@@ -1,0 +1,149 @@
+"""Member parameters, inline flags, and how each worker preset names them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bot.params import ASPECT_RATIOS, GenerationParams, InvalidParams, params_from_request, split_inline_flags
+from bot.presets import PRESETS, parse_workflow
+
+
+def test_inline_flags_are_taken_out_of_the_prompt():
+    text, flags = split_inline_flags("a lighthouse at dusk --ar 16:9 --seed 42 --no text, watermark")
+    assert text == "a lighthouse at dusk"
+    assert flags == {"ar": "16:9", "seed": "42", "no": "text, watermark"}
+
+
+def test_explicit_options_win_over_flags_and_negatives_merge():
+    params = params_from_request("cat --ar 16:9 --seed 5 --no dogs", aspect_ratio="1:1", seed=9, negative_prompt="blur")
+    assert (params.prompt, params.aspect_ratio, params.seed) == ("cat", "1:1", 9)
+    assert params.negative_prompt == "blur, dogs"
+
+
+def test_double_dash_inside_words_is_not_a_flag():
+    text, flags = split_inline_flags("an em--dash and a sign saying --hello")
+    assert flags == {}
+    assert text == "an em--dash and a sign saying --hello"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompt": "   "}, "empty"),
+        ({"prompt": "x" * 1001}, "1001 characters"),
+        ({"prompt": "x", "aspect_ratio": "5:1"}, "5:1"),
+        ({"prompt": "x", "seed": -1}, "seed"),
+        ({"prompt": "x", "seed": 2**32}, "seed"),
+        ({"prompt": "x", "steps": 0}, "Steps"),
+        ({"prompt": "x", "guidance": 31.0}, "Guidance"),
+        ({"prompt": "x", "count": 5}, "Count"),
+    ],
+)
+def test_out_of_range_parameters_are_refused_clearly(kwargs, message):
+    with pytest.raises(InvalidParams, match=message):
+        GenerationParams(**kwargs)
+
+
+def test_bad_seed_flag_is_refused():
+    with pytest.raises(InvalidParams, match="--seed"):
+        params_from_request("cat --seed lucky")
+
+
+def test_with_seed_fixes_a_seed_once():
+    params = GenerationParams("x").with_seed()
+    assert params.seed is not None
+    assert params.with_seed() is params
+
+
+@pytest.mark.parametrize("ratio", ASPECT_RATIOS)
+def test_sizes_keep_the_ratio_and_the_workers_rules(ratio):
+    params = GenerationParams("x", aspect_ratio=ratio)
+    wanted = params.ratio
+    for name in ("sdxl", "a1111"):
+        width, height = PRESETS[name].size(params)
+        assert width % 64 == 0 and height % 64 == 0
+        assert abs(width / height - wanted) / wanted < 0.1
+        assert 0.8 < width * height / 1024**2 < 1.2
+    width, height = PRESETS["sd15"].size(params)
+    assert width in PRESETS["sd15"].sides and height in PRESETS["sd15"].sides
+    assert abs(width / height - wanted) / wanted < 0.15
+
+
+def test_sdxl_input_uses_worker_sdxl_names():
+    params = GenerationParams("a lighthouse", negative_prompt="fog", aspect_ratio="16:9", seed=42, count=2)
+    assert PRESETS["sdxl"].build_input(params) == {
+        "prompt": "a lighthouse",
+        "negative_prompt": "fog",
+        "width": 1344,
+        "height": 768,
+        "seed": 42,
+        "num_inference_steps": 25,
+        "guidance_scale": 7.5,
+        "num_images": 2,
+    }
+
+
+def test_a1111_and_sd15_inputs_use_their_names():
+    params = GenerationParams("x", seed=1, steps=30, guidance=5.0, count=3)
+    a1111 = PRESETS["a1111"].build_input(params)
+    assert (a1111["steps"], a1111["cfg_scale"], a1111["batch_size"]) == (30, 5.0, 3)
+    assert "negative_prompt" not in a1111
+    sd15 = PRESETS["sd15"].build_input(params)
+    assert (sd15["num_inference_steps"], sd15["guidance_scale"], sd15["num_outputs"]) == (30, 5.0, 3)
+    assert (sd15["width"], sd15["height"]) == (512, 512)
+
+
+def test_a_preset_refuses_more_images_than_its_worker_makes():
+    with pytest.raises(InvalidParams, match="at most 2"):
+        PRESETS["sdxl"].build_input(GenerationParams("x", seed=1, count=3))
+
+
+WORKFLOW = json.dumps(
+    {
+        "3": {"class_type": "KSampler", "inputs": {"seed": "{{seed}}", "steps": "{{ steps }}", "cfg": "{{guidance}}"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": "{{width}}", "height": "{{height}}", "batch_size": "{{count}}"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "masterpiece, {{prompt}}"}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "{{negative_prompt}}"}},
+    }
+)
+
+
+def test_comfyui_template_fills_placeholders_keeping_numbers_numbers():
+    workflow = parse_workflow(WORKFLOW)
+    params = GenerationParams("a cat", aspect_ratio="3:4", seed=7, steps=20, guidance=6.5, count=2)
+    graph = PRESETS["comfyui"].build_input(params, workflow)["workflow"]
+    assert graph["3"]["inputs"] == {"seed": 7, "steps": 20, "cfg": 6.5}
+    assert graph["5"]["inputs"] == {"width": 896, "height": 1152, "batch_size": 2}
+    assert graph["6"]["inputs"]["text"] == "masterpiece, a cat"
+    assert graph["7"]["inputs"]["text"] == ""
+    assert "{{" in json.dumps(workflow)  # the template itself is untouched
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[]", "JSON object"),
+        ('{"1": {"inputs": {"text": "no placeholder"}}}', "{{prompt}}"),
+        ('{"1": {"inputs": {"text": "{{prompt}} {{lora}}"}}}', "lora"),
+    ],
+)
+def test_bad_comfyui_templates_are_refused_clearly(text, message):
+    with pytest.raises(InvalidParams, match=message):
+        parse_workflow(text)
+
+
+def test_comfyui_without_template_is_refused():
+    with pytest.raises(InvalidParams, match="no workflow template"):
+        PRESETS["comfyui"].build_input(GenerationParams("x", seed=1))
+
+
+@given(st.text(min_size=1, max_size=200))
+def test_flag_parsing_never_crashes_and_keeps_words(prompt):
+    text, flags = split_inline_flags(prompt)
+    assert set(flags) <= {"ar", "seed", "no"}
+    assert len(text) <= len(prompt)

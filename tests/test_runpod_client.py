@@ -1,0 +1,203 @@
+"""The RunPod client against the double: each API behaviour and each failure it can return."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bot.config import Secret
+from bot.errors import (
+    RunPodAuthError,
+    RunPodBadResponse,
+    RunPodNotFound,
+    RunPodRateLimited,
+    RunPodRejected,
+    RunPodUnavailable,
+)
+from bot.runpod import JobState, RetryPolicy, RunPodClient
+from tests.conftest import API_KEY, ENDPOINT, FAST_RETRY
+from tests.doubles.runpod import Script
+
+
+def recording_client(runpod, session, delays, **kwargs):
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    kwargs.setdefault("retry", FAST_RETRY)
+    return RunPodClient(
+        session, api_key=Secret(API_KEY), endpoint_id=ENDPOINT, api_url=runpod.api_url, sleep=sleep, **kwargs
+    )
+
+
+async def test_run_posts_the_input_with_a_bearer_key(client, runpod):
+    status = await client.run({"prompt": "a lighthouse"}, policy={"executionTimeout": 60000})
+    assert status.state is JobState.IN_QUEUE
+    (request,) = runpod.requests_for("run")
+    assert request.method == "POST"
+    assert request.headers["Authorization"] == f"Bearer {API_KEY}"
+    assert request.body == {"input": {"prompt": "a lighthouse"}, "policy": {"executionTimeout": 60000}}
+    assert runpod.jobs[status.id].input == {"prompt": "a lighthouse"}
+
+
+async def test_status_reports_timing_worker_and_output(client, runpod):
+    runpod.script_next(Script(output={"images": ["x"]}))
+    job = await client.run({"prompt": "x"})
+    status = await client.status(job.id)
+    assert status.state is JobState.COMPLETED
+    assert status.worker_id == "462u6mrq9s28h6"
+    assert status.delay_ms is not None and status.execution_ms is not None
+    assert status.has_output and status.output == {"images": ["x"]}
+
+
+async def test_completed_without_output_is_told_apart_from_null_output(client, runpod):
+    runpod.script_next(Script())
+    job = await client.run({"prompt": "x"})
+    status = await client.status(job.id)
+    assert status.state is JobState.COMPLETED and not status.has_output
+
+
+async def test_cancel_and_health(client, runpod):
+    runpod.script_next(Script(queue_s=60))
+    job = await client.run({"prompt": "x"})
+    health = await client.health()
+    assert health.in_queue == 1
+    assert (await client.cancel(job.id)).state is JobState.CANCELLED
+    assert (await client.status(job.id)).state is JobState.CANCELLED
+    runpod.health_workers = {"idle": 0, "running": 0, "initializing": 1, "ready": 0, "throttled": 2}
+    health = await client.health()
+    assert (health.initializing, health.throttled, health.warm_workers) == (1, 2, 0)
+
+
+async def test_bad_key_is_a_clear_error_and_not_retried(runpod, session):
+    client = RunPodClient(session, api_key=Secret("wrong"), endpoint_id=ENDPOINT, api_url=runpod.api_url)
+    with pytest.raises(RunPodAuthError, match="401"):
+        await client.run({"prompt": "x"})
+    assert len(runpod.requests_for("run")) == 1
+
+
+async def test_unknown_endpoint_and_unknown_job_are_told_apart(runpod, session, client):
+    stranger = RunPodClient(session, api_key=Secret(API_KEY), endpoint_id="nope", api_url=runpod.api_url)
+    with pytest.raises(RunPodNotFound, match="endpoint nope"):
+        await stranger.health()
+    with pytest.raises(RunPodNotFound, match="job 1234-u1"):
+        await client.status("1234-u1")
+
+
+async def test_job_ids_cannot_escape_the_path(client, runpod):
+    for job_id in ("../health", "x/../../other", "a b", ""):
+        with pytest.raises(RunPodRejected, match="not a RunPod job id"):
+            await client.status(job_id)
+    assert runpod.requests == []
+
+
+def test_endpoint_ids_are_checked(session):
+    with pytest.raises(RunPodRejected):
+        RunPodClient(session, api_key=Secret("k"), endpoint_id="../x", api_url="https://api.runpod.ai/v2")
+
+
+async def test_429_honours_retry_after_with_jitter(runpod, session):
+    delays: list[float] = []
+    client = recording_client(runpod, session, delays)
+    runpod.fail_next("health", 429, count=2, headers={"Retry-After": "3"})
+    await client.health()
+    assert len(runpod.requests_for("health")) == 3
+    assert len(delays) == 2 and all(3 <= delay <= 4 for delay in delays)
+
+
+async def test_429_without_retry_after_backs_off_with_capped_jitter(runpod, session):
+    delays: list[float] = []
+    policy = RetryPolicy(attempts=6, base_delay=0.5, max_delay=4.0)
+    client = recording_client(runpod, session, delays, retry=policy)
+    runpod.fail_next("status", 429, count=10)
+    with pytest.raises(RunPodRateLimited):
+        await client.status("any")
+    assert len(runpod.requests_for("status")) == 6
+    assert len(delays) == 5
+    assert all(0 <= delay <= min(4.0, 0.5 * 2**n) for n, delay in enumerate(delays))
+
+
+async def test_a_429_burst_does_not_bring_clients_back_in_step(runpod, session):
+    """Fifty clients refused at once must spread their retries, not return as one storm."""
+    first_delays = []
+    for _ in range(50):
+        delays: list[float] = []
+        client = recording_client(runpod, session, delays, retry=RetryPolicy(base_delay=1.0))
+        runpod.fail_next("health", 429)
+        await client.health()
+        first_delays.append(round(delays[0], 2))
+    assert len(set(first_delays)) > 40
+
+
+async def test_run_is_retried_after_429_but_never_after_an_ambiguous_failure(runpod, client):
+    runpod.fail_next("run", 429)
+    await client.run({"prompt": "x"})
+    assert len(runpod.requests_for("run")) == 2
+
+    runpod.fail_next("run", 502)
+    with pytest.raises(RunPodUnavailable, match="502"):
+        await client.run({"prompt": "x"})
+    runpod.drop_next("run")
+    with pytest.raises(RunPodUnavailable, match="dropped"):
+        await client.run({"prompt": "x"})
+    assert len(runpod.requests_for("run")) == 4  # one each: RunPod may have taken them, so never pay twice
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_status_survives_transient_gateway_errors(client, runpod, status):
+    job = await client.run({"prompt": "x"})
+    runpod.fail_next("status", status, count=2)
+    assert (await client.status(job.id)).id == job.id
+    assert len(runpod.requests_for("status")) == 3
+
+
+async def test_dropped_connections_and_timeouts_are_retried_for_reads(runpod, session):
+    client = recording_client(runpod, session, [], request_timeout=0.3)
+    job = await client.run({"prompt": "x"})
+    runpod.drop_next("status", count=2)  # aiohttp itself retries an idempotent GET once
+    runpod.delay_next("status", 1.0)
+    assert (await client.status(job.id)).id == job.id
+
+
+async def test_gateway_that_never_recovers_ends_as_unavailable(client, runpod):
+    runpod.fail_next("health", 503, count=10)
+    with pytest.raises(RunPodUnavailable, match="503"):
+        await client.health()
+    assert len(runpod.requests_for("health")) == FAST_RETRY.attempts
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"<html>Bad gateway</html>", "text/html"),
+        (b"[1, 2]", "application/json"),
+        (json.dumps({"id": "x", "status": "DANCING"}).encode(), "application/json"),
+        (json.dumps({"status": "COMPLETED"}).encode(), "application/json"),
+    ],
+)
+async def test_malformed_bodies_are_bad_responses(client, runpod, body, content_type):
+    runpod.fail_next("status", 200, body=body, content_type=content_type)
+    with pytest.raises(RunPodBadResponse):
+        await client.status("x")
+
+
+async def test_health_of_the_wrong_shape_is_a_bad_response(client, runpod):
+    runpod.fail_next("health", 200, body=b'{"jobs": 3}', content_type="application/json")
+    with pytest.raises(RunPodBadResponse, match="health"):
+        await client.health()
+
+
+async def test_400_is_a_rejection_with_runpods_words(client, runpod):
+    runpod.fail_next("run", 400, body=b'{"error": "input must be an object"}', content_type="application/json")
+    with pytest.raises(RunPodRejected, match="input must be an object"):
+        await client.run({"prompt": "x"})
+
+
+async def test_the_key_only_travels_in_the_authorization_header(client, runpod):
+    job = await client.run({"prompt": "x"})
+    await client.status(job.id)
+    await client.health()
+    for request in runpod.requests:
+        visible = json.dumps([request.path, request.query, request.body, {k: v for k, v in request.headers.items() if k != "Authorization"}])
+        assert API_KEY not in visible
+    assert API_KEY not in repr(client)
