@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
-        configure_logging(settings.log_level)
         if args.command == "generate":
+            configure_logging(settings.log_level, sys.stderr)  # stdout carries the saved paths
             paths = asyncio.run(generate.generate(args, settings))
             for path in paths:
                 print(path)

@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TextIO
 from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
@@ -173,12 +174,12 @@ def _log_level(value: str) -> str:
     return level
 
 
-def configure_logging(level: str) -> None:
-    """Log to stdout; discord.http stays at WARNING because it logs request routes at DEBUG/INFO."""
+def configure_logging(level: str, stream: TextIO = sys.stdout) -> None:
+    """Log to stdout (the PaaS log); discord.http stays at WARNING because it logs request routes below that."""
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        handlers=[logging.StreamHandler(sys.stdout)],
+        handlers=[logging.StreamHandler(stream)],
         force=True,
     )
     logging.getLogger("discord.http").setLevel(logging.WARNING)

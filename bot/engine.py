@@ -53,6 +53,11 @@ class JobUpdate:
     worker_id: str | None = None
     progress: Progress | None = None
 
+    @property
+    def view(self) -> tuple[object, ...]:
+        """What a person watching would notice; executionTime ticks on every poll and is not news."""
+        return (self.state, self.worker_id, self.delay_ms, self.progress)
+
 
 @dataclass(frozen=True)
 class JobResult:
@@ -128,7 +133,7 @@ async def follow_job(
                 yield await _finish(status, fetcher)
                 return
             update = _update(status)
-            if update != last:
+            if last is None or update.view != last.view:
                 last, unchanged = update, 0
                 yield update
             else:

@@ -100,7 +100,11 @@ def test_missing_required_values_are_named():
 
 def test_secrets_never_show_in_repr_str_or_logs(caplog):
     settings = load_settings(
-        {"DISCORD_TOKEN": "discord-secret-token", "RUNPOD_API_KEY": "rp_secret_key_abcd", "DATABASE_URL": "postgres://u:pw@h/d"}
+        {
+            "DISCORD_TOKEN": "discord-secret-token",
+            "RUNPOD_API_KEY": "rp_secret_key_abcd",
+            "DATABASE_URL": "postgres://u:pw@h/d",
+        }
     )
     text = f"{settings!r} {settings} {settings.runpod_api_key}"
     with caplog.at_level(logging.INFO):

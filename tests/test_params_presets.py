@@ -105,7 +105,10 @@ def test_a_preset_refuses_more_images_than_its_worker_makes():
 WORKFLOW = json.dumps(
     {
         "3": {"class_type": "KSampler", "inputs": {"seed": "{{seed}}", "steps": "{{ steps }}", "cfg": "{{guidance}}"}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": "{{width}}", "height": "{{height}}", "batch_size": "{{count}}"}},
+        "5": {
+            "class_type": "EmptyLatentImage",
+            "inputs": {"width": "{{width}}", "height": "{{height}}", "batch_size": "{{count}}"},
+        },
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "masterpiece, {{prompt}}"}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "{{negative_prompt}}"}},
     }

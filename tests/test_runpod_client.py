@@ -200,6 +200,13 @@ async def test_the_key_only_travels_in_the_authorization_header(client, runpod):
     await client.status(job.id)
     await client.health()
     for request in runpod.requests:
-        visible = json.dumps([request.path, request.query, request.body, {k: v for k, v in request.headers.items() if k != "Authorization"}])
+        visible = json.dumps(
+            [
+                request.path,
+                request.query,
+                request.body,
+                {k: v for k, v in request.headers.items() if k != "Authorization"},
+            ]
+        )
         assert API_KEY not in visible
     assert API_KEY not in repr(client)

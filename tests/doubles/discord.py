@@ -198,6 +198,7 @@ class GatewayConnection:
     session_id: str = ""
     seq: int = 0
     identify: dict[str, Any] | None = None
+    ready: bool = False  # identified or resumed, so it may receive dispatches
     guild_ids: list[int] = field(default_factory=list)
     events: list[tuple[str, Any]] = field(default_factory=list)  # (t, d) of every dispatch sent
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -240,13 +241,14 @@ class DiscordDouble:
     """Loopback Discord: REST under ``rest_base`` and the gateway at ``gateway_url``."""
 
     def __init__(
-        self, *, guilds: Sequence[GuildSpec] = (GuildSpec(),), token: str = "test-token", shard_count: int = 1
-    ) -> None:
-        self.guilds = list(guilds)
+        self, *, guilds: Sequence[GuildSpec] | None = None, token: str = "test-token", shard_count: int = 1,
+        token_ttl: float = 900.0, enforce_ack_deadline: bool = False,
+    ) -> None:  # fmt: skip
+        self.guilds = list(guilds) if guilds is not None else [GuildSpec()]  # one guild, one #general
         self.token = token
         self.shard_count = shard_count  # what GET /gateway/bot recommends
-        self.token_ttl = 900.0
-        self.enforce_ack_deadline = False
+        self.token_ttl = token_ttl  # webhook routes answer 401/50027 for older interactions
+        self.enforce_ack_deadline = enforce_ack_deadline  # callbacks later than 3 s answer 404/10062
         self.denied_channels: set[int] = set()
         self.calls: list[Recorded] = []
         self.messages: dict[int, Message] = {}
@@ -387,9 +389,11 @@ class DiscordDouble:
                 "topic": None, "last_message_id": None, "rate_limit_per_user": 0}  # fmt: skip
 
     def _interaction(
-        self, itype: int, data: dict[str, Any], *, user: UserSpec | None, guild_id: int | None,
-        channel_id: int | None, permissions: int, app_permissions: int, created_at: datetime | None,
-        attachment_size_limit: int, message: dict[str, Any] | None = None,
+        self, itype: int, data: dict[str, Any], *, user: UserSpec | None = None,
+        guild_id: int | None = DEFAULT_GUILD_ID, channel_id: int | None = DEFAULT_CHANNEL_ID,
+        permissions: int = MEMBER_PERMISSIONS, app_permissions: int = APP_PERMISSIONS,
+        created_at: datetime | None = None, attachment_size_limit: int = DEFAULT_FILE_LIMIT,
+        message: dict[str, Any] | None = None,
     ) -> Interaction:  # fmt: skip
         user = user or DEFAULT_USER
         iid = self._snowflake(created_at)
@@ -426,8 +430,8 @@ class DiscordDouble:
     def _command_data(self, name: str, options: Any, subcommand: str | None) -> dict[str, Any]:
         opts = [_typed_option(k, v) for k, v in options.items()] if isinstance(options, dict) else options
         opts = list(opts or [])
-        for part in reversed((subcommand or "").split()):  # "group sub" nests type 2 around type 1
-            opts = [{"type": 1 if not opts or opts[0].get("type") != 1 else 2, "name": part, "options": opts}]
+        for depth, part in enumerate(reversed((subcommand or "").split())):  # "group sub": type 2 > type 1
+            opts = [{"type": 2 if depth else 1, "name": part, "options": opts}]
         synced = [c for cmds in self._commands.values() for c in cmds if c.get("name") == name]
         cmd_id = synced[0]["id"] if synced else str(self._snowflake())
         return {"id": cmd_id, "name": name, "type": 1, "options": opts}
@@ -457,7 +461,7 @@ class DiscordDouble:
         for opt in leaf:
             if opt["name"] == focused:
                 opt["focused"] = True
-        return self._interaction(4, data, **self._defaults(kwargs))
+        return self._interaction(4, data, **kwargs)
 
     def click(self, custom_id: str, *, message_id: int, values: list[str] | None = None, **kwargs: Any) -> Interaction:
         """Build a component (type 3) interaction: a button click, or a string select if ``values`` given."""
@@ -465,34 +469,21 @@ class DiscordDouble:
         data: dict[str, Any] = {"custom_id": custom_id, "component_type": ctype}
         if values is not None:
             data["values"] = values
-        held = self.messages.get(message_id)
-        if held is not None:
-            message = self.message_json(held)
-        else:  # unknown message: fabricate one holding the component, which DynamicItem lookup needs
+        if message_id not in self.messages:
+            # A message from before the test (say, before a restart): hold one carrying the component,
+            # since DynamicItem dispatch looks the component up in the interaction's message.
             comp = {"type": ctype, "custom_id": custom_id}
             options = [{"label": v, "value": v} for v in values or []]
             comp |= {"style": 1, "label": "button"} if ctype == 2 else {"options": options}
             cid = kwargs.get("channel_id", DEFAULT_CHANNEL_ID)
-            stub = Message(message_id, cid, "", [], [{"type": 1, "components": [comp]}], [], 0, None)
-            message = self.message_json(stub)
-        interaction = self._interaction(3, data, message=message, **self._defaults(kwargs))
-        interaction.payload["message_id"] = str(message_id)
-        return interaction
+            row = {"type": 1, "components": [comp]}
+            self.messages[message_id] = Message(message_id, cid, "", [], [row], [], 0, interaction_token=None)
+        return self._interaction(3, data, message=self.message_json(self.messages[message_id]), **kwargs)
 
     def submit_modal(self, custom_id: str, values: dict[str, str], **kwargs: Any) -> Interaction:
         """Build a MODAL_SUBMIT (type 5) interaction with one text input (type 4) per value."""
         rows = [{"type": 1, "components": [{"type": 4, "custom_id": k, "value": v}]} for k, v in values.items()]
-        return self._interaction(5, {"custom_id": custom_id, "components": rows}, **self._defaults(kwargs))
-
-    @staticmethod
-    def _defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
-        base = {"user": None, "guild_id": DEFAULT_GUILD_ID, "channel_id": DEFAULT_CHANNEL_ID,
-                "permissions": MEMBER_PERMISSIONS, "app_permissions": APP_PERMISSIONS, "created_at": None,
-                "attachment_size_limit": DEFAULT_FILE_LIMIT}  # fmt: skip
-        unknown = set(kwargs) - set(base)
-        if unknown:
-            raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
-        return base | kwargs
+        return self._interaction(5, {"custom_id": custom_id, "components": rows}, **kwargs)
 
     async def send(self, interaction: Interaction) -> None:
         """Dispatch INTERACTION_CREATE to the connected shard that owns the interaction's guild."""
@@ -504,7 +495,7 @@ class DiscordDouble:
         def owner() -> GatewayConnection | None:
             for conn in self.connections:
                 sid, count = conn.shard
-                if conn.identify is not None and not conn.ws.closed and ((guild_id or 0) >> 22) % count == sid:
+                if conn.ready and not conn.ws.closed and ((guild_id or 0) >> 22) % count == sid:
                     return conn
             return None
 
@@ -556,7 +547,7 @@ class DiscordDouble:
                     await ws.send_str(json.dumps({"op": 9, "d": False}))
                     continue
                 conn.session_id, conn.shard = d["session_id"], self._sessions[d["session_id"]]
-                conn.seq, conn.identify = d.get("seq") or 0, {"resumed": True}
+                conn.seq, conn.ready = d.get("seq") or 0, True
                 await self._dispatch(conn, "RESUMED", {})
         return ws
 
@@ -580,6 +571,7 @@ class DiscordDouble:
         for guild in owned:
             conn.guild_ids.append(guild.id)
             await self._dispatch(conn, "GUILD_CREATE", self._guild_create(guild))
+        conn.ready = True
 
     # REST -----------------------------------------------------------------------------------------------
     async def _cdn(self, request: web.Request) -> web.Response:
@@ -631,68 +623,67 @@ class DiscordDouble:
         return response
 
     def _handle(self, rec: Recorded, request: web.Request, groups: dict[str, Any]) -> web.Response:
-        route, body = rec.route, rec.json or {}
-        webhook = route in _WEBHOOK_ROUTES or route == "callback"
-        # Interaction webhooks are authorised by their token alone; everything else needs the bot token.
-        authorised = request.headers.get("Authorization") == f"Bot {self.token}"
-        if route not in ("other", "gateway") and not webhook and not authorised:
-            raise ApiError(401, 0, "401: Unauthorized")
         inter = self.interactions.get(rec.token or "")
-        if route == "callback" and (inter is None or str(inter.id) != groups["iid"]):
-            raise ApiError(404, 10062)
-        if webhook and inter is None:
-            raise ApiError(401, 50027)
-        gid = int(groups["guild_id"]) if groups.get("guild_id") else None
-        status, payload = 200, None
-        match route:
+        # Interaction webhooks are authorised by their token alone; everything else needs the bot token.
+        if rec.route == "callback":
+            if inter is None or str(inter.id) != groups["iid"]:
+                raise ApiError(404, 10062)
+            status, payload = self._callback(rec, inter)
+        elif rec.route in _WEBHOOK_ROUTES:
+            if inter is None or self._age(inter) > self.token_ttl:
+                raise ApiError(401, 50027)
+            status, payload = self._webhook(rec, inter)
+        elif rec.route in ("other", "gateway") or request.headers.get("Authorization") == f"Bot {self.token}":
+            status, payload = self._bot(rec, int(groups["guild_id"]) if groups.get("guild_id") else None)
+        else:
+            raise ApiError(401, 0, "401: Unauthorized")
+        return web.Response(status=204) if status == 204 else _json_response(status, payload)
+
+    def _webhook(self, rec: Recorded, inter: Interaction) -> tuple[int, Any]:
+        if rec.route == "followup":
+            return self._followup(rec, inter)
+        msg = self._webhook_message(rec, inter)
+        if rec.route.startswith("delete"):
+            msg.deleted = True
+            return 204, None
+        if rec.route.startswith("edit"):
+            self._edit(msg, rec.json or {}, rec.files, inter)
+        return 200, self.message_json(msg)
+
+    def _bot(self, rec: Recorded, guild_id: int | None) -> tuple[int, Any]:
+        match rec.route:
             case "users_me":
-                payload = BOT_USER.payload() | {"flags": 0, "verified": True, "mfa_enabled": False}
+                return 200, BOT_USER.payload() | {"flags": 0, "verified": True, "mfa_enabled": False}
             case "app_info":
-                payload = {"id": str(APP_ID), "name": BOT_USER.username, "description": "", "icon": None,
-                           "bot_public": True, "bot_require_code_grant": False, "owner": DEFAULT_USER.payload(),
-                           "verify_key": "0" * 64, "flags": 0, "team": None}  # fmt: skip
+                return 200, {"id": str(APP_ID), "name": BOT_USER.username, "description": "", "icon": None,
+                             "bot_public": True, "bot_require_code_grant": False, "owner": DEFAULT_USER.payload(),
+                             "verify_key": "0" * 64, "flags": 0, "team": None}  # fmt: skip
             case "gateway":
                 limit = {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
-                payload = {"url": self.gateway_url, "shards": self.shard_count, "session_start_limit": limit}
+                return 200, {"url": self.gateway_url, "shards": self.shard_count, "session_start_limit": limit}
             case "sync_global" | "sync_guild":
-                payload = self._commands[gid] = [self._synced(cmd, gid) for cmd in rec.json or []]
+                self._commands[guild_id] = [self._synced(cmd, guild_id) for cmd in rec.json or []]
+                return 200, self.commands(guild_id)
             case "get_commands":
-                payload = self.commands(gid)
+                return 200, self.commands(guild_id)
             case "get_channel":
                 found = self._channel(rec.channel_id or 0)
                 if found is None:
                     raise ApiError(404, 10003)
-                payload = self._channel_payload(*found)
-            case "callback" if inter is not None:
-                status, payload = self._callback(rec, inter)
-            case _ if webhook and inter is not None and self._age(inter) > self.token_ttl:
-                raise ApiError(401, 50027)
-            case "followup" if inter is not None:
-                status, payload = self._followup(rec, inter)
-            case "edit_original" | "edit_followup":
-                msg = self._webhook_message(rec, inter)
-                self._edit(msg, body, rec.files, inter)
-                payload = self.message_json(msg)
-            case "get_original" | "get_followup":
-                payload = self.message_json(self._webhook_message(rec, inter))
-            case "delete_original" | "delete_followup":
-                self._webhook_message(rec, inter).deleted = True
-                status = 204
+                return 200, self._channel_payload(*found)
             case "channel_message":
-                payload = self.message_json(self._create(self._postable(rec), body, rec.files, None))
+                return 200, self.message_json(self._create(self._postable(rec), rec.json or {}, rec.files, None))
             case "edit_channel_message":
                 self._postable(rec)
                 msg = self._channel_message(rec)
-                self._edit(msg, body, rec.files, None)
-                payload = self.message_json(msg)
+                self._edit(msg, rec.json or {}, rec.files, None)
+                return 200, self.message_json(msg)
             case "get_channel_message":
-                payload = self.message_json(self._channel_message(rec))
+                return 200, self.message_json(self._channel_message(rec))
             case "delete_channel_message":
                 self._channel_message(rec).deleted = True
-                status = 204
-            case _:
-                raise ApiError(404, 0, "404: Not Found")
-        return web.Response(status=204) if status == 204 else _json_response(status, payload)
+                return 204, None
+        raise ApiError(404, 0, "404: Not Found")
 
     @staticmethod
     def _age(inter: Interaction) -> float:
@@ -717,8 +708,8 @@ class DiscordDouble:
             if ctype == 5:
                 message.content, message.flags = None, message.flags | LOADING
             self._originals[inter.token] = message.id
-        elif ctype in (6, 7) and "message_id" in inter.payload:  # component: the clicked message is the original
-            self._originals[inter.token] = int(inter.payload["message_id"])
+        elif ctype in (6, 7) and "message" in inter.payload:  # component: the clicked message is the original
+            self._originals[inter.token] = int(inter.payload["message"]["id"])
             held = self.original_message(inter.token)
             if ctype == 7 and held is not None:
                 self._edit(held, data, rec.files, inter)
@@ -746,11 +737,13 @@ class DiscordDouble:
             msg = self._create(int(inter.payload["channel_id"]), rec.json or {}, rec.files, inter)
         return (200, self.message_json(msg)) if rec.query.get("wait") in ("1", "true", "True") else (204, None)
 
-    def _webhook_message(self, rec: Recorded, inter: Interaction | None) -> Message:
-        assert inter is not None
-        mid = rec.message_id if rec.message_id is not None else self._originals.get(inter.token)
-        msg = self.messages.get(mid) if mid is not None else None
-        if msg is None or msg.deleted or msg.interaction_token not in (inter.token, None):
+    def _webhook_message(self, rec: Recorded, inter: Interaction) -> Message:
+        if rec.message_id is None:  # @original
+            msg = self.original_message(inter.token)
+        else:  # a followup id: only messages this interaction made
+            msg = self.messages.get(rec.message_id)
+            msg = msg if msg is not None and msg.interaction_token == inter.token else None
+        if msg is None or msg.deleted:
             raise ApiError(404, 10008)
         return msg
 
@@ -840,8 +833,8 @@ class DiscordDouble:
             owners = inter.payload.get("authorizing_integration_owners", {})
             meta = {"id": str(inter.id), "type": inter.payload["type"], "user": user,
                     "authorizing_integration_owners": owners}  # fmt: skip
-            if "message_id" in inter.payload:
-                meta["interacted_message_id"] = inter.payload["message_id"]
+            if "message" in inter.payload:
+                meta["interacted_message_id"] = inter.payload["message"]["id"]
             out |= {"webhook_id": str(APP_ID), "application_id": str(APP_ID), "interaction_metadata": meta}
         return out
 

@@ -45,7 +45,9 @@ def sdxl(*pngs: bytes, seed: int = 42) -> dict[str, Any]:
 
 def comfyui(*pngs: bytes) -> dict[str, Any]:
     return {
-        "images": [{"filename": f"ComfyUI_{n:05}_.png", "type": "base64", "data": b64(png)} for n, png in enumerate(pngs)]
+        "images": [
+            {"filename": f"ComfyUI_{n:05}_.png", "type": "base64", "data": b64(png)} for n, png in enumerate(pngs)
+        ]
     }
 
 

@@ -1,0 +1,299 @@
+"""Proves the Discord double against a real, tiny discord.py bot (REST + gateway over loopback)."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import discord
+import pytest
+from discord import app_commands
+from discord.ext import commands
+from PIL import Image
+
+from tests.doubles.discord import (
+    APP_ID,
+    BOT_USER_ID,
+    DEFAULT_CHANNEL_ID,
+    DEFAULT_GUILD_ID,
+    DEFAULT_USER_ID,
+    ChannelSpec,
+    DiscordDouble,
+    GuildSpec,
+    run_bot,
+)
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+PNG = _png()
+
+
+def png_file() -> discord.File:
+    return discord.File(io.BytesIO(PNG), filename="ping.png")
+
+
+class PingButton(discord.ui.DynamicItem[discord.ui.Button], template=r"ping:(?P<n>\d+)"):
+    def __init__(self, n: int) -> None:
+        super().__init__(discord.ui.Button(label=f"Ping {n}", custom_id=f"ping:{n}"))
+        self.n = n
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+        return cls(int(match["n"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        interaction.client.clicks.append(self.n)
+        await interaction.response.send_message(f"pong {self.n}", ephemeral=True)
+
+
+class NoteModal(discord.ui.Modal, title="Leave a note"):
+    note = discord.ui.TextInput(label="Note", custom_id="note")
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        interaction.client.notes.append(self.note.value)
+        await interaction.response.send_message("saved", ephemeral=True)
+
+
+@app_commands.command(description="Reply with pong and a picture")
+async def ping(interaction: discord.Interaction) -> None:
+    await interaction.response.defer(thinking=True)
+    view = discord.ui.View(timeout=None)
+    view.add_item(PingButton(1))
+    try:
+        await interaction.edit_original_response(content="pong", attachments=[png_file()], view=view)
+    except discord.HTTPException as exc:
+        if exc.code != 50027:  # Invalid Webhook Token: the 15-minute token is gone
+            raise
+        mentions = discord.AllowedMentions(everyone=False, roles=False, users=[interaction.user])
+        await interaction.channel.send(f"{interaction.user.mention} pong", file=png_file(), allowed_mentions=mentions)
+
+
+@app_commands.command(description="Open a modal")
+async def note(interaction: discord.Interaction) -> None:
+    await interaction.response.send_modal(NoteModal(custom_id="note-modal"))
+
+
+@app_commands.command(description="Echo typed options through a followup")
+async def echo(interaction: discord.Interaction, text: str, times: int = 1, loud: bool = False, scale: float = 1.0):
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    reply = " ".join([text.upper() if loud else text] * times) + f" x{scale}"
+    await interaction.followup.send(reply, wait=True)  # replaces the "thinking" message
+    await interaction.followup.send("and one more", ephemeral=True)
+
+
+@echo.autocomplete("text")
+async def echo_text(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    return [app_commands.Choice(name=w, value=w) for w in ("cat", "car", "dog") if w.startswith(current)]
+
+
+class PingBot(commands.Bot):
+    def __init__(self, **options) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents.default(),
+            guild_ready_timeout=0.05,
+            **options,
+        )
+        self.clicks: list[int] = []
+        self.notes: list[str] = []
+
+    async def setup_hook(self) -> None:
+        self.add_dynamic_items(PingButton)
+        self.tree.add_command(ping)
+        self.tree.add_command(note)
+        self.tree.add_command(echo)
+
+
+class ShardedPingBot(commands.AutoShardedBot, PingBot):
+    async def before_identify_hook(self, shard_id, *, initial=False) -> None:
+        pass  # the default sleeps 5 s before every shard but the first
+
+
+@pytest.fixture
+async def double() -> AsyncIterator[DiscordDouble]:
+    async with DiscordDouble() as d:
+        yield d
+
+
+@pytest.fixture
+async def bot(double: DiscordDouble) -> AsyncIterator[PingBot]:
+    async with run_bot(PingBot(), double) as b:
+        yield b
+
+
+async def test_login_ready_and_guild_create(bot: PingBot, double: DiscordDouble) -> None:
+    assert bot.user.id == BOT_USER_ID
+    assert bot.application_id == APP_ID
+    guild = bot.get_guild(DEFAULT_GUILD_ID)
+    assert guild is not None
+    assert guild.me is not None
+    channel = guild.get_channel(DEFAULT_CHANNEL_ID)
+    assert isinstance(channel, discord.TextChannel)
+    assert channel.name == "general"
+    assert [c.route for c in double.calls[:2]] == ["users_me", "app_info"]
+    (conn,) = double.connections
+    assert conn.identify["token"] == "test-token"
+    assert [t for t, _ in conn.events] == ["READY", "GUILD_CREATE"]
+
+
+async def test_slash_defers_then_edits_with_png(bot: PingBot, double: DiscordDouble) -> None:
+    inter = double.slash("ping")
+    await double.send(inter)
+    await double.wait_for(lambda: double.calls_for("edit_original", inter.token))
+
+    (callback,) = double.calls_for("callback", inter.token)
+    assert callback.json["type"] == 5
+    assert callback.status == 200
+    (edit,) = double.calls_for("edit_original", inter.token)
+    assert edit.status == 200
+    assert [(f.filename, f.data, f.content_type) for f in edit.files] == [("ping.png", PNG, "image/png")]
+    assert edit.json["attachments"] == [{"id": 0, "filename": "ping.png"}]
+
+    msg = double.original_message(inter.token)
+    assert msg is not None
+    assert msg.content == "pong"
+    assert not msg.loading
+    assert [a.data for a in msg.attachments] == [PNG]
+    assert msg.components[0]["components"][0]["custom_id"] == "ping:1"
+
+
+async def test_rate_limited_edit_is_retried(bot: PingBot, double: DiscordDouble) -> None:
+    double.fail_next("edit_original", 429, retry_after=0.05)
+    inter = double.slash("ping")
+    await double.send(inter)
+    await double.wait_for(lambda: [c.status for c in double.calls_for("edit_original")] == [429, 200])
+    retry = double.calls_for("edit_original")[1]
+    assert retry.files[0].data == PNG  # discord.py rewinds the file for the retry
+    assert double.original_message(inter.token).content == "pong"
+
+
+async def test_expired_token_falls_back_to_channel_send(bot: PingBot, double: DiscordDouble) -> None:
+    inter = double.slash("ping", created_at=datetime.now(UTC) - timedelta(minutes=16))
+    await double.send(inter)
+    await double.wait_for(lambda: double.calls_for("channel_message"))
+
+    (edit,) = double.calls_for("edit_original", inter.token)
+    assert edit.status == 401
+    (post,) = double.calls_for("channel_message")
+    assert post.status == 200
+    assert post.channel_id == DEFAULT_CHANNEL_ID
+    assert post.json["content"] == f"<@{DEFAULT_USER_ID}> pong"
+    assert post.json["allowed_mentions"]["users"] == [DEFAULT_USER_ID]
+    assert post.files[0].data == PNG
+    (posted,) = [m for m in double.messages.values() if m.interaction_token is None]
+    assert posted.content == post.json["content"]
+    assert posted.attachments[0].data == PNG
+
+
+async def test_button_click_reaches_dynamic_item(bot: PingBot, double: DiscordDouble) -> None:
+    # A message the double never saw: as after a restart, only the registered DynamicItem can answer.
+    inter = double.click("ping:7", message_id=1_100_000_000_000_009_999)
+    await double.send(inter)
+    await double.wait_for(lambda: double.calls_for("callback", inter.token))
+    assert bot.clicks == [7]
+    msg = double.original_message(inter.token)
+    assert msg is not None
+    assert msg.content == "pong 7"
+    assert msg.ephemeral
+
+
+async def test_modal_opened_and_submitted(bot: PingBot, double: DiscordDouble) -> None:
+    opener = double.slash("note")
+    await double.send(opener)
+    await double.wait_for(lambda: double.calls_for("callback", opener.token))
+    (opened,) = double.calls_for("callback", opener.token)
+    assert opened.json["type"] == 9
+    assert opened.json["data"]["custom_id"] == "note-modal"
+
+    submit = double.submit_modal("note-modal", {"note": "hello there"})
+    await double.send(submit)
+    await double.wait_for(lambda: double.calls_for("callback", submit.token))
+    assert bot.notes == ["hello there"]
+    assert double.original_message(submit.token).content == "saved"
+
+
+async def test_guild_sync_is_recorded(bot: PingBot, double: DiscordDouble) -> None:
+    guild = discord.Object(DEFAULT_GUILD_ID)
+    bot.tree.copy_global_to(guild=guild)
+    synced = await bot.tree.sync(guild=guild)
+    assert {c.name for c in synced} == {"ping", "note", "echo"}
+    assert all(c.id for c in synced)
+    assert {c["name"] for c in double.commands(DEFAULT_GUILD_ID)} == {"ping", "note", "echo"}
+    assert double.calls_for("sync_guild")[0].status == 200
+    assert double.commands() == []
+
+
+async def test_typed_options_autocomplete_and_followups(bot: PingBot, double: DiscordDouble) -> None:
+    ac = double.autocomplete("echo", {"text": "ca"}, focused="text")
+    await double.send(ac)
+    await double.wait_for(lambda: double.calls_for("callback", ac.token))
+    (choices,) = double.calls_for("callback", ac.token)
+    assert choices.json["type"] == 8
+    assert [c["value"] for c in choices.json["data"]["choices"]] == ["cat", "car"]
+
+    inter = double.slash("echo", {"text": "hi", "times": 2, "loud": True, "scale": 1.5})
+    assert [o["type"] for o in inter.payload["data"]["options"]] == [3, 4, 5, 10]
+    await double.send(inter)
+    await double.wait_for(lambda: len(double.calls_for("followup", inter.token)) == 2)
+    original = double.original_message(inter.token)
+    assert original.content == "HI HI x1.5"
+    assert original.ephemeral
+    assert not original.loading
+    later = [m for m in double.messages.values() if m.interaction_token == inter.token and m is not original]
+    assert [m.content for m in later] == ["and one more"]
+
+
+async def test_double_ack_and_plain_http_contract(double: DiscordDouble) -> None:
+    inter = double.slash("ping")
+    url = f"{double.rest_base}/interactions/{inter.id}/{inter.token}/callback"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json={"type": 5}) as first:
+            assert first.status == 204
+        async with http.post(url, json={"type": 5}, params={"with_response": "1"}) as second:
+            assert second.status == 400
+            assert second.headers["Content-Type"] == "application/json"
+            assert (await second.json())["code"] == 40060
+        async with http.get(f"{double.rest_base}/users/@me") as me:
+            assert me.status == 401
+        async with http.get(f"{double.rest_base}/nope") as other:
+            assert other.status == 404
+    assert [c.route for c in double.calls] == ["callback", "callback", "users_me", "other"]
+
+
+async def test_wrong_token_fails_login(double: DiscordDouble) -> None:
+    with pytest.raises(discord.LoginFailure):
+        async with run_bot(PingBot(), double, token="wrong"):
+            pass
+
+
+def _id_on_shard(shard: int, base: int) -> int:
+    return next(i for i in range(base, base + (4 << 22), 1 << 22) if (i >> 22) % 2 == shard)
+
+
+async def test_autosharded_bot_gets_its_guilds_per_shard() -> None:
+    ids = [_id_on_shard(0, 1_000_000_000_000_000_000), _id_on_shard(1, 1_000_000_000_000_000_000)]
+    guilds = [GuildSpec(id=g, name=f"g{n}", channels=[ChannelSpec(id=g + 1)]) for n, g in enumerate(ids)]
+    async with DiscordDouble(guilds=guilds) as double, run_bot(ShardedPingBot(shard_count=2), double) as b:
+        assert {g.id for g in b.guilds} == set(ids)
+        by_shard = {c.shard[0]: c for c in double.connections}
+        assert set(by_shard) == {0, 1}
+        for shard_id, conn in by_shard.items():
+            ready = next(d for t, d in conn.events if t == "READY")
+            assert ready["shard"] == [shard_id, 2]
+            assert conn.guild_ids == [ids[shard_id]]
+            assert b.get_guild(ids[shard_id]).shard_id == shard_id
+
+        inter = double.slash("ping", guild_id=ids[1], channel_id=ids[1] + 1)
+        await double.send(inter)
+        await double.wait_for(lambda: double.calls_for("edit_original", inter.token))
+        assert ("INTERACTION_CREATE", inter.payload) in by_shard[1].events
+        assert ("INTERACTION_CREATE", inter.payload) not in by_shard[0].events
+        assert double.original_message(inter.token).channel_id == ids[1] + 1
