@@ -1,15 +1,22 @@
-"""`python -m bot [run|generate|check|sync]`: every entry point, each failing with one clear line."""
+"""`python -m bot [run|generate|sync]`: every entry point, each failing with one clear line."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
+import aiohttp
+import discord
+
 from bot import generate
-from bot.config import configure_logging, load_settings
+from bot.config import Settings, configure_logging, load_settings
 from bot.errors import BotError, ConfigError
+from bot.images import ImageFetcher
+
+log = logging.getLogger("bot")
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -20,8 +27,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bot", description="Discord /imagine bot on RunPod serverless")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("run", help="run the Discord bot (the default)")
+    commands.add_parser("sync", help="publish the slash commands globally, then exit")
     generate.add_arguments(commands.add_parser("generate", help="run one job from the terminal and save the PNG"))
     return parser
+
+
+async def run_bot(settings: Settings, *, sync_only: bool = False) -> None:
+    """Own the loop: SIGTERM (every PaaS deploy and restart) closes the bot cleanly instead of killing it."""
+    from bot.bot import ImagineBot  # the terminal commands need no discord.py start-up
+
+    token = settings.require_discord_token()
+    async with aiohttp.ClientSession() as session, ImageFetcher() as fetcher:
+        bot = ImagineBot(settings, session=session, fetcher=fetcher)
+        loop = asyncio.get_running_loop()
+        closing: set[asyncio.Task[None]] = set()
+
+        def on_signal(name: str) -> None:
+            log.info("%s received: closing", name)
+            task = asyncio.create_task(bot.close())
+            closing.add(task)
+            task.add_done_callback(closing.discard)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+        try:
+            async with bot:
+                if sync_only:
+                    await bot.login(token.reveal())
+                    synced = await bot.tree.sync()
+                    print(f"published {len(synced)} global command(s): {', '.join(c.name for c in synced)}")
+                else:
+                    await bot.start(token.reveal())
+        except discord.LoginFailure:
+            raise ConfigError("DISCORD_TOKEN was refused by Discord: reset it in the developer portal") from None
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         if args.command == "generate":
             configure_logging(settings.log_level, sys.stderr)  # stdout carries the saved paths
-            paths = asyncio.run(generate.generate(args, settings))
-            for path in paths:
+            for path in asyncio.run(generate.generate(args, settings)):
                 print(path)
             return 0
-        raise ConfigError("the Discord bot is not built yet: use `python -m bot generate`")
+        configure_logging(settings.log_level)
+        asyncio.run(run_bot(settings, sync_only=args.command == "sync"))
+        return 0
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -42,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        logging.getLogger(__name__).info("interrupted")
         return EXIT_INTERRUPTED
 
 

@@ -6,6 +6,13 @@ from __future__ import annotations
 class BotError(Exception):
     """Base of every error this project raises on purpose; `str()` is safe to show to a user."""
 
+    advice: str = ""  # what the member or admin can do about it
+
+    @property
+    def explanation(self) -> str:
+        """What happened, then what to do: the whole message a member sees."""
+        return f"{self} {self.advice}".strip()
+
 
 class ConfigError(BotError):
     """A missing or malformed setting; the message names the variable."""
@@ -19,12 +26,16 @@ class RunPodError(BotError):
 
 
 class RunPodAuthError(RunPodError):
+    advice = "A server admin should check the RunPod key with /runpod setup."
+
     def __init__(self) -> None:
         super().__init__("RunPod refused the API key (401). Check that the key is valid and has access.")
 
 
 class RunPodNotFound(RunPodError):
     """404: the endpoint id is wrong, or the job is unknown or past RunPod's retention."""
+
+    advice = "A server admin should check the endpoint id with /runpod setup."
 
 
 class RunPodRateLimited(RunPodError):
@@ -35,9 +46,13 @@ class RunPodRateLimited(RunPodError):
 class RunPodUnavailable(RunPodError):
     """5xx, connection failures and timeouts that outlasted the retries."""
 
+    advice = "Try again in a few minutes."
+
 
 class RunPodBadResponse(RunPodError):
     """A body that is not JSON, or JSON of the wrong shape."""
+
+    advice = "Try again in a few minutes."
 
 
 class RunPodRejected(RunPodError):
@@ -58,6 +73,8 @@ class JobError(BotError):
 class JobFailed(JobError):
     """RunPod reported FAILED; the message is the worker's own error text."""
 
+    advice = "Try again, perhaps with a different prompt or settings."
+
 
 class JobCancelled(JobError):
     pass
@@ -70,6 +87,10 @@ class JobTimedOut(JobError):
 class JobExpired(JobError):
     """The job is gone from RunPod (404): its result outlived the 30-minute retention or its TTL."""
 
+    advice = "Run /imagine again."
+
 
 class OutputError(JobError):
     """The job completed but its output held no usable picture."""
+
+    advice = "A server admin should check the endpoint's worker and its settings."

@@ -1,0 +1,176 @@
+"""The one message that shows a job while it runs.
+
+Edits are coalesced: `show()` only records what the message should look like, and one pump task
+edits at most once per `min_interval`, and only when the look changed. The interaction token
+dies after 15 minutes; from then on (or when an edit says the token is gone) the status continues
+in a channel message sent with the bot token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from io import BytesIO
+from typing import Any
+
+import discord
+
+from bot.delivery import Upload
+
+log = logging.getLogger(__name__)
+
+_TOKEN_GONE_CODES = {50027, 10015, 10008}  # invalid webhook token, unknown webhook, unknown message
+
+
+@dataclass
+class _Look:
+    embed: discord.Embed
+    view: discord.ui.View | None = None
+    uploads: Sequence[Upload] = ()
+    key: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        buttons = tuple(getattr(item, "custom_id", None) for item in self.view.children) if self.view else ()
+        self.key = (repr(sorted(self.embed.to_dict().items())), buttons)
+
+
+def token_gone(error: discord.HTTPException) -> bool:
+    return error.status == 401 or error.code in _TOKEN_GONE_CODES
+
+
+class LiveMessage:
+    def __init__(
+        self,
+        interaction: discord.Interaction[Any],
+        *,
+        min_interval: float = 1.5,
+        expiry_margin: timedelta = timedelta(seconds=60),
+        context: str = "",
+    ) -> None:
+        self._interaction = interaction
+        self._min_interval = min_interval
+        self._expiry_margin = expiry_margin
+        self.context = context  # "job … guild …" for log lines
+        self._channel = interaction.client.get_partial_messageable(
+            interaction.channel_id or 0, guild_id=interaction.guild_id
+        )
+        self._channel_message: discord.Message | None = None
+        self._token_dead = False
+        self.unreachable = False  # neither the token nor the channel works: nothing can be shown
+        self.message: discord.Message | None = None  # what the member sees now, for jump links
+        self._pending: _Look | None = None
+        self._shown_key: Any = None
+        self._last_edit = float("-inf")
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._pump_task: asyncio.Task[None] | None = None
+
+    @property
+    def in_channel(self) -> bool:
+        return self._channel_message is not None or not self._token_usable()
+
+    def show(self, embed: discord.Embed, view: discord.ui.View | None = None) -> None:
+        """Ask for this look; the pump sends it when the pace allows, unless a newer one replaces it."""
+        if self._closing.is_set():
+            return
+        self._pending = _Look(embed, view)
+        self._wake.set()
+        if self._pump_task is None:
+            self._pump_task = asyncio.create_task(self._pump(), name=f"live-message {self.context}")
+
+    async def final(
+        self, embed: discord.Embed, view: discord.ui.View | None = None, uploads: Sequence[Upload] = ()
+    ) -> bool:
+        """Stop the pump and show this look now. False when it could not be shown anywhere."""
+        await self.stop()
+        return await self._send(_Look(embed, view, uploads))
+
+    async def stop(self) -> None:
+        self._closing.set()
+        self._wake.set()
+        if self._pump_task is not None:
+            with contextlib.suppress(Exception):
+                await self._pump_task
+
+    async def notify(self, content: str, user: discord.abc.Snowflake) -> None:
+        """A new message that pings only `user`: edits never notify anyone."""
+        mentions = discord.AllowedMentions(everyone=False, roles=False, users=[user])
+        try:
+            if self._token_usable():
+                await self._interaction.followup.send(content, allowed_mentions=mentions)
+            else:
+                await self._channel.send(content, allowed_mentions=mentions)
+        except discord.HTTPException as error:
+            log.warning("%s: could not notify the requester: %s", self.context, error)
+
+    async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closing.is_set():
+            await self._wake.wait()
+            self._wake.clear()
+            wait = self._last_edit + self._min_interval - loop.time()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), wait)
+            look = self._pending
+            if self._closing.is_set() or look is None or look.key == self._shown_key:
+                continue
+            await self._send(look)
+
+    async def _send(self, look: _Look) -> bool:
+        async with self._lock:
+            self._last_edit = asyncio.get_running_loop().time()
+            shown = await self._via_interaction(look) or await self._via_channel(look)
+            if shown:
+                self._shown_key = look.key
+            return shown
+
+    def _token_usable(self) -> bool:
+        expiring = self._interaction.expires_at - datetime.now(UTC) < self._expiry_margin
+        return not self._token_dead and not expiring
+
+    async def _via_interaction(self, look: _Look) -> bool:
+        if self._channel_message is not None or not self._token_usable():
+            return False
+        try:
+            self.message = await self._interaction.edit_original_response(
+                embed=look.embed, view=look.view, attachments=_files(look.uploads)
+            )
+            return True
+        except discord.HTTPException as error:
+            if not token_gone(error):
+                log.warning("%s: editing the reply failed: %s", self.context, error)
+                return False
+            log.info("%s: interaction token gone (%s); continuing in a channel message", self.context, error.code)
+            self._token_dead = True
+            return False
+
+    async def _via_channel(self, look: _Look) -> bool:
+        if self.unreachable or (self._channel_message is None and self._token_usable()):
+            return False
+        try:
+            if self._channel_message is None:
+                self._channel_message = await self._channel.send(
+                    embed=look.embed, view=look.view, files=_files(look.uploads) or discord.utils.MISSING
+                )
+            else:
+                self._channel_message = await self._channel_message.edit(
+                    embed=look.embed, view=look.view, attachments=_files(look.uploads)
+                )
+            self.message = self._channel_message
+            return True
+        except discord.HTTPException as error:
+            if isinstance(error, discord.Forbidden | discord.NotFound):
+                self.unreachable = True
+            log.error("%s: cannot post in channel %s: %s", self.context, self._channel.id, error)
+            return False
+
+
+def _files(uploads: Sequence[Upload]) -> list[discord.File]:
+    # Fresh File objects on every attempt: discord.py closes them after a request.
+    return [discord.File(BytesIO(upload.data), filename=upload.filename) for upload in uploads]

@@ -1,0 +1,140 @@
+"""The real bot, wired to both doubles: what a member would see, readable by a test."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+
+from bot.bot import ImagineBot
+from bot.config import Secret, Settings
+from bot.engine import PollPolicy
+from bot.images import ImageFetcher
+from bot.jobs import RunnerOptions
+from tests.conftest import API_KEY, ENDPOINT
+from tests.doubles import outputs
+from tests.doubles.discord import DiscordDouble, Interaction, Message, run_bot
+from tests.doubles.runpod import RunPodDouble, Script
+
+FINAL_TITLES = ("✅ Done", "⚠️ No picture this time", "🚫 Cancelled", "🔄 Bot restarting")
+
+
+def png_for(prompt: str) -> bytes:
+    """Each prompt gets its own picture, so a mix-up between jobs cannot go unnoticed."""
+    seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big")
+    return outputs.make_png(40, 40, seed=seed)
+
+
+def script_for(job_input: dict[str, Any]) -> Script:
+    """Default worker: a short queue and run, then the prompt's own picture in worker-sdxl's shape."""
+    return Script(queue_s=0.05, run_s=0.1, output=outputs.sdxl(png_for(str(job_input.get("prompt")))))
+
+
+def fast_options(**overrides: Any) -> RunnerOptions:
+    values: dict[str, Any] = {
+        "poll": PollPolicy(queued=(0.02, 0.05), running=(0.02, 0.05)),
+        "edit_interval": 0.05,
+        "notify_after": 60.0,
+        "expiry_margin": timedelta(0),
+    }
+    return RunnerOptions(**(values | overrides))
+
+
+def settings_for(runpod: RunPodDouble, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "discord_token": Secret("test-token"),
+        "runpod_api_key": Secret(API_KEY),
+        "runpod_endpoint_id": ENDPOINT,
+        "runpod_api_url": runpod.api_url,
+    }
+    return Settings(**(values | overrides))
+
+
+@dataclass
+class Harness:
+    discord: DiscordDouble
+    runpod: RunPodDouble
+    bot: ImagineBot
+    sent: list[Interaction] = field(default_factory=list)
+
+    async def imagine(self, prompt: str = "a lighthouse at dusk", **options: Any) -> Interaction:
+        kwargs = {key: options.pop(key) for key in ("user", "created_at", "attachment_size_limit") if key in options}
+        interaction = self.discord.slash("imagine", {"prompt": prompt, **options}, **kwargs)
+        await self.discord.send(interaction)
+        self.sent.append(interaction)
+        return interaction
+
+    def shown(self, interaction: Interaction) -> Message | None:
+        """The message the member is looking at for this job: the reply, or its channel continuation."""
+        original = self.discord.original_message(interaction.token)
+        continued = [
+            message
+            for message in self.discord.messages.values()
+            if message.interaction_token is None and message.embeds and _footer_user(message) == _user(interaction)
+        ]
+        return continued[-1] if continued else original
+
+    def title(self, interaction: Interaction) -> str | None:
+        message = self.shown(interaction)
+        return message.embeds[0].get("title") if message and message.embeds else None
+
+    async def finished(self, interaction: Interaction, timeout: float = 10.0) -> Message:
+        await self.discord.wait_for(lambda: self.title(interaction) in FINAL_TITLES, timeout)
+        message = self.shown(interaction)
+        assert message is not None
+        return message
+
+    def private_replies(self, interaction: Interaction) -> list[str]:
+        """Ephemeral answers the member alone saw (callback messages and followups with flag 64)."""
+        texts = []
+        for call in self.discord.calls:
+            if call.token != interaction.token or not isinstance(call.json, dict):
+                continue
+            data = call.json.get("data", call.json) if call.route == "callback" else call.json
+            if isinstance(data, dict) and data.get("flags", 0) & 64 and data.get("content"):
+                texts.append(data["content"])
+        return texts
+
+
+def _user(interaction: Interaction) -> str:
+    member = interaction.payload.get("member") or {}
+    user = member.get("user") or interaction.payload.get("user") or {}
+    return user.get("global_name") or user.get("username") or ""
+
+
+def _footer_user(message: Message) -> str:
+    footer = (message.embeds[0].get("footer") or {}).get("text", "")
+    return footer.removeprefix("Requested by ").split(" · ")[0]
+
+
+def field_value(message: Message, name: str) -> str | None:
+    for embed_field in message.embeds[0].get("fields", []):
+        if embed_field["name"] == name:
+            return embed_field["value"]
+    return None
+
+
+@contextlib.asynccontextmanager
+async def running_bot(
+    runpod: RunPodDouble, *, options: RunnerOptions | None = None, settings: Settings | None = None, **double: Any
+) -> AsyncIterator[Harness]:
+    runpod.default_script = script_for
+    async with (
+        DiscordDouble(**double) as discord_double,
+        aiohttp.ClientSession() as session,
+        ImageFetcher() as fetcher,
+    ):
+        bot = ImagineBot(
+            settings or settings_for(runpod),
+            session=session,
+            fetcher=fetcher,
+            runner_options=options or fast_options(),
+            guild_ready_timeout=0.05,
+        )
+        async with run_bot(bot, discord_double):
+            yield Harness(discord_double, runpod, bot)
