@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -241,7 +242,7 @@ async def test_edits_are_coalesced_and_paced(runpod):
     polls = len(runpod.requests_for("status"))
     assert len(edits) < polls / 2  # far fewer edits than status changes seen
     status_edits = edits[:-1]  # the final edit goes out at once
-    gaps = [later.at - earlier.at for earlier, later in zip(status_edits, status_edits[1:], strict=False)]
+    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(status_edits)]
     assert all(gap >= 0.35 for gap in gaps), gaps
 
 
