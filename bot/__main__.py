@@ -69,12 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
+        secrets = (settings.discord_token, settings.runpod_api_key, settings.database_url, *settings.encryption_keys)
         if args.command == "generate":
-            configure_logging(settings.log_level, sys.stderr)  # stdout carries the saved paths
+            configure_logging(settings.log_level, sys.stderr, secrets)  # stdout carries the saved paths
             for path in asyncio.run(generate.generate(args, settings)):
                 print(path)
             return 0
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, sys.stdout, secrets)
         asyncio.run(run_bot(settings, sync_only=args.command == "sync"))
         return 0
     except ConfigError as error:

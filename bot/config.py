@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -174,12 +175,29 @@ def _log_level(value: str) -> str:
     return level
 
 
-def configure_logging(level: str, stream: TextIO = sys.stdout) -> None:
-    """Log to stdout (the PaaS log); discord.http stays at WARNING because it logs request routes below that."""
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        handlers=[logging.StreamHandler(stream)],
-        force=True,
-    )
+def configure_logging(level: str, stream: TextIO = sys.stdout, secrets: tuple[Secret | None, ...] = ()) -> None:
+    """Log to stdout (the PaaS log), with every token and key blanked out of every line.
+
+    discord.py logs webhook URLs, which carry interaction tokens, at DEBUG; the formatter removes them
+    along with the secrets it is given, so even LOG_LEVEL=DEBUG is safe to paste into an issue.
+    """
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(RedactingFormatter(tuple(secret.reveal() for secret in secrets if secret)))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.getLogger("discord.http").setLevel(logging.WARNING)
+
+
+class RedactingFormatter(logging.Formatter):
+    _TOKEN_IN_URL = re.compile(r"(/(?:webhooks|interactions)/\d+/)[\w.-]{20,}")
+    _TOKEN_IN_PAYLOAD = re.compile(r"""(['"]token['"]:\s*['"])[^'"]+""")  # gateway events at DEBUG
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        self._secrets = tuple(secret for secret in secrets if len(secret) >= 6)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self._TOKEN_IN_URL.sub(r"\1<token>", super().format(record))
+        text = self._TOKEN_IN_PAYLOAD.sub(r"\1<token>", text)
+        for secret in self._secrets:
+            text = text.replace(secret, "<secret>")
+        return text

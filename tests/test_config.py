@@ -130,3 +130,22 @@ def test_dotenv_is_loaded_but_real_environment_wins(tmp_path, monkeypatch):
 def test_discord_http_logger_stays_quiet():
     configure_logging("DEBUG")
     assert logging.getLogger("discord.http").level == logging.WARNING
+
+
+def test_log_lines_never_carry_tokens_or_keys():
+    from bot.config import RedactingFormatter
+
+    formatter = RedactingFormatter(("rp_secret_key_abcd", "short"))
+    record = logging.LogRecord(
+        "discord.webhook.async_", logging.DEBUG, __file__, 1,
+        "PATCH %s with key %s, event %s", (
+            "https://discord.com/api/v10/webhooks/123/aW50ZXJhY3Rpb246MTIzNDU2Nzg5.abc-def_ghi/messages/@original",
+            "rp_secret_key_abcd",
+            {"op": 0, "d": {"token": "aW50ZXJhY3Rpb24", "id": "1"}},
+        ), None,
+    )  # fmt: skip
+    line = formatter.format(record)
+    assert "/webhooks/123/<token>/messages/@original" in line
+    assert "'token': '<token>'" in line
+    assert "rp_secret_key_abcd" not in line
+    assert "<secret>" in line

@@ -1,0 +1,133 @@
+"""The bot as a real process (`python -m bot`) against both doubles: start-up, sync, SIGTERM, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import API_KEY, ENDPOINT
+from tests.doubles import outputs
+from tests.doubles.discord import DEFAULT_GUILD_ID, DiscordDouble
+from tests.doubles.runpod import Script
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class BotProcess:
+    process: asyncio.subprocess.Process
+    output: list[str]
+
+    async def finish(self, timeout: float = 20.0) -> int:
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.output)
+
+
+@pytest.fixture
+async def discord_double():
+    async with DiscordDouble() as double:
+        yield double
+
+
+async def start_bot(tmp_path, discord_double, runpod, *args: str, **env: str) -> BotProcess:
+    environment = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(ROOT),
+        "DISCORD_TOKEN": discord_double.token,
+        "RUNPOD_API_KEY": API_KEY,
+        "RUNPOD_ENDPOINT_ID": ENDPOINT,
+        "RUNPOD_API_URL": runpod.api_url,
+        "DISCORD_DOUBLE_REST": discord_double.rest_base,
+        "DISCORD_DOUBLE_GATEWAY": discord_double.gateway_url,
+        "LOG_LEVEL": "DEBUG",
+    } | env
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.doubles.launch", *args,
+        cwd=tmp_path, env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output: list[str] = []
+
+    async def collect() -> None:
+        assert process.stdout is not None
+        async for line in process.stdout:
+            output.append(line.decode())
+
+    asyncio.get_running_loop().create_task(collect())
+    return BotProcess(process, output)
+
+
+async def ready(discord_double) -> None:
+    await discord_double.wait_for(lambda: any(conn.ready for conn in discord_double.connections), timeout=20)
+
+
+async def test_sigterm_mid_job_closes_cleanly_and_tells_the_member(tmp_path, discord_double, runpod):
+    runpod.default_script = Script(queue_s=60)
+    bot = await start_bot(tmp_path, discord_double, runpod, DISCORD_GUILD_IDS=str(DEFAULT_GUILD_ID))
+    await ready(discord_double)
+    await discord_double.wait_for(lambda: discord_double.commands(DEFAULT_GUILD_ID), timeout=10)
+    assert [command["name"] for command in discord_double.commands(DEFAULT_GUILD_ID)] == ["imagine"]
+
+    interaction = discord_double.slash("imagine", {"prompt": "a slow lighthouse"})
+    await discord_double.send(interaction)
+
+    def title():
+        message = discord_double.original_message(interaction.token)
+        return message.embeds[0]["title"] if message and message.embeds else None
+
+    await discord_double.wait_for(lambda: title() == "⏳ In queue", timeout=10)
+    started = time.monotonic()
+    bot.process.send_signal(signal.SIGTERM)
+    assert await bot.finish() == 0
+    assert time.monotonic() - started < 10
+    assert title() == "🔄 Bot restarting"
+    assert "SIGTERM received" in bot.log
+    # Nothing secret in a DEBUG log: not the bot token, not the RunPod key, not the interaction token.
+    for secret in (discord_double.token, API_KEY, interaction.token):
+        assert secret not in bot.log, [line for line in bot.output if secret in line][:3]
+    assert "Traceback" not in bot.log
+
+
+async def test_a_job_completes_through_the_real_process(tmp_path, discord_double, runpod):
+    png = outputs.make_png(seed=21)
+    runpod.default_script = Script(queue_s=0.2, run_s=0.5, output=outputs.sdxl(png))
+    bot = await start_bot(tmp_path, discord_double, runpod, DISCORD_GUILD_IDS=str(DEFAULT_GUILD_ID))
+    await ready(discord_double)
+    interaction = discord_double.slash("imagine", {"prompt": "quick"})
+    await discord_double.send(interaction)
+
+    def attachments():
+        message = discord_double.original_message(interaction.token)
+        return [attachment.data for attachment in message.attachments] if message else []
+
+    await discord_double.wait_for(lambda: attachments() == [png], timeout=15)
+    bot.process.send_signal(signal.SIGTERM)
+    assert await bot.finish() == 0
+
+
+async def test_sync_publishes_commands_globally(tmp_path, discord_double, runpod):
+    bot = await start_bot(tmp_path, discord_double, runpod, "sync")
+    assert await bot.finish() == 0
+    assert [command["name"] for command in discord_double.commands(None)] == ["imagine"]
+    assert "published 1 global command(s): imagine" in bot.log
+
+
+async def test_missing_or_refused_token_is_one_clear_line(tmp_path, discord_double, runpod):
+    bot = await start_bot(tmp_path, discord_double, runpod, DISCORD_TOKEN="")
+    assert await bot.finish() == 2
+    assert bot.log.strip().splitlines()[-1].startswith("configuration error: DISCORD_TOKEN is not set")
+    bot = await start_bot(tmp_path, discord_double, runpod, DISCORD_TOKEN="not-the-token")
+    assert await bot.finish() == 2
+    assert bot.log.strip().splitlines()[-1] == (
+        "configuration error: DISCORD_TOKEN was refused by Discord: reset it in the developer portal"
+    )
+    assert "Traceback" not in bot.log
