@@ -15,6 +15,7 @@ from bot import generate
 from bot.config import Settings, configure_logging, load_settings
 from bot.errors import BotError, ConfigError
 from bot.images import ImageFetcher
+from bot.storage import Storage
 
 log = logging.getLogger("bot")
 
@@ -37,8 +38,9 @@ async def run_bot(settings: Settings, *, sync_only: bool = False) -> None:
     from bot.bot import ImagineBot  # the terminal commands need no discord.py start-up
 
     token = settings.require_discord_token()
+    storage = await Storage.open(settings.database_url.reveal())
     async with aiohttp.ClientSession() as session, ImageFetcher() as fetcher:
-        bot = ImagineBot(settings, session=session, fetcher=fetcher)
+        bot = ImagineBot(settings, storage=storage, session=session, fetcher=fetcher)
         loop = asyncio.get_running_loop()
         closing: set[asyncio.Task[None]] = set()
 
@@ -63,6 +65,7 @@ async def run_bot(settings: Settings, *, sync_only: bool = False) -> None:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            await storage.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,57 +11,23 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.buttons import CancelButton
+from bot.buttons import JobButton
 from bot.config import Settings
-from bot.errors import BotError
 from bot.images import ImageFetcher
 from bot.jobs import JobRunner, RunnerOptions
+from bot.replies import explain, reply_privately
+from bot.storage import Storage
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine",)
+EXTENSIONS = ("cogs.imagine", "cogs.runpod")
 
 
 class ImagineTree(app_commands.CommandTree["ImagineBot"]):
     """One place that turns errors into short private replies; the rest is logged with its context."""
 
     async def on_error(self, interaction: discord.Interaction[ImagineBot], error: app_commands.AppCommandError) -> None:
-        original = getattr(error, "original", error)
-        if isinstance(original, BotError):
-            text = original.explanation
-        elif isinstance(error, app_commands.MissingPermissions):
-            text = f"You need the {', '.join(_permission_names(error.missing_permissions))} permission for this."
-        elif isinstance(error, app_commands.BotMissingPermissions):
-            text = f"I need the {', '.join(_permission_names(error.missing_permissions))} permission here."
-        elif isinstance(error, app_commands.NoPrivateMessage):
-            text = "This command only works in a server."
-        elif isinstance(error, app_commands.CheckFailure):
-            text = "You cannot use this command here."
-        else:
-            command = interaction.command.qualified_name if interaction.command else "?"
-            log.error(
-                "command /%s failed in guild %s for user %s",
-                command,
-                interaction.guild_id,
-                interaction.user.id,
-                exc_info=original,
-            )
-            text = "Something went wrong on our side; it has been logged. Try again in a moment."
-        await reply_privately(interaction, text)
-
-
-async def reply_privately(interaction: discord.Interaction[Any], text: str) -> None:
-    try:
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.response.send_message(text, ephemeral=True)
-    except discord.HTTPException as error:
-        log.warning("could not tell user %s about an error: %s", interaction.user.id, error)
-
-
-def _permission_names(permissions: list[str]) -> list[str]:
-    return [permission.replace("_", " ").title() for permission in permissions]
+        await reply_privately(interaction, explain(interaction, getattr(error, "original", error)))
 
 
 class ImagineBot(commands.Bot):
@@ -71,6 +37,7 @@ class ImagineBot(commands.Bot):
         self,
         settings: Settings,
         *,
+        storage: Storage,
         session: aiohttp.ClientSession,
         fetcher: ImageFetcher,
         runner_options: RunnerOptions | None = None,
@@ -85,11 +52,12 @@ class ImagineBot(commands.Bot):
             **options,
         )
         self.settings = settings
-        self.runner = JobRunner(settings, session, fetcher, runner_options)
+        self.runner = JobRunner(self, settings, storage, session, fetcher, runner_options)
         self._closing: asyncio.Task[None] | None = None
+        self._resuming: asyncio.Task[None] | None = None
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(CancelButton)
+        self.add_dynamic_items(JobButton)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         for guild_id in self.settings.guild_ids:
@@ -100,6 +68,8 @@ class ImagineBot(commands.Bot):
                 log.info("synced %d commands to guild %s", len(synced), guild_id)
             except discord.HTTPException as error:
                 log.warning("could not sync commands to guild %s: %s", guild_id, error)
+        # REST works before the gateway is up: jobs from before a restart resume at once.
+        self._resuming = asyncio.create_task(self.runner.resume_all(), name="resume jobs")
 
     async def on_ready(self) -> None:
         log.info("logged in as %s (%s) in %d guilds", self.user, self.user.id, len(self.guilds))
@@ -112,5 +82,7 @@ class ImagineBot(commands.Bot):
 
     async def _shutdown(self) -> None:
         log.info("shutting down: %d live job(s)", len(self.runner.live))
+        if self._resuming is not None:
+            self._resuming.cancel()
         await self.runner.shutdown()
         await super().close()

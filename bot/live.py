@@ -1,9 +1,10 @@
 """The one message that shows a job while it runs.
 
 Edits are coalesced: `show()` only records what the message should look like, and one pump task
-edits at most once per `min_interval`, and only when the look changed. The interaction token
-dies after 15 minutes; from then on (or when an edit says the token is gone) the status continues
-in a channel message sent with the bot token.
+edits at most once per `min_interval`, and only when the look changed. The message is addressed by
+ids only (application, interaction token, message, channel), so it can be rebuilt from the ledger
+after a restart. The interaction token dies after 15 minutes; from then on, or when an edit says the
+token is gone, the status continues in a channel message sent with the bot token.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
@@ -38,6 +39,18 @@ class _Look:
         self.key = (repr(sorted(self.embed.to_dict().items())), buttons)
 
 
+@dataclass(frozen=True)
+class Address:
+    """Where a job's status lives: all a restarted bot needs to find the message again."""
+
+    channel_id: int
+    guild_id: int | None = None
+    token: str | None = field(default=None, repr=False)  # the interaction's; None once unknown
+    token_expires_at: datetime | None = None
+    message_id: int | None = None  # the interaction's reply
+    channel_message_id: int | None = None  # the status continued in the channel
+
+
 def token_gone(error: discord.HTTPException) -> bool:
     return error.status == 401 or error.code in _TOKEN_GONE_CODES
 
@@ -45,23 +58,30 @@ def token_gone(error: discord.HTTPException) -> bool:
 class LiveMessage:
     def __init__(
         self,
-        interaction: discord.Interaction[Any],
+        client: discord.Client,
+        address: Address,
         *,
         min_interval: float = 1.5,
         expiry_margin: timedelta = timedelta(seconds=60),
         context: str = "",
+        on_channel_message: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
-        self._interaction = interaction
+        self._address = address
         self._min_interval = min_interval
         self._expiry_margin = expiry_margin
         self.context = context  # "job … guild …" for log lines
-        self._channel = interaction.client.get_partial_messageable(
-            interaction.channel_id or 0, guild_id=interaction.guild_id
+        self._on_channel_message = on_channel_message
+        self._webhook = (
+            discord.Webhook.partial(client.application_id or 0, address.token, client=client)
+            if address.token and address.message_id
+            else None
         )
-        self._channel_message: discord.Message | None = None
-        self._token_dead = False
+        self._channel = client.get_partial_messageable(address.channel_id, guild_id=address.guild_id)
+        self._channel_message = (
+            self._channel.get_partial_message(address.channel_message_id) if address.channel_message_id else None
+        )
         self.unreachable = False  # neither the token nor the channel works: nothing can be shown
-        self.message: discord.Message | None = None  # what the member sees now, for jump links
+        self.message: discord.Message | discord.PartialMessage | None = self._channel_message
         self._pending: _Look | None = None
         self._shown_key: Any = None
         self._last_edit = float("-inf")
@@ -101,8 +121,8 @@ class LiveMessage:
         """A new message that pings only `user`: edits never notify anyone."""
         mentions = discord.AllowedMentions(everyone=False, roles=False, users=[user])
         try:
-            if self._token_usable():
-                await self._interaction.followup.send(content, allowed_mentions=mentions)
+            if self._webhook is not None and self._token_usable():
+                await self._webhook.send(content, allowed_mentions=mentions)
             else:
                 await self._channel.send(content, allowed_mentions=mentions)
         except discord.HTTPException as error:
@@ -131,15 +151,16 @@ class LiveMessage:
             return shown
 
     def _token_usable(self) -> bool:
-        expiring = self._interaction.expires_at - datetime.now(UTC) < self._expiry_margin
-        return not self._token_dead and not expiring
+        expires = self._address.token_expires_at
+        expiring = expires is None or expires - datetime.now(UTC) < self._expiry_margin
+        return self._webhook is not None and not expiring
 
     async def _via_interaction(self, look: _Look) -> bool:
-        if self._channel_message is not None or not self._token_usable():
+        if self._webhook is None or self._channel_message is not None or not self._token_usable():
             return False
         try:
-            self.message = await self._interaction.edit_original_response(
-                embed=look.embed, view=look.view, attachments=_files(look.uploads)
+            self.message = await self._webhook.edit_message(
+                self._address.message_id or 0, embed=look.embed, view=look.view, attachments=_files(look.uploads)
             )
             return True
         except discord.HTTPException as error:
@@ -147,7 +168,7 @@ class LiveMessage:
                 log.warning("%s: editing the reply failed: %s", self.context, error)
                 return False
             log.info("%s: interaction token gone (%s); continuing in a channel message", self.context, error.code)
-            self._token_dead = True
+            self._webhook = None
             return False
 
     async def _via_channel(self, look: _Look) -> bool:
@@ -155,9 +176,12 @@ class LiveMessage:
             return False
         try:
             if self._channel_message is None:
-                self._channel_message = await self._channel.send(
+                sent = await self._channel.send(
                     embed=look.embed, view=look.view, files=_files(look.uploads) or discord.utils.MISSING
                 )
+                self._channel_message = sent
+                if self._on_channel_message is not None:
+                    await self._on_channel_message(sent.id)
             else:
                 self._channel_message = await self._channel_message.edit(
                     embed=look.embed, view=look.view, attachments=_files(look.uploads)

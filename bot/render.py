@@ -15,6 +15,7 @@ from bot.engine import JobUpdate, Progress
 from bot.errors import BotError, JobCancelled
 from bot.params import GenerationParams
 from bot.runpod import Health, JobState
+from bot.storage import JobRecord
 
 QUEUED_COLOUR = discord.Colour.light_grey()
 RUNNING_COLOUR = discord.Colour.blurple()
@@ -119,11 +120,32 @@ def failure_embed(error: BotError, params: GenerationParams, requester: str, job
 
 
 def restarting_embed(params: GenerationParams, requester: str, job_id: str) -> discord.Embed:
-    embed = _base("🔄 Bot restarting", CANCELLED_COLOUR, params, requester)
+    embed = _base("🔄 Bot restarting", QUEUED_COLOUR, params, requester)
     embed.add_field(
-        name="Please try again",
-        value="The bot restarted before your picture was ready, so it cannot be posted. Run /imagine again.",
+        name="Your job keeps running",
+        value="The bot is restarting; your job keeps running on RunPod and the picture will be posted here.",
         inline=False,
     )
     embed.set_footer(text=f"Requested by {requester} · job {job_id}")
+    return embed
+
+
+def info_embed(record: JobRecord) -> discord.Embed:
+    """Everything about one job, for the member who asks (privately)."""
+    params = GenerationParams(**record.params)
+    embed = discord.Embed(title="ℹ️ Job details", colour=QUEUED_COLOUR, description=safe_text(params.prompt, 1000))
+    if params.negative_prompt:
+        embed.add_field(name="Without", value=safe_text(params.negative_prompt, 1000), inline=False)
+    embed.add_field(name="Seed", value=str(params.seed))
+    embed.add_field(name="Aspect ratio", value=params.aspect_ratio)
+    embed.add_field(name="Images", value=str(params.count))
+    embed.add_field(name="Steps", value=str(params.steps or "worker default"))
+    embed.add_field(name="Guidance", value=f"{params.guidance:g}" if params.guidance is not None else "worker default")
+    embed.add_field(name="Worker", value=f"{record.worker} on endpoint {record.endpoint_id}")
+    if record.delay_ms is not None:
+        embed.add_field(name="Time in queue", value=f"{record.delay_ms / 1000:.1f} s")
+    if record.execution_ms is not None:
+        embed.add_field(name="Run time", value=f"{record.execution_ms / 1000:.1f} s")
+    embed.add_field(name="State", value=record.state)
+    embed.set_footer(text=f"Requested by {record.user_name} · job {record.runpod_job_id}")
     return embed

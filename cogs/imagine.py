@@ -61,7 +61,7 @@ class Imagine(commands.Cog):
             count=count,
         )
         runner = self.bot.runner
-        endpoint = runner.endpoint_for(interaction.guild_id)
+        endpoint = await runner.endpoint_for(interaction.guild_id)
         runner.check(params, endpoint)
         await interaction.response.defer(thinking=True)
         await runner.start(interaction, params, endpoint)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -16,11 +17,13 @@ from bot.config import Secret, Settings
 from bot.engine import PollPolicy
 from bot.images import ImageFetcher
 from bot.jobs import RunnerOptions
+from bot.storage import Storage
 from tests.conftest import API_KEY, ENDPOINT
 from tests.doubles import outputs
-from tests.doubles.discord import DiscordDouble, Interaction, Message, run_bot
+from tests.doubles.discord import DiscordDouble, Interaction, Message, Recorded, run_bot
 from tests.doubles.runpod import RunPodDouble, Script
 
+TEST_ENCRYPTION_KEY = Secret("q0Yq2c1w7m0v8x1o4Kk0l9v1Xc2wq3bQ5d6e7f8g9h0=")
 FINAL_TITLES = ("✅ Done", "⚠️ No picture this time", "🚫 Cancelled", "🔄 Bot restarting")
 
 
@@ -51,6 +54,7 @@ def settings_for(runpod: RunPodDouble, **overrides: Any) -> Settings:
         "runpod_api_key": Secret(API_KEY),
         "runpod_endpoint_id": ENDPOINT,
         "runpod_api_url": runpod.api_url,
+        "encryption_keys": (TEST_ENCRYPTION_KEY,),
     }
     return Settings(**(values | overrides))
 
@@ -89,6 +93,14 @@ class Harness:
         assert message is not None
         return message
 
+    def edits(self, interaction: Interaction) -> list[Recorded]:
+        """Every edit of this interaction's reply, whichever webhook route the bot used for it."""
+        return [
+            call
+            for call in self.discord.calls
+            if call.token == interaction.token and call.route in ("edit_original", "edit_followup")
+        ]
+
     def private_replies(self, interaction: Interaction) -> list[str]:
         """Ephemeral answers the member alone saw (callback messages and followups with flag 64)."""
         texts = []
@@ -121,20 +133,33 @@ def field_value(message: Message, name: str) -> str | None:
 
 @contextlib.asynccontextmanager
 async def running_bot(
-    runpod: RunPodDouble, *, options: RunnerOptions | None = None, settings: Settings | None = None, **double: Any
+    runpod: RunPodDouble,
+    *,
+    options: RunnerOptions | None = None,
+    settings: Settings | None = None,
+    database_url: str | None = None,
+    discord_double: DiscordDouble | None = None,
+    **double: Any,
 ) -> AsyncIterator[Harness]:
+    """The bot on a database (a fresh SQLite file unless given), talking to both doubles."""
     runpod.default_script = script_for
-    async with (
-        DiscordDouble(**double) as discord_double,
-        aiohttp.ClientSession() as session,
-        ImageFetcher() as fetcher,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        if discord_double is None:
+            discord_double = await stack.enter_async_context(DiscordDouble(**double))
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        fetcher = await stack.enter_async_context(ImageFetcher())
+        if database_url is None:
+            folder = stack.enter_context(tempfile.TemporaryDirectory())
+            database_url = f"sqlite:///{folder}/bot.db"
+        storage = await Storage.open(database_url)
+        stack.push_async_callback(storage.close)
         bot = ImagineBot(
             settings or settings_for(runpod),
+            storage=storage,
             session=session,
             fetcher=fetcher,
             runner_options=options or fast_options(),
             guild_ready_timeout=0.05,
         )
-        async with run_bot(bot, discord_double):
-            yield Harness(discord_double, runpod, bot)
+        await stack.enter_async_context(run_bot(bot, discord_double))
+        yield Harness(discord_double, runpod, bot)

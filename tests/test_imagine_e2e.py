@@ -48,16 +48,16 @@ async def test_the_full_conversation_from_defer_to_the_picture(harness):
     interaction = await harness.imagine("a lighthouse at dusk --ar 16:9", seed=1234)
     final = await harness.finished(interaction)
 
-    (callback, *edits) = [call for call in harness.discord.calls if call.token == interaction.token]
+    (callback, *_) = [call for call in harness.discord.calls if call.token == interaction.token]
     assert callback.route == "callback"
     assert callback.json["type"] == 5  # deferred: "the bot is thinking"
-    titles = [call.json["embeds"][0]["title"] for call in edits if call.route == "edit_original"]
+    titles = [call.json["embeds"][0]["title"] for call in harness.edits(interaction)]
     assert titles[0] == "⏳ In queue"
     assert "🎨 Painting…" in titles
     assert titles[-1] == "✅ Done"
     progress_shown = [
         embed_field["value"]
-        for call in edits
+        for call in harness.edits(interaction)
         for embed_field in call.json["embeds"][0].get("fields", [])
         if embed_field["name"] == "Progress"
     ]
@@ -69,9 +69,9 @@ async def test_the_full_conversation_from_defer_to_the_picture(harness):
     assert attachment.filename == "a_lighthouse_at_dusk_1234.png"
     assert attachment.data == png  # the worker's own bytes, untouched
     assert pixels(attachment.data) == pixels(png)
-    assert final.components == []  # the Cancel button is gone once the job is over
-
     (job,) = harness.runpod.jobs.values()
+    buttons = [button["custom_id"] for button in final.components[0]["components"]]
+    assert buttons == [f"imagine:reroll:{job.id}", f"imagine:info:{job.id}", f"imagine:delete:{job.id}"]
     assert job.api_key == API_KEY
     assert job.input == {
         "prompt": "a lighthouse at dusk",
@@ -192,9 +192,7 @@ async def test_a_job_that_outlives_the_interaction_token_continues_in_the_channe
         assert final.interaction_token is None  # a channel message, sent with the bot token
         assert final.channel_id == DEFAULT_CHANNEL_ID
         assert [attachment.data for attachment in final.attachments] == [png]
-        rejected = [
-            call for call in harness.discord.calls_for("edit_original", interaction.token) if call.status == 401
-        ]
+        rejected = [call for call in harness.edits(interaction) if call.status == 401]
         assert rejected  # Discord said the token was gone, and the bot moved on
         await harness.discord.wait_for(lambda: len(harness.discord.calls_for("channel_message")) >= 2)
         ping = harness.discord.calls_for("channel_message")[-1].json
@@ -208,7 +206,7 @@ async def test_an_interaction_already_near_expiry_goes_to_the_channel_at_once(ru
         interaction = await harness.imagine("late", created_at=datetime.now(UTC) - timedelta(minutes=14, seconds=30))
         final = await harness.finished(interaction)
         assert final.interaction_token is None
-        assert harness.discord.calls_for("edit_original", interaction.token) == []
+        assert harness.edits(interaction) == []
 
 
 async def test_when_the_channel_refuses_too_the_loss_is_logged(runpod, caplog):
@@ -222,11 +220,11 @@ async def test_when_the_channel_refuses_too_the_loss_is_logged(runpod, caplog):
 
 
 async def test_a_discord_429_is_waited_out_and_the_picture_still_arrives(harness):
-    harness.discord.fail_next("edit_original", 429, retry_after=0.2, count=2)
+    harness.discord.fail_next("edit_followup", 429, retry_after=0.2, count=2)
     interaction = await harness.imagine("rate limited")
     final = await harness.finished(interaction)
     assert final.attachments[0].data == png_for("rate limited")
-    statuses = [call.status for call in harness.discord.calls_for("edit_original", interaction.token)]
+    statuses = [call.status for call in harness.edits(interaction)]
     assert statuses.count(429) == 2
 
 
@@ -238,7 +236,7 @@ async def test_edits_are_coalesced_and_paced(runpod):
         )
         interaction = await harness.imagine()
         await harness.finished(interaction)
-    edits = harness.discord.calls_for("edit_original", interaction.token)
+    edits = harness.edits(interaction)
     polls = len(runpod.requests_for("status"))
     assert len(edits) < polls / 2  # far fewer edits than status changes seen
     status_edits = edits[:-1]  # the final edit goes out at once

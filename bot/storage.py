@@ -1,0 +1,251 @@
+"""The database: guild settings and the job ledger, on SQLite (default) or PostgreSQL.
+
+SQLAlchemy Core smooths the dialects; Alembic migrations (bot/migrations) upgrade an existing database
+in place at start-up. Secrets arrive here already encrypted (bot.crypto); nothing in the database is a
+usable key or token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from bot.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+metadata = sa.MetaData()
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend: SQLite would hand back naive ones."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+guild_settings = sa.Table(
+    "guild_settings",
+    metadata,
+    sa.Column("guild_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("endpoint_id", sa.String(128), nullable=False),
+    sa.Column("api_key_encrypted", sa.Text, nullable=False),
+    sa.Column("worker", sa.String(16), nullable=False),
+    sa.Column("workflow", sa.Text),
+    sa.Column("updated_by", sa.BigInteger),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("request_id", sa.BigInteger, primary_key=True, autoincrement=False),  # the interaction id
+    sa.Column("runpod_job_id", sa.String(128), unique=True),
+    sa.Column("guild_id", sa.BigInteger, index=True),
+    sa.Column("channel_id", sa.BigInteger, nullable=False),
+    sa.Column("user_id", sa.BigInteger, nullable=False),
+    sa.Column("user_name", sa.String(100), nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("endpoint_id", sa.String(128), nullable=False),
+    sa.Column("worker", sa.String(16), nullable=False),
+    sa.Column("key_source", sa.String(8), nullable=False),  # "guild" or "default": whose key pays
+    sa.Column("token_encrypted", sa.Text),
+    sa.Column("token_expires_at", UTCDateTime()),
+    sa.Column("message_id", sa.BigInteger),  # the interaction's reply
+    sa.Column("channel_message_id", sa.BigInteger),  # the status continued in the channel
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("notice", sa.Text),
+    sa.Column("delay_ms", sa.Integer),
+    sa.Column("execution_ms", sa.Integer),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("delivered_at", UTCDateTime(), index=True),
+)
+
+
+@dataclass(frozen=True)
+class GuildEndpoint:
+    guild_id: int
+    endpoint_id: str
+    api_key_encrypted: str = dataclasses.field(repr=False)
+    worker: str
+    workflow: str | None = None
+    updated_by: int | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    request_id: int
+    channel_id: int
+    user_id: int
+    user_name: str
+    params: dict[str, Any]
+    endpoint_id: str
+    worker: str
+    key_source: str
+    guild_id: int | None = None
+    runpod_job_id: str | None = None
+    token_encrypted: str | None = dataclasses.field(default=None, repr=False)
+    token_expires_at: datetime | None = None
+    message_id: int | None = None
+    channel_message_id: int | None = None
+    state: str = "pending"
+    notice: str | None = None
+    delay_ms: int | None = None
+    execution_ms: int | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    delivered_at: datetime | None = None
+
+
+def async_url(url: str) -> str:
+    """DATABASE_URL as the operator writes it (Heroku's postgres:// included) -> a SQLAlchemy async URL."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    if backend == "postgresql":
+        query = dict(parsed.query)
+        if "sslmode" in query:  # libpq's name; asyncpg calls it ssl
+            query["ssl"] = query.pop("sslmode")
+        return parsed.set(drivername="postgresql+asyncpg", query=query).render_as_string(hide_password=False)
+    raise ConfigError("DATABASE_URL must start with sqlite:///, postgres:// or postgresql://")
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+class Storage:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = True) -> Storage:
+        engine = create_async_engine(async_url(url), pool_pre_ping=True)
+        storage = cls(engine)
+        if migrate:
+            await storage.migrate()
+        return storage
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def migrate(self, revision: str = "head") -> None:
+        def upgrade(connection: Connection) -> None:
+            command.upgrade(alembic_config(connection), revision)
+
+        async with self.engine.begin() as connection:
+            await connection.run_sync(upgrade)
+
+    async def schema_revision(self) -> str | None:
+        def current(connection: Connection) -> str | None:
+            from alembic.runtime.migration import MigrationContext
+
+            return MigrationContext.configure(connection).get_current_revision()
+
+        async with self.engine.connect() as connection:
+            return await connection.run_sync(current)
+
+    # --- guild settings ----------------------------------------------------------------------------
+
+    async def guild_endpoint(self, guild_id: int) -> GuildEndpoint | None:
+        async with self.engine.connect() as connection:
+            row = (
+                await connection.execute(sa.select(guild_settings).where(guild_settings.c.guild_id == guild_id))
+            ).first()
+        return GuildEndpoint(**row._mapping) if row else None
+
+    async def save_guild_endpoint(self, endpoint: GuildEndpoint) -> None:
+        values = dataclasses.asdict(endpoint) | {"updated_at": _now()}
+        async with self.engine.begin() as connection:
+            deleted = await connection.execute(
+                sa.delete(guild_settings).where(guild_settings.c.guild_id == endpoint.guild_id)
+            )
+            await connection.execute(sa.insert(guild_settings).values(**values))
+        log.info(
+            "guild %s: endpoint %s %s",
+            endpoint.guild_id,
+            endpoint.endpoint_id,
+            "replaced" if deleted.rowcount else "set",
+        )
+
+    async def delete_guild_endpoint(self, guild_id: int) -> bool:
+        async with self.engine.begin() as connection:
+            result = await connection.execute(sa.delete(guild_settings).where(guild_settings.c.guild_id == guild_id))
+        return bool(result.rowcount)
+
+    # --- job ledger --------------------------------------------------------------------------------
+
+    async def record_job(self, record: JobRecord) -> bool:
+        """Write a job before it is submitted. False when this interaction already has one (a replay)."""
+        now = _now()
+        values = dataclasses.asdict(record) | {"created_at": now, "updated_at": now}
+        try:
+            async with self.engine.begin() as connection:
+                await connection.execute(sa.insert(jobs).values(**values))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    async def update_job(self, request_id: int, **changes: Any) -> None:
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                sa.update(jobs).where(jobs.c.request_id == request_id).values(**changes, updated_at=_now())
+            )
+
+    async def claim_delivery(self, request_id: int) -> bool:
+        """Mark delivered; False if someone (an earlier run of the bot) already did."""
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                sa.update(jobs)
+                .where(jobs.c.request_id == request_id, jobs.c.delivered_at.is_(None))
+                .values(delivered_at=_now(), updated_at=_now())
+            )
+        return bool(result.rowcount)
+
+    async def job(self, request_id: int) -> JobRecord | None:
+        return await self._one(jobs.c.request_id == request_id)
+
+    async def job_by_runpod_id(self, runpod_job_id: str) -> JobRecord | None:
+        return await self._one(jobs.c.runpod_job_id == runpod_job_id)
+
+    async def undelivered_jobs(self) -> list[JobRecord]:
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                sa.select(jobs).where(jobs.c.delivered_at.is_(None)).order_by(jobs.c.created_at)
+            )
+        return [JobRecord(**row._mapping) for row in rows]
+
+    async def _one(self, condition: sa.ColumnElement[bool]) -> JobRecord | None:
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(sa.select(jobs).where(condition))).first()
+        return JobRecord(**row._mapping) if row else None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
