@@ -123,7 +123,11 @@ def async_url(url: str) -> str:
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(parsed.database).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ConfigError(f"DATABASE_URL: cannot create the folder {folder} ({error.strerror})") from None
         return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
     if backend == "postgresql":
         query = dict(parsed.query)
@@ -146,10 +150,23 @@ class Storage:
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Storage:
-        engine = create_async_engine(async_url(url), pool_pre_ping=True)
+        """Connect and bring the schema up to date; a database that cannot be reached is one clear line."""
+        parsed = make_url(async_url(url))
+        engine = create_async_engine(parsed, pool_pre_ping=True)
         storage = cls(engine)
-        if migrate:
-            await storage.migrate()
+        try:
+            if migrate:
+                await storage.migrate()
+            else:
+                async with engine.connect():
+                    pass
+        except (OSError, sa.exc.SQLAlchemyError) as error:
+            await engine.dispose()
+            reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+            if parsed.password:
+                reason = reason.replace(parsed.password, "***")
+            where = f"{parsed.get_backend_name()} at {parsed.host or parsed.database}"
+            raise ConfigError(f"DATABASE_URL: cannot open the database ({where}): {reason[:200]}") from None
         return storage
 
     async def close(self) -> None:

@@ -1,0 +1,176 @@
+"""Server admins connect their own RunPod endpoint; each guild's jobs use exactly its own key."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from bot.config import Secret
+from tests.conftest import API_KEY, ENDPOINT
+from tests.doubles import outputs
+from tests.doubles.discord import (
+    DEFAULT_CHANNEL_ID,
+    DEFAULT_GUILD_ID,
+    ChannelSpec,
+    DiscordDouble,
+    GuildSpec,
+    UserSpec,
+)
+from tests.doubles.runpod import Script
+from tests.harness import png_for, running_bot, settings_for
+
+GUILD_KEY = "rpa_GUILD_OWN_KEY_0123456789"
+GUILD_ENDPOINT = "other-endpoint"
+OTHER_GUILD_ID = DEFAULT_GUILD_ID + 1000
+OTHER_CHANNEL_ID = DEFAULT_CHANNEL_ID + 1000
+MANAGE_GUILD = 1 << 5
+ADMIN = UserSpec(id=1_200_000_000_000_000_900, username="admin", global_name="Admin")
+
+
+@pytest.fixture
+async def two_guilds():
+    guilds = [
+        GuildSpec(),
+        GuildSpec(id=OTHER_GUILD_ID, name="Other", channels=[ChannelSpec(id=OTHER_CHANNEL_ID, name="art")]),
+    ]
+    async with DiscordDouble(guilds=guilds) as double:
+        yield double
+
+
+@pytest.fixture
+async def harness(runpod, two_guilds, tmp_path):
+    runpod.api_keys.add(GUILD_KEY)
+    async with running_bot(runpod, discord_double=two_guilds, database_url=f"sqlite:///{tmp_path}/bot.db") as running:
+        yield running
+
+
+async def open_setup(harness, worker=None, permissions=MANAGE_GUILD):
+    options = {"worker": worker} if worker else {}
+    interaction = harness.discord.slash("runpod", options, subcommand="setup", user=ADMIN, permissions=permissions)
+    await harness.discord.send(interaction)
+    await harness.discord.wait_for(lambda: harness.discord.calls_for("callback", interaction.token))
+    return interaction
+
+
+async def submit(harness, values, custom_id="runpod:setup:sdxl", permissions=MANAGE_GUILD):
+    interaction = harness.discord.submit_modal(custom_id, values, user=ADMIN, permissions=permissions)
+    await harness.discord.send(interaction)
+    await harness.discord.wait_for(lambda: harness.private_replies(interaction), timeout=10)
+    return harness.private_replies(interaction)[-1]
+
+
+async def test_an_admin_connects_a_key_and_members_jobs_use_exactly_it(harness, tmp_path):
+    setup = await open_setup(harness)
+    (modal_call,) = harness.discord.calls_for("callback", setup.token)
+    assert modal_call.json["type"] == 9
+    inputs = [row["components"][0]["custom_id"] for row in modal_call.json["data"]["components"]]
+    assert inputs == ["api_key", "endpoint_id"]
+
+    reply = await submit(harness, {"api_key": GUILD_KEY, "endpoint_id": GUILD_ENDPOINT})
+    assert reply.startswith(f"✅ Connected endpoint `{GUILD_ENDPOINT}` (sdxl) with key `…6789`.")
+    assert GUILD_KEY not in reply
+    (health_check,) = harness.runpod.requests_for("health")
+    assert health_check.headers["Authorization"] == f"Bearer {GUILD_KEY}"
+    assert health_check.endpoint_id == GUILD_ENDPOINT
+
+    mine = await harness.imagine("ours")
+    theirs = harness.discord.slash("imagine", {"prompt": "theirs"}, guild_id=OTHER_GUILD_ID, channel_id=OTHER_CHANNEL_ID)
+    await harness.discord.send(theirs)
+    await harness.finished(mine)
+    await harness.discord.wait_for(lambda: harness.title(theirs) == "✅ Done")
+    jobs = {job.input["prompt"]: job for job in harness.runpod.jobs.values()}
+    assert (jobs["ours"].api_key, jobs["ours"].endpoint_id) == (GUILD_KEY, GUILD_ENDPOINT)
+    assert (jobs["theirs"].api_key, jobs["theirs"].endpoint_id) == (API_KEY, ENDPOINT)  # the operator's default
+
+    database = (tmp_path / "bot.db").read_bytes()
+    assert GUILD_KEY.encode() not in database
+    assert mine.token.encode() not in database
+    assert theirs.token.encode() not in database
+    with sqlite3.connect(tmp_path / "bot.db") as connection:
+        stored_key, = connection.execute("SELECT api_key_encrypted FROM guild_settings").fetchone()
+        tokens = [row[0] for row in connection.execute("SELECT token_encrypted FROM jobs")]
+    assert stored_key.startswith("gAAAA")  # a Fernet token
+    assert all(token.startswith("gAAAA") for token in tokens)
+
+
+async def test_a_member_without_manage_server_gets_no_modal(harness):
+    interaction = await open_setup(harness, permissions=0)
+    (callback,) = harness.discord.calls_for("callback", interaction.token)
+    assert callback.json["type"] == 4  # a message, not a modal
+    assert harness.private_replies(interaction) == ["You need the Manage Guild permission for this."]
+
+
+async def test_an_admin_who_lost_manage_server_before_submitting_saves_nothing(harness):
+    await open_setup(harness)
+    reply = await submit(harness, {"api_key": GUILD_KEY, "endpoint_id": GUILD_ENDPOINT}, permissions=0)
+    assert reply == "You need the Manage Guild permission for this."
+    assert harness.runpod.requests == []
+    assert await harness.bot.runner.storage.guild_endpoint(DEFAULT_GUILD_ID) is None
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"api_key": "rpa_WRONG_KEY_000", "endpoint_id": GUILD_ENDPOINT}, "❌ RunPod refused that API key (401)."),
+        ({"api_key": GUILD_KEY, "endpoint_id": "no-such-endpoint"}, "❌ RunPod has no endpoint `no-such-endpoint`"),
+        ({"api_key": GUILD_KEY, "endpoint_id": "https://evil/x"}, "is not a RunPod endpoint id"),
+    ],
+)
+async def test_a_bad_key_or_endpoint_is_refused_before_saving(harness, values, message):
+    await open_setup(harness)
+    reply = await submit(harness, values)
+    assert message in reply
+    assert "Nothing was saved" in reply
+    assert await harness.bot.runner.storage.guild_endpoint(DEFAULT_GUILD_ID) is None
+
+
+async def test_comfyui_setup_takes_a_workflow_and_uses_it(harness):
+    setup = await open_setup(harness, worker="comfyui")
+    (modal_call,) = harness.discord.calls_for("callback", setup.token)
+    inputs = [row["components"][0]["custom_id"] for row in modal_call.json["data"]["components"]]
+    assert inputs == ["api_key", "endpoint_id", "workflow"]
+    workflow = '{"6": {"inputs": {"text": "{{prompt}}", "seed": "{{seed}}"}}}'
+    values = {"api_key": GUILD_KEY, "endpoint_id": GUILD_ENDPOINT, "workflow": workflow}
+    assert (await submit(harness, values, "runpod:setup:comfyui")).startswith("✅ Connected")
+    harness.runpod.default_script = lambda job_input: Script(output=outputs.comfyui(png_for("cat")))
+    final = await harness.finished(await harness.imagine("cat", seed=5))
+    assert final.attachments[0].data == png_for("cat")
+    (job,) = harness.runpod.jobs.values()
+    assert job.input == {"workflow": {"6": {"inputs": {"text": "cat", "seed": 5}}}}
+
+
+async def test_status_shows_the_key_masked_and_remove_forgets_it(harness):
+    await open_setup(harness)
+    await submit(harness, {"api_key": GUILD_KEY, "endpoint_id": GUILD_ENDPOINT})
+    status = harness.discord.slash("runpod", {}, subcommand="status", user=ADMIN, permissions=MANAGE_GUILD)
+    await harness.discord.send(status)
+    await harness.discord.wait_for(lambda: harness.private_replies(status))
+    (text,) = harness.private_replies(status)
+    assert f"this server's own endpoint `{GUILD_ENDPOINT}` (worker sdxl), key `…6789`" in text
+    assert "Workers:" in text
+    assert GUILD_KEY not in text
+
+    remove = harness.discord.slash("runpod", {}, subcommand="remove", user=ADMIN, permissions=MANAGE_GUILD)
+    await harness.discord.send(remove)
+    await harness.discord.wait_for(lambda: harness.private_replies(remove))
+    assert harness.private_replies(remove) == ["Removed: the key is forgotten."]
+    await harness.finished(await harness.imagine("after removal"))
+    assert next(j for j in harness.runpod.jobs.values() if j.input["prompt"] == "after removal").api_key == API_KEY
+
+
+async def test_without_an_encryption_key_setup_explains_what_the_operator_must_set(runpod):
+    async with running_bot(runpod, settings=settings_for(runpod, encryption_keys=())) as harness:
+        interaction = await open_setup(harness)
+        await harness.discord.wait_for(lambda: harness.private_replies(interaction))
+        (reply,) = harness.private_replies(interaction)
+    assert "BOT_ENCRYPTION_KEY" in reply
+    assert harness.discord.calls_for("callback", interaction.token)[0].json["type"] == 4
+
+
+async def test_without_any_endpoint_members_are_told_to_ask_an_admin(runpod):
+    settings = settings_for(runpod, runpod_api_key=None, runpod_endpoint_id=None, encryption_keys=(Secret("x" * 43 + "="),))
+    async with running_bot(runpod, settings=settings) as harness:
+        interaction = await harness.imagine()
+        await harness.discord.wait_for(lambda: harness.private_replies(interaction))
+    assert "A server admin must run /runpod setup first." in harness.private_replies(interaction)[0]

@@ -1,0 +1,147 @@
+"""The database layer, on SQLite and on a real PostgreSQL server (TEST_DATABASE_URL, set by .ci/run)."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from bot.errors import ConfigError
+from bot.storage import GuildEndpoint, JobRecord, Storage, async_url
+
+POSTGRES_URL = os.environ.get("TEST_DATABASE_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/bot.db"
+    if not POSTGRES_URL:
+        pytest.skip("TEST_DATABASE_URL is not set (.ci/run starts PostgreSQL and sets it)")
+    return POSTGRES_URL
+
+
+async def _empty(url: str) -> None:
+    storage = await Storage.open(url, migrate=False)
+    async with storage.engine.begin() as connection:
+        for table in ("jobs", "guild_settings", "alembic_version"):
+            await connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+    await storage.close()
+
+
+@pytest.fixture
+async def storage(database_url):
+    await _empty(database_url)
+    opened = await Storage.open(database_url)
+    yield opened
+    await opened.close()
+
+
+def job(request_id: int = 1, **changes) -> JobRecord:
+    values = {
+        "request_id": request_id,
+        "guild_id": 10,
+        "channel_id": 20,
+        "user_id": 30,
+        "user_name": "Member",
+        "params": {"prompt": "a lighthouse", "seed": 7, "count": 1},
+        "endpoint_id": "ep",
+        "worker": "sdxl",
+        "key_source": "guild",
+    }
+    return JobRecord(**(values | changes))
+
+
+async def test_migrations_from_an_empty_database(storage):
+    assert await storage.schema_revision() == "0002"
+    async with storage.engine.connect() as connection:
+        tables = await connection.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
+        columns = await connection.run_sync(lambda sync: {c["name"] for c in sa.inspect(sync).get_columns("jobs")})
+    assert {"jobs", "guild_settings", "alembic_version"} <= tables
+    assert {"delay_ms", "execution_ms"} <= columns
+
+
+async def test_migrations_upgrade_a_previous_schema_in_place(database_url):
+    await _empty(database_url)
+    old = await Storage.open(database_url, migrate=False)
+    await old.migrate("0001")
+    assert await old.schema_revision() == "0001"
+    now = datetime.now(UTC)
+    async with old.engine.begin() as connection:  # rows written by the previous version of the bot
+        await connection.execute(
+            sa.text(
+                "INSERT INTO jobs (request_id, runpod_job_id, guild_id, channel_id, user_id, user_name, params, "
+                "endpoint_id, worker, key_source, state, created_at, updated_at) VALUES (5, 'old-job-u1', 10, 20, 30, "
+                "'Member', :params, 'ep', 'sdxl', 'default', 'running', :now, :now)"
+            ),
+            {"params": '{"prompt": "from before"}', "now": now},
+        )
+    await old.close()
+
+    upgraded = await Storage.open(database_url)
+    try:
+        assert await upgraded.schema_revision() == "0002"
+        (record,) = await upgraded.undelivered_jobs()
+        assert (record.runpod_job_id, record.params, record.state) == ("old-job-u1", {"prompt": "from before"}, "running")
+        assert record.delay_ms is None
+        await upgraded.update_job(5, delay_ms=1500, execution_ms=4200)
+        assert (await upgraded.job(5)).execution_ms == 4200
+    finally:
+        await upgraded.close()
+
+
+async def test_a_replayed_interaction_is_recorded_once(storage):
+    assert await storage.record_job(job(1))
+    assert not await storage.record_job(job(1, params={"prompt": "double click"}))
+    assert (await storage.job(1)).params["prompt"] == "a lighthouse"
+
+
+async def test_transitions_and_exactly_once_delivery(storage):
+    await storage.record_job(job(1))
+    await storage.record_job(job(2))
+    await storage.update_job(1, runpod_job_id="abc-u1", state="queued", message_id=99)
+    record = await storage.job_by_runpod_id("abc-u1")
+    assert (record.request_id, record.state, record.message_id) == (1, "queued", 99)
+    assert [r.request_id for r in await storage.undelivered_jobs()] == [1, 2]
+    assert await storage.claim_delivery(1)
+    assert not await storage.claim_delivery(1)  # a second run of the bot finds it done
+    assert [r.request_id for r in await storage.undelivered_jobs()] == [2]
+
+
+async def test_times_come_back_aware_and_equal(storage):
+    expires = datetime.now(UTC) + timedelta(minutes=15)
+    await storage.record_job(job(1, token_expires_at=expires))
+    record = await storage.job(1)
+    assert record.token_expires_at == expires
+    assert record.created_at.tzinfo is not None
+
+
+async def test_guild_endpoints_are_saved_replaced_and_removed(storage):
+    assert await storage.guild_endpoint(10) is None
+    await storage.save_guild_endpoint(GuildEndpoint(10, "ep1", "gAAAA-ciphertext", "sdxl", updated_by=1))
+    await storage.save_guild_endpoint(GuildEndpoint(10, "ep2", "gAAAA-other", "comfyui", workflow="{}", updated_by=2))
+    saved = await storage.guild_endpoint(10)
+    assert (saved.endpoint_id, saved.worker, saved.workflow, saved.updated_by) == ("ep2", "comfyui", "{}", 2)
+    assert "gAAAA-other" not in repr(saved)
+    assert await storage.delete_guild_endpoint(10)
+    assert not await storage.delete_guild_endpoint(10)
+    assert await storage.guild_endpoint(10) is None
+
+
+def test_database_urls_as_operators_write_them(tmp_path):
+    assert async_url("postgres://u:p@host:5432/db") == "postgresql+asyncpg://u:p@host:5432/db"
+    assert async_url("postgresql://u:p@host/db?sslmode=require") == "postgresql+asyncpg://u:p@host/db?ssl=require"
+    url = async_url(f"sqlite:///{tmp_path}/nested/dir/bot.db")
+    assert url == f"sqlite+aiosqlite:///{tmp_path}/nested/dir/bot.db"
+    assert (tmp_path / "nested" / "dir").is_dir()
+
+
+async def test_an_unreachable_database_is_one_clear_line_without_the_password():
+    with pytest.raises(ConfigError) as caught:
+        await Storage.open("postgresql://bot:hunter2@127.0.0.1:9/nothing")
+    message = str(caught.value)
+    assert message.startswith("DATABASE_URL: cannot open the database (postgresql at 127.0.0.1)")
+    assert "hunter2" not in message
+    assert "\n" not in message
