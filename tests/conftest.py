@@ -11,6 +11,7 @@ from bot.config import Secret
 from bot.engine import PollPolicy
 from bot.images import ImageFetcher
 from bot.runpod import RetryPolicy, RunPodClient
+from tests.doubles.discord import DiscordDouble
 from tests.doubles.runpod import RunPodDouble
 
 API_KEY = "rp_test_key_0123456789"
@@ -47,3 +48,9 @@ def client(runpod: RunPodDouble, session: aiohttp.ClientSession) -> RunPodClient
 async def fetcher() -> AsyncIterator[ImageFetcher]:
     async with ImageFetcher() as image_fetcher:
         yield image_fetcher
+
+
+@pytest.fixture
+async def discord_double() -> AsyncIterator[DiscordDouble]:
+    async with DiscordDouble() as double:
+        yield double

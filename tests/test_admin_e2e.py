@@ -75,7 +75,9 @@ async def test_an_admin_connects_a_key_and_members_jobs_use_exactly_it(harness, 
     assert health_check.endpoint_id == GUILD_ENDPOINT
 
     mine = await harness.imagine("ours")
-    theirs = harness.discord.slash("imagine", {"prompt": "theirs"}, guild_id=OTHER_GUILD_ID, channel_id=OTHER_CHANNEL_ID)
+    theirs = harness.discord.slash(
+        "imagine", {"prompt": "theirs"}, guild_id=OTHER_GUILD_ID, channel_id=OTHER_CHANNEL_ID
+    )
     await harness.discord.send(theirs)
     await harness.finished(mine)
     await harness.discord.wait_for(lambda: harness.title(theirs) == "✅ Done")
@@ -88,7 +90,7 @@ async def test_an_admin_connects_a_key_and_members_jobs_use_exactly_it(harness, 
     assert mine.token.encode() not in database
     assert theirs.token.encode() not in database
     with sqlite3.connect(tmp_path / "bot.db") as connection:
-        stored_key, = connection.execute("SELECT api_key_encrypted FROM guild_settings").fetchone()
+        (stored_key,) = connection.execute("SELECT api_key_encrypted FROM guild_settings").fetchone()
         tokens = [row[0] for row in connection.execute("SELECT token_encrypted FROM jobs")]
     assert stored_key.startswith("gAAAA")  # a Fernet token
     assert all(token.startswith("gAAAA") for token in tokens)
@@ -169,7 +171,9 @@ async def test_without_an_encryption_key_setup_explains_what_the_operator_must_s
 
 
 async def test_without_any_endpoint_members_are_told_to_ask_an_admin(runpod):
-    settings = settings_for(runpod, runpod_api_key=None, runpod_endpoint_id=None, encryption_keys=(Secret("x" * 43 + "="),))
+    settings = settings_for(
+        runpod, runpod_api_key=None, runpod_endpoint_id=None, encryption_keys=(Secret("x" * 43 + "="),)
+    )
     async with running_bot(runpod, settings=settings) as harness:
         interaction = await harness.imagine()
         await harness.discord.wait_for(lambda: harness.private_replies(interaction))

@@ -2,72 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
-import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-import pytest
-
-from tests.conftest import API_KEY, ENDPOINT
+from tests.conftest import API_KEY
 from tests.doubles import outputs
-from tests.doubles.discord import DEFAULT_GUILD_ID, DiscordDouble
+from tests.doubles.discord import DEFAULT_GUILD_ID
 from tests.doubles.runpod import Script
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class BotProcess:
-    process: asyncio.subprocess.Process
-    output: list[str]
-
-    async def finish(self, timeout: float = 20.0) -> int:
-        return await asyncio.wait_for(self.process.wait(), timeout)
-
-    @property
-    def log(self) -> str:
-        return "".join(self.output)
-
-
-@pytest.fixture
-async def discord_double():
-    async with DiscordDouble() as double:
-        yield double
-
-
-async def start_bot(tmp_path, discord_double, runpod, *args: str, **env: str) -> BotProcess:
-    environment = {
-        "PATH": os.environ["PATH"],
-        "PYTHONPATH": str(ROOT),
-        "DISCORD_TOKEN": discord_double.token,
-        "RUNPOD_API_KEY": API_KEY,
-        "RUNPOD_ENDPOINT_ID": ENDPOINT,
-        "RUNPOD_API_URL": runpod.api_url,
-        "DISCORD_DOUBLE_REST": discord_double.rest_base,
-        "DISCORD_DOUBLE_GATEWAY": discord_double.gateway_url,
-        "LOG_LEVEL": "DEBUG",
-    } | env
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.doubles.launch", *args,
-        cwd=tmp_path, env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    output: list[str] = []
-
-    async def collect() -> None:
-        assert process.stdout is not None
-        async for line in process.stdout:
-            output.append(line.decode())
-
-    asyncio.get_running_loop().create_task(collect())
-    return BotProcess(process, output)
-
-
-async def ready(discord_double) -> None:
-    await discord_double.wait_for(lambda: any(conn.ready for conn in discord_double.connections), timeout=20)
+from tests.processes import ready, start_bot
 
 
 async def test_sigterm_mid_job_closes_cleanly_and_tells_the_member(tmp_path, discord_double, runpod):

@@ -84,7 +84,11 @@ async def test_migrations_upgrade_a_previous_schema_in_place(database_url):
     try:
         assert await upgraded.schema_revision() == "0002"
         (record,) = await upgraded.undelivered_jobs()
-        assert (record.runpod_job_id, record.params, record.state) == ("old-job-u1", {"prompt": "from before"}, "running")
+        assert (record.runpod_job_id, record.params, record.state) == (
+            "old-job-u1",
+            {"prompt": "from before"},
+            "running",
+        )
         assert record.delay_ms is None
         await upgraded.update_job(5, delay_ms=1500, execution_ms=4200)
         assert (await upgraded.job(5)).execution_ms == 4200

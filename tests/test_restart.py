@@ -1,0 +1,168 @@
+"""Kill the bot at any moment and start it again: nothing is lost and nothing is posted twice.
+
+Real `python -m bot` processes share one SQLite ledger and the two doubles; the RunPod double keeps
+running the jobs while the bot is down, as RunPod would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from tests.doubles import outputs
+from tests.doubles.runpod import Script
+from tests.harness import png_for
+from tests.processes import ready, start_bot
+
+RESULT_TITLE = "✅ Done"
+
+
+def script(queue_s: float, run_s: float):
+    """Every job paints its prompt's own picture, so each delivery can be traced to its job."""
+    return lambda job_input: Script(queue_s=queue_s, run_s=run_s, output=outputs.sdxl(png_for(job_input["prompt"])))
+
+
+def title(discord_double, interaction) -> str | None:
+    message = discord_double.original_message(interaction.token)
+    return message.embeds[0].get("title") if message and message.embeds else None
+
+
+def deliveries(discord_double, prompt: str) -> list[int]:
+    """Ids of every message that shows this prompt's picture: exactly one when delivered once."""
+    png = png_for(prompt)
+    return [
+        message.id
+        for message in discord_double.messages.values()
+        if not message.deleted and any(attachment.data == png for attachment in message.attachments)
+    ]
+
+
+async def imagine(discord_double, prompt: str):
+    interaction = discord_double.slash("imagine", {"prompt": prompt})
+    await discord_double.send(interaction)
+    return interaction
+
+
+async def kill_and_restart(tmp_path, discord_double, runpod, bot, sig=signal.SIGKILL):
+    bot.process.send_signal(sig)
+    code = await bot.finish()
+    restarted = await start_bot(tmp_path, discord_double, runpod)
+    await ready(discord_double, connections=2)
+    return code, restarted
+
+
+async def assert_delivered_once(discord_double, prompts: list[str]) -> None:
+    await discord_double.wait_for(lambda: all(deliveries(discord_double, p) for p in prompts), timeout=30)
+    await asyncio.sleep(1.0)  # give a duplicate, if there were one, the time to show up
+    for prompt in prompts:
+        assert len(deliveries(discord_double, prompt)) == 1, prompt
+
+
+async def test_sigkill_while_queued(tmp_path, discord_double, runpod):
+    runpod.default_script = script(queue_s=4, run_s=0.3)
+    bot = await start_bot(tmp_path, discord_double, runpod)
+    await ready(discord_double)
+    interaction = await imagine(discord_double, "queued when killed")
+    await discord_double.wait_for(lambda: title(discord_double, interaction) == "⏳ In queue", timeout=10)
+    _, bot = await kill_and_restart(tmp_path, discord_double, runpod, bot)
+    await assert_delivered_once(discord_double, ["queued when killed"])
+    assert title(discord_double, interaction) == RESULT_TITLE  # the same reply, edited: nothing new
+    assert len(runpod.jobs) == 1  # resumed, not resubmitted
+    bot.process.send_signal(signal.SIGTERM)
+    assert await bot.finish() == 0
+
+
+async def test_sigkill_while_running(tmp_path, discord_double, runpod):
+    runpod.default_script = script(queue_s=0.2, run_s=4)
+    bot = await start_bot(tmp_path, discord_double, runpod)
+    await ready(discord_double)
+    interaction = await imagine(discord_double, "running when killed")
+    await discord_double.wait_for(lambda: title(discord_double, interaction) == "🎨 Painting…", timeout=10)
+    _, bot = await kill_and_restart(tmp_path, discord_double, runpod, bot)
+    await assert_delivered_once(discord_double, ["running when killed"])
+    assert title(discord_double, interaction) == RESULT_TITLE
+    bot.process.send_signal(signal.SIGTERM)
+    assert await bot.finish() == 0
+
+
+async def test_sigkill_then_the_job_completes_while_the_bot_is_down(tmp_path, discord_double, runpod):
+    runpod.default_script = script(queue_s=0.2, run_s=1.5)
+    bot = await start_bot(tmp_path, discord_double, runpod)
+    await ready(discord_double)
+    interaction = await imagine(discord_double, "finished while down")
+    await discord_double.wait_for(lambda: title(discord_double, interaction) == "🎨 Painting…", timeout=10)
+    bot.process.send_signal(signal.SIGKILL)
+    await bot.finish()
+    (job,) = runpod.jobs.values()
+    await discord_double.wait_for(lambda: job.status(runpod.clock()) == "COMPLETED", timeout=10)
+    assert deliveries(discord_double, "finished while down") == []  # completed on RunPod, not yet uploaded
+    bot = await start_bot(tmp_path, discord_double, runpod)
+    await assert_delivered_once(discord_double, ["finished while down"])
+    bot.process.send_signal(signal.SIGTERM)
+    assert await bot.finish() == 0
+
+
+async def test_sigterm_in_the_middle_of_ten_jobs_then_each_is_delivered_once(tmp_path, discord_double, runpod):
+    runpod.default_script = script(queue_s=5, run_s=0.5)
+    bot = await start_bot(tmp_path, discord_double, runpod)
+    await ready(discord_double)
+    prompts = [f"job number {n}" for n in range(10)]
+    interactions = [await imagine(discord_double, prompt) for prompt in prompts]
+    await discord_double.wait_for(
+        lambda: all(title(discord_double, i) == "⏳ In queue" for i in interactions), timeout=15
+    )
+    code, bot = await kill_and_restart(tmp_path, discord_double, runpod, bot, sig=signal.SIGTERM)
+    assert code == 0
+    await assert_delivered_once(discord_double, prompts)
+    for interaction, prompt in zip(interactions, prompts, strict=True):
+        message = discord_double.original_message(interaction.token)
+        assert [attachment.data for attachment in message.attachments] == [png_for(prompt)]
+    assert len(runpod.jobs) == 10
+    bot.process.send_signal(signal.SIGTERM)
+    assert await bot.finish() == 0
+
+
+async def test_sigterm_tells_every_waiting_member_their_job_goes_on(tmp_path, discord_double, runpod):
+    runpod.default_script = script(queue_s=60, run_s=1)
+    bot = await start_bot(tmp_path, discord_double, runpod)
+    await ready(discord_double)
+    interactions = [await imagine(discord_double, f"patient {n}") for n in range(3)]
+    await discord_double.wait_for(lambda: all(title(discord_double, i) == "⏳ In queue" for i in interactions))
+    bot.process.send_signal(signal.SIGTERM)
+    assert await bot.finish(timeout=10) == 0
+    for interaction in interactions:
+        message = discord_double.original_message(interaction.token)
+        assert message.embeds[0]["title"] == "🔄 Bot restarting"
+        assert "will be posted here" in message.embeds[0]["fields"][0]["value"]
+
+
+async def test_buttons_from_before_a_restart_still_work(tmp_path, discord_double, runpod):
+    runpod.default_script = script(queue_s=0.1, run_s=0.2)
+    bot = await start_bot(tmp_path, discord_double, runpod)
+    await ready(discord_double)
+    done = await imagine(discord_double, "delivered before")
+    await discord_double.wait_for(lambda: deliveries(discord_double, "delivered before"))
+    runpod.default_script = script(queue_s=60, run_s=1)
+    waiting = await imagine(discord_double, "still waiting")
+    await discord_double.wait_for(lambda: title(discord_double, waiting) == "⏳ In queue")
+    _, bot = await kill_and_restart(tmp_path, discord_double, runpod, bot)
+
+    done_job = next(job for job in runpod.jobs.values() if job.input["prompt"] == "delivered before")
+    result = discord_double.original_message(done.token)
+    info = discord_double.click(f"imagine:info:{done_job.id}", message_id=result.id)
+    await discord_double.send(info)
+    await discord_double.wait_for(lambda: discord_double.calls_for("callback", info.token))
+    (callback,) = discord_double.calls_for("callback", info.token)
+    embed = callback.json["data"]["embeds"][0]
+    assert embed["title"] == "ℹ️ Job details"
+    assert {"name": "Seed", "value": str(done_job.input["seed"]), "inline": True} in embed["fields"]
+    assert callback.json["data"]["flags"] & 64
+
+    waiting_job = next(job for job in runpod.jobs.values() if job.input["prompt"] == "still waiting")
+    status = discord_double.original_message(waiting.token)
+    cancel = discord_double.click(f"imagine:cancel:{waiting_job.id}", message_id=status.id)
+    await discord_double.send(cancel)
+    await discord_double.wait_for(lambda: title(discord_double, waiting) == "🚫 Cancelled", timeout=15)
+    assert [request.job_id for request in runpod.requests_for("cancel")] == [waiting_job.id]
+    bot.process.send_signal(signal.SIGTERM)
+    assert await bot.finish() == 0
