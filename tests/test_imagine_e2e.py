@@ -377,3 +377,58 @@ async def test_registered_command_schema(harness):
     assert (options["steps"]["min_value"], options["steps"]["max_value"]) == (1, 150)
     assert all(not option.get("required") for name, option in options.items() if name != "prompt")
     assert command["contexts"] == [0]  # guilds only
+
+
+async def result_of(harness, prompt="a lighthouse at dusk"):
+    interaction = await harness.imagine(prompt)
+    final = await harness.finished(interaction)
+    (job,) = harness.runpod.jobs.values()
+    return interaction, final, job
+
+
+async def test_reroll_runs_the_same_parameters_with_a_new_seed(harness):
+    _, final, job = await result_of(harness, "same again --ar 3:2 --no fog")
+    click = harness.discord.click(f"imagine:reroll:{job.id}", message_id=final.id)
+    await harness.discord.send(click)
+    rerolled = await harness.finished(click)
+    (second,) = [other for other in harness.runpod.jobs.values() if other.id != job.id]
+    assert {k: v for k, v in second.input.items() if k != "seed"} == {k: v for k, v in job.input.items() if k != "seed"}
+    assert second.input["seed"] != job.input["seed"]
+    assert rerolled.embeds[0]["title"] == "✅ Done"
+    assert rerolled.interaction_token == click.token  # a new reply under the button, the first result untouched
+    assert harness.discord.messages[final.id].attachments == final.attachments
+
+
+async def test_info_shows_the_full_parameters_privately(harness):
+    _, final, job = await result_of(harness, "details please --seed 99")
+    click = harness.discord.click(f"imagine:info:{job.id}", user=UserSpec(id=DEFAULT_USER_ID + 5), message_id=final.id)
+    await harness.discord.send(click)
+    await harness.discord.wait_for(lambda: harness.discord.calls_for("callback", click.token))
+    (callback,) = harness.discord.calls_for("callback", click.token)
+    assert callback.json["data"]["flags"] & 64
+    fields = {field["name"]: field["value"] for field in callback.json["data"]["embeds"][0]["fields"]}
+    assert fields["Seed"] == "99"
+    assert fields["Worker"] == f"sdxl on endpoint {job.endpoint_id}"
+    assert fields["Run time"].endswith(" s")
+
+
+async def test_delete_is_for_the_requester_or_a_moderator(harness):
+    _, final, job = await result_of(harness, "delete me")
+    stranger = UserSpec(id=DEFAULT_USER_ID + 1, username="stranger", global_name="Stranger")
+    refused = harness.discord.click(f"imagine:delete:{job.id}", message_id=final.id, user=stranger)
+    await harness.discord.send(refused)
+    await harness.discord.wait_for(lambda: harness.private_replies(refused))
+    assert "Only the member who asked" in harness.private_replies(refused)[0]
+    assert not harness.discord.messages[final.id].deleted
+
+    allowed = harness.discord.click(f"imagine:delete:{job.id}", message_id=final.id)
+    await harness.discord.send(allowed)
+    await harness.discord.wait_for(lambda: harness.discord.messages[final.id].deleted)
+
+
+async def test_the_same_interaction_delivered_twice_pays_once(harness):
+    interaction = await harness.imagine("only once")
+    await harness.discord.send(interaction)  # a gateway replay of the very same INTERACTION_CREATE
+    await harness.finished(interaction)
+    await asyncio.sleep(0.3)
+    assert len(harness.runpod.jobs) == 1
