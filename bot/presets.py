@@ -14,6 +14,8 @@ from typing import Any
 
 from bot.params import GenerationParams, InvalidParams
 
+Builder = Callable[[GenerationParams, int, int, Any], dict[str, Any]]
+
 
 @dataclass(frozen=True)
 class WorkerPreset:
@@ -21,7 +23,7 @@ class WorkerPreset:
     description: str
     base_side: int  # the model's native square size; other ratios keep about the same area
     max_count: int  # images one job can make
-    build: Callable[[GenerationParams, int, int, Any], dict[str, Any]]
+    build: Builder
     sides: tuple[int, ...] | None = None  # the only sizes the worker accepts, if it restricts them
 
     def size(self, params: GenerationParams) -> tuple[int, int]:
@@ -44,53 +46,23 @@ class WorkerPreset:
         return self.build(params, width, height, workflow)
 
 
-def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in values.items() if value is not None}
+def _named(steps: str, guidance: str, count: str, default_steps: int, default_guidance: float) -> Builder:
+    """A builder for the diffusers-style workers: the same parameters under the worker's own names."""
 
-
-def _sdxl(params: GenerationParams, width: int, height: int, _: Any) -> dict[str, Any]:
-    return _drop_none(
-        {
+    def build(params: GenerationParams, width: int, height: int, _: Any) -> dict[str, Any]:
+        values = {
             "prompt": params.prompt,
             "negative_prompt": params.negative_prompt,
             "width": width,
             "height": height,
             "seed": params.seed,
-            "num_inference_steps": params.steps or 25,
-            "guidance_scale": params.guidance if params.guidance is not None else 7.5,
-            "num_images": params.count,
+            steps: params.steps or default_steps,
+            guidance: params.guidance if params.guidance is not None else default_guidance,
+            count: params.count,
         }
-    )
+        return {key: value for key, value in values.items() if value is not None}
 
-
-def _a1111(params: GenerationParams, width: int, height: int, _: Any) -> dict[str, Any]:
-    return _drop_none(
-        {
-            "prompt": params.prompt,
-            "negative_prompt": params.negative_prompt,
-            "width": width,
-            "height": height,
-            "seed": params.seed,
-            "steps": params.steps or 25,
-            "cfg_scale": params.guidance if params.guidance is not None else 7.0,
-            "batch_size": params.count,
-        }
-    )
-
-
-def _sd15(params: GenerationParams, width: int, height: int, _: Any) -> dict[str, Any]:
-    return _drop_none(
-        {
-            "prompt": params.prompt,
-            "negative_prompt": params.negative_prompt,
-            "width": width,
-            "height": height,
-            "seed": params.seed,
-            "num_inference_steps": params.steps or 30,
-            "guidance_scale": params.guidance if params.guidance is not None else 7.5,
-            "num_outputs": params.count,
-        }
-    )
+    return build
 
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
@@ -148,14 +120,26 @@ def _comfyui(params: GenerationParams, width: int, height: int, workflow: Any) -
 PRESETS: dict[str, WorkerPreset] = {
     preset.name: preset
     for preset in (
-        WorkerPreset("sdxl", "worker-sdxl (SDXL 1.0 with refiner)", 1024, 2, _sdxl),
-        WorkerPreset("a1111", "worker-a1111 (Automatic1111 txt2img)", 1024, 4, _a1111),
+        WorkerPreset(
+            "sdxl",
+            "worker-sdxl (SDXL 1.0 with refiner)",
+            1024,
+            2,
+            _named("num_inference_steps", "guidance_scale", "num_images", 25, 7.5),
+        ),
+        WorkerPreset(
+            "a1111",
+            "worker-a1111 (Automatic1111 txt2img)",
+            1024,
+            4,
+            _named("steps", "cfg_scale", "batch_size", 25, 7.0),
+        ),
         WorkerPreset(
             "sd15",
             "Stable Diffusion v1 quick deploy",
             512,
             4,
-            _sd15,
+            _named("num_inference_steps", "guidance_scale", "num_outputs", 30, 7.5),
             sides=(128, 256, 384, 448, 512, 576, 640, 704, 768),
         ),
         WorkerPreset("comfyui", "worker-comfyui (your workflow template)", 1024, 4, _comfyui),
