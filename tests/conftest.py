@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+import sqlalchemy as sa
 
 from bot.config import Secret
 from bot.engine import PollPolicy
 from bot.images import ImageFetcher
 from bot.runpod import RetryPolicy, RunPodClient
+from bot.storage import Storage
 from tests.doubles.discord import DiscordDouble
 from tests.doubles.runpod import RunPodDouble
 
@@ -54,3 +57,26 @@ async def fetcher() -> AsyncIterator[ImageFetcher]:
 async def discord_double() -> AsyncIterator[DiscordDouble]:
     async with DiscordDouble() as double:
         yield double
+
+
+POSTGRES_URL = os.environ.get("TEST_DATABASE_URL")
+
+
+async def empty_database(url: str) -> None:
+    """Drop what an earlier test left, so every test starts from an empty database."""
+    storage = await Storage.open(url, migrate=False)
+    async with storage.engine.begin() as connection:
+        for table in ("jobs", "guild_settings", "alembic_version"):
+            await connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+    await storage.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request, tmp_path) -> str:
+    """Each database the bot supports: a SQLite file, and the PostgreSQL server .ci/run starts."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/bot.db"
+    if not POSTGRES_URL:
+        pytest.skip("TEST_DATABASE_URL is not set (.ci/run starts PostgreSQL and sets it)")
+    await empty_database(POSTGRES_URL)
+    return POSTGRES_URL

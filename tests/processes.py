@@ -33,6 +33,7 @@ class BotProcess:
 
 
 async def start_bot(tmp_path, discord_double, runpod, *args: str, **env: str) -> BotProcess:
+    """`python -m bot` against the doubles; the database is a SQLite file in tmp_path unless DATABASE_URL given."""
     environment = {
         "PATH": os.environ["PATH"],
         "BOT_ENCRYPTION_KEY": TEST_ENCRYPTION_KEY.reveal(),

@@ -72,13 +72,15 @@ async def test_sigkill_while_queued(tmp_path, discord_double, runpod):
     assert await bot.finish() == 0
 
 
-async def test_sigkill_while_running(tmp_path, discord_double, runpod):
+async def test_sigkill_while_running(tmp_path, discord_double, runpod, database_url):
     runpod.default_script = script(queue_s=0.2, run_s=4)
-    bot = await start_bot(tmp_path, discord_double, runpod)
+    bot = await start_bot(tmp_path, discord_double, runpod, DATABASE_URL=database_url)
     await ready(discord_double)
     interaction = await imagine(discord_double, "running when killed")
     await discord_double.wait_for(lambda: title(discord_double, interaction) == "🎨 Painting…", timeout=10)
-    _, bot = await kill_and_restart(tmp_path, discord_double, runpod, bot)
+    bot.process.send_signal(signal.SIGKILL)
+    await bot.finish()
+    bot = await start_bot(tmp_path, discord_double, runpod, DATABASE_URL=database_url)
     await assert_delivered_once(discord_double, ["running when killed"])
     assert title(discord_double, interaction) == RESULT_TITLE
     bot.process.send_signal(signal.SIGTERM)

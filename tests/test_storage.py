@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,29 +10,9 @@ import sqlalchemy as sa
 from bot.errors import ConfigError
 from bot.storage import GuildEndpoint, JobRecord, Storage, async_url
 
-POSTGRES_URL = os.environ.get("TEST_DATABASE_URL")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/bot.db"
-    if not POSTGRES_URL:
-        pytest.skip("TEST_DATABASE_URL is not set (.ci/run starts PostgreSQL and sets it)")
-    return POSTGRES_URL
-
-
-async def _empty(url: str) -> None:
-    storage = await Storage.open(url, migrate=False)
-    async with storage.engine.begin() as connection:
-        for table in ("jobs", "guild_settings", "alembic_version"):
-            await connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
-    await storage.close()
-
 
 @pytest.fixture
 async def storage(database_url):
-    await _empty(database_url)
     opened = await Storage.open(database_url)
     yield opened
     await opened.close()
@@ -64,7 +43,6 @@ async def test_migrations_from_an_empty_database(storage):
 
 
 async def test_migrations_upgrade_a_previous_schema_in_place(database_url):
-    await _empty(database_url)
     old = await Storage.open(database_url, migrate=False)
     await old.migrate("0001")
     assert await old.schema_revision() == "0001"
