@@ -68,8 +68,12 @@ class ImagineBot(commands.Bot):
                 log.info("synced %d commands to guild %s", len(synced), guild_id)
             except discord.HTTPException as error:
                 log.warning("could not sync commands to guild %s: %s", guild_id, error)
-        # REST works before the gateway is up: jobs from before a restart resume at once.
+
+    async def connect(self, *, reconnect: bool = True) -> None:
+        # Only a bot that goes online resumes jobs (`python -m bot sync` logs in and leaves). REST works
+        # before the gateway is up, so jobs from before a restart resume at once.
         self._resuming = asyncio.create_task(self.runner.resume_all(), name="resume jobs")
+        await super().connect(reconnect=reconnect)
 
     async def on_ready(self) -> None:
         log.info("logged in as %s (%s) in %d guilds", self.user, self.user.id, len(self.guilds))
@@ -84,5 +88,6 @@ class ImagineBot(commands.Bot):
         log.info("shutting down: %d live job(s)", len(self.runner.live))
         if self._resuming is not None:
             self._resuming.cancel()
+            await asyncio.gather(self._resuming, return_exceptions=True)
         await self.runner.shutdown()
         await super().close()

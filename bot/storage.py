@@ -7,12 +7,15 @@ usable key or token.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -144,9 +147,33 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _uninterruptible(
+    method: Callable[Concatenate[Storage, P], Awaitable[R]],
+) -> Callable[Concatenate[Storage, P], Awaitable[R]]:
+    """A database operation that has begun always completes, even when its caller is cancelled.
+
+    Shutdown cancels the tasks that follow jobs; a ledger write cut in half would lose a transition,
+    and a connection abandoned mid-query keeps aiosqlite's worker thread (and the process) alive.
+    """
+
+    @functools.wraps(method)
+    async def run_to_completion(self: Storage, *args: P.args, **kwargs: P.kwargs) -> R:
+        task = asyncio.ensure_future(method(self, *args, **kwargs))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        return await asyncio.shield(task)
+
+    return run_to_completion
+
+
 class Storage:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._in_flight: set[asyncio.Future[Any]] = set()
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Storage:
@@ -170,6 +197,9 @@ class Storage:
         return storage
 
     async def close(self) -> None:
+        """Let every write that has begun finish (that is the ledger's flush), then close the pool."""
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=10)
         await self.engine.dispose()
 
     async def migrate(self, revision: str = "head") -> None:
@@ -190,6 +220,7 @@ class Storage:
 
     # --- guild settings ----------------------------------------------------------------------------
 
+    @_uninterruptible
     async def guild_endpoint(self, guild_id: int) -> GuildEndpoint | None:
         async with self.engine.connect() as connection:
             row = (
@@ -197,6 +228,7 @@ class Storage:
             ).first()
         return GuildEndpoint(**row._mapping) if row else None
 
+    @_uninterruptible
     async def save_guild_endpoint(self, endpoint: GuildEndpoint) -> None:
         values = dataclasses.asdict(endpoint) | {"updated_at": _now()}
         async with self.engine.begin() as connection:
@@ -211,6 +243,7 @@ class Storage:
             "replaced" if deleted.rowcount else "set",
         )
 
+    @_uninterruptible
     async def delete_guild_endpoint(self, guild_id: int) -> bool:
         async with self.engine.begin() as connection:
             result = await connection.execute(sa.delete(guild_settings).where(guild_settings.c.guild_id == guild_id))
@@ -218,6 +251,7 @@ class Storage:
 
     # --- job ledger --------------------------------------------------------------------------------
 
+    @_uninterruptible
     async def record_job(self, record: JobRecord) -> bool:
         """Write a job before it is submitted. False when this interaction already has one (a replay)."""
         now = _now()
@@ -229,12 +263,14 @@ class Storage:
             return False
         return True
 
+    @_uninterruptible
     async def update_job(self, request_id: int, **changes: Any) -> None:
         async with self.engine.begin() as connection:
             await connection.execute(
                 sa.update(jobs).where(jobs.c.request_id == request_id).values(**changes, updated_at=_now())
             )
 
+    @_uninterruptible
     async def claim_delivery(self, request_id: int) -> bool:
         """Mark delivered; False if someone (an earlier run of the bot) already did."""
         async with self.engine.begin() as connection:
@@ -251,6 +287,7 @@ class Storage:
     async def job_by_runpod_id(self, runpod_job_id: str) -> JobRecord | None:
         return await self._one(jobs.c.runpod_job_id == runpod_job_id)
 
+    @_uninterruptible
     async def undelivered_jobs(self) -> list[JobRecord]:
         async with self.engine.connect() as connection:
             rows = await connection.execute(
@@ -258,6 +295,7 @@ class Storage:
             )
         return [JobRecord(**row._mapping) for row in rows]
 
+    @_uninterruptible
     async def _one(self, condition: sa.ColumnElement[bool]) -> JobRecord | None:
         async with self.engine.connect() as connection:
             row = (await connection.execute(sa.select(jobs).where(condition))).first()
