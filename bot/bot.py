@@ -55,6 +55,7 @@ class ImagineBot(commands.Bot):
         self.runner = JobRunner(self, settings, storage, session, fetcher, runner_options)
         self._closing: asyncio.Task[None] | None = None
         self._resuming: asyncio.Task[None] | None = None
+        self._sweeping: asyncio.Task[None] | None = None
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(JobButton)
@@ -73,6 +74,7 @@ class ImagineBot(commands.Bot):
         # Only a bot that goes online resumes jobs (`python -m bot sync` logs in and leaves). REST works
         # before the gateway is up, so jobs from before a restart resume at once.
         self._resuming = asyncio.create_task(self.runner.resume_all(), name="resume jobs")
+        self._sweeping = asyncio.create_task(self.runner.sweep_forever(), name="sweep stale jobs")
         await super().connect(reconnect=reconnect)
 
     async def on_ready(self) -> None:
@@ -86,8 +88,9 @@ class ImagineBot(commands.Bot):
 
     async def _shutdown(self) -> None:
         log.info("shutting down: %d live job(s)", len(self.runner.live))
-        if self._resuming is not None:
-            self._resuming.cancel()
-            await asyncio.gather(self._resuming, return_exceptions=True)
+        background = [task for task in (self._resuming, self._sweeping) if task is not None]
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await self.runner.shutdown()
         await super().close()

@@ -1,5 +1,6 @@
-"""Buttons that outlive the process: the custom_id carries the action word and the RunPod job id, and
-the click is resolved from the ledger, so a message posted before a restart still works."""
+"""Buttons that outlive the process: the custom_id carries the action word and the job's ledger id
+(the request's interaction id, which exists before RunPod's job id does), and a click is resolved from
+the ledger, so a message posted before a restart still works."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 _STYLES = {
     "cancel": ("Cancel", discord.ButtonStyle.secondary),
     "reroll": ("Reroll", discord.ButtonStyle.primary),
+    "edit": ("Edit", discord.ButtonStyle.secondary),
     "info": ("Info", discord.ButtonStyle.secondary),
     "delete": ("Delete", discord.ButtonStyle.danger),
 }
@@ -23,7 +25,7 @@ _STYLES = {
 
 class JobButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"imagine:(?P<action>cancel|reroll|info|delete):(?P<job_id>[\w-]{1,80})",
+    template=r"imagine:(?P<action>cancel|reroll|edit|info|delete):(?P<job_id>[\w-]{1,80})",
 ):
     def __init__(self, action: str, job_id: str) -> None:
         label, style = _STYLES[action]

@@ -61,6 +61,19 @@ def submitting_embed(params: GenerationParams, requester: str) -> discord.Embed:
     return _base("⏳ Sending to RunPod…", QUEUED_COLOUR, params, requester)
 
 
+def waiting_embed(params: GenerationParams, requester: str, *, position: int, running: int) -> discord.Embed:
+    embed = _base("🕒 Waiting for your turn", QUEUED_COLOUR, params, requester)
+    embed.add_field(name="Place in this server's queue", value=f"You are number {position}")
+    if running:
+        embed.add_field(name="Your jobs running now", value=str(running))
+    embed.add_field(
+        name="Why",
+        value="This server limits how many pictures run at once, so everyone gets a turn. Nothing is paid yet.",
+        inline=False,
+    )
+    return embed
+
+
 def status_embed(
     update: JobUpdate, params: GenerationParams, requester: str, *, started: datetime, queue: QueueInfo
 ) -> discord.Embed:
@@ -130,7 +143,7 @@ def restarting_embed(params: GenerationParams, requester: str, job_id: str) -> d
     return embed
 
 
-def info_embed(record: JobRecord) -> discord.Embed:
+def info_embed(record: JobRecord, cost: float | None = None) -> discord.Embed:
     """Everything about one job, for the member who asks (privately)."""
     params = GenerationParams(**record.params)
     embed = discord.Embed(title="ℹ️ Job details", colour=QUEUED_COLOUR, description=safe_text(params.prompt, 1000))
@@ -146,6 +159,8 @@ def info_embed(record: JobRecord) -> discord.Embed:
         embed.add_field(name="Time in queue", value=f"{record.delay_ms / 1000:.1f} s")
     if record.execution_ms is not None:
         embed.add_field(name="Run time", value=f"{record.execution_ms / 1000:.1f} s")
+    if cost is not None:
+        embed.add_field(name="Estimated cost", value=f"${cost:.4f}")
     embed.add_field(name="State", value=record.state)
     embed.set_footer(text=f"Requested by {record.user_name} · job {record.runpod_job_id}")
     return embed

@@ -45,15 +45,24 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
-guild_settings = sa.Table(
-    "guild_settings",
+guild_endpoints = sa.Table(
+    "guild_endpoints",
     metadata,
     sa.Column("guild_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(32), primary_key=True),  # the model name members pick in /imagine
     sa.Column("endpoint_id", sa.String(128), nullable=False),
     sa.Column("api_key_encrypted", sa.Text, nullable=False),
     sa.Column("worker", sa.String(16), nullable=False),
     sa.Column("workflow", sa.Text),
     sa.Column("updated_by", sa.BigInteger),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+guild_policies = sa.Table(
+    "guild_policies",
+    metadata,
+    sa.Column("guild_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("policy", sa.JSON, nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
 
@@ -70,6 +79,7 @@ jobs = sa.Table(
     sa.Column("endpoint_id", sa.String(128), nullable=False),
     sa.Column("worker", sa.String(16), nullable=False),
     sa.Column("key_source", sa.String(8), nullable=False),  # "guild" or "default": whose key pays
+    sa.Column("model", sa.String(32)),  # the guild's model name, when it was the guild's key
     sa.Column("token_encrypted", sa.Text),
     sa.Column("token_expires_at", UTCDateTime()),
     sa.Column("message_id", sa.BigInteger),  # the interaction's reply
@@ -81,12 +91,14 @@ jobs = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("delivered_at", UTCDateTime(), index=True),
+    sa.Index("ix_jobs_guild_created", "guild_id", "created_at"),
 )
 
 
 @dataclass(frozen=True)
 class GuildEndpoint:
     guild_id: int
+    name: str
     endpoint_id: str
     api_key_encrypted: str = dataclasses.field(repr=False)
     worker: str
@@ -105,6 +117,7 @@ class JobRecord:
     endpoint_id: str
     worker: str
     key_source: str
+    model: str | None = None
     guild_id: int | None = None
     runpod_job_id: str | None = None
     token_encrypted: str | None = dataclasses.field(default=None, repr=False)
@@ -221,33 +234,57 @@ class Storage:
     # --- guild settings ----------------------------------------------------------------------------
 
     @_uninterruptible
-    async def guild_endpoint(self, guild_id: int) -> GuildEndpoint | None:
+    async def guild_endpoints(self, guild_id: int) -> list[GuildEndpoint]:
+        """The guild's models, "default" first."""
         async with self.engine.connect() as connection:
-            row = (
-                await connection.execute(sa.select(guild_settings).where(guild_settings.c.guild_id == guild_id))
-            ).first()
-        return GuildEndpoint(**row._mapping) if row else None
+            rows = await connection.execute(
+                sa.select(guild_endpoints)
+                .where(guild_endpoints.c.guild_id == guild_id)
+                .order_by(guild_endpoints.c.name != "default", guild_endpoints.c.name)
+            )
+        return [GuildEndpoint(**row._mapping) for row in rows]
+
+    async def guild_endpoint(self, guild_id: int, name: str | None = None) -> GuildEndpoint | None:
+        """The named model, or without a name the guild's default (or its only/first one)."""
+        endpoints = await self.guild_endpoints(guild_id)
+        if name is None:
+            return endpoints[0] if endpoints else None
+        return next((endpoint for endpoint in endpoints if endpoint.name == name), None)
 
     @_uninterruptible
     async def save_guild_endpoint(self, endpoint: GuildEndpoint) -> None:
         values = dataclasses.asdict(endpoint) | {"updated_at": _now()}
+        key = (guild_endpoints.c.guild_id == endpoint.guild_id) & (guild_endpoints.c.name == endpoint.name)
         async with self.engine.begin() as connection:
-            deleted = await connection.execute(
-                sa.delete(guild_settings).where(guild_settings.c.guild_id == endpoint.guild_id)
-            )
-            await connection.execute(sa.insert(guild_settings).values(**values))
-        log.info(
-            "guild %s: endpoint %s %s",
-            endpoint.guild_id,
-            endpoint.endpoint_id,
-            "replaced" if deleted.rowcount else "set",
-        )
+            deleted = await connection.execute(sa.delete(guild_endpoints).where(key))
+            await connection.execute(sa.insert(guild_endpoints).values(**values))
+        change = "replaced" if deleted.rowcount else "set"
+        log.info("guild %s: model %s on endpoint %s %s", endpoint.guild_id, endpoint.name, endpoint.endpoint_id, change)
 
     @_uninterruptible
-    async def delete_guild_endpoint(self, guild_id: int) -> bool:
+    async def delete_guild_endpoint(self, guild_id: int, name: str = "default") -> bool:
+        key = (guild_endpoints.c.guild_id == guild_id) & (guild_endpoints.c.name == name)
         async with self.engine.begin() as connection:
-            result = await connection.execute(sa.delete(guild_settings).where(guild_settings.c.guild_id == guild_id))
+            result = await connection.execute(sa.delete(guild_endpoints).where(key))
         return bool(result.rowcount)
+
+    @_uninterruptible
+    async def guild_policy(self, guild_id: int) -> dict[str, Any] | None:
+        async with self.engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    sa.select(guild_policies.c.policy).where(guild_policies.c.guild_id == guild_id)
+                )
+            ).first()
+        return row.policy if row else None
+
+    @_uninterruptible
+    async def save_guild_policy(self, guild_id: int, policy: dict[str, Any]) -> None:
+        async with self.engine.begin() as connection:
+            await connection.execute(sa.delete(guild_policies).where(guild_policies.c.guild_id == guild_id))
+            await connection.execute(
+                sa.insert(guild_policies).values(guild_id=guild_id, policy=policy, updated_at=_now())
+            )
 
     # --- job ledger --------------------------------------------------------------------------------
 
@@ -255,7 +292,7 @@ class Storage:
     async def record_job(self, record: JobRecord) -> bool:
         """Write a job before it is submitted. False when this interaction already has one (a replay)."""
         now = _now()
-        values = dataclasses.asdict(record) | {"created_at": now, "updated_at": now}
+        values = dataclasses.asdict(record) | {"created_at": record.created_at or now, "updated_at": now}
         try:
             async with self.engine.begin() as connection:
                 await connection.execute(sa.insert(jobs).values(**values))
@@ -292,6 +329,17 @@ class Storage:
         async with self.engine.connect() as connection:
             rows = await connection.execute(
                 sa.select(jobs).where(jobs.c.delivered_at.is_(None)).order_by(jobs.c.created_at)
+            )
+        return [JobRecord(**row._mapping) for row in rows]
+
+    @_uninterruptible
+    async def guild_jobs_since(self, guild_id: int, since: datetime) -> list[JobRecord]:
+        """Every job of a guild since a moment: what quotas and usage reports count."""
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                sa.select(jobs)
+                .where(jobs.c.guild_id == guild_id, jobs.c.created_at >= since)
+                .order_by(jobs.c.created_at)
             )
         return [JobRecord(**row._mapping) for row in rows]
 

@@ -36,6 +36,7 @@ class Imagine(commands.Cog):
         steps="More steps: more detail, more time",
         guidance="How closely to follow the prompt",
         count="How many pictures",
+        model="Which of this server's models to use",
     )
     @app_commands.choices(aspect_ratio=[app_commands.Choice(name=ratio, value=ratio) for ratio in ASPECT_RATIOS])
     async def imagine(
@@ -48,9 +49,10 @@ class Imagine(commands.Cog):
         steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
         guidance: app_commands.Range[float, 0.0, MAX_GUIDANCE] | None = None,
         count: app_commands.Range[int, 1, MAX_COUNT] = 1,
+        model: app_commands.Range[str, 1, 32] | None = None,
     ) -> None:
-        # Parsing and the checks below are in-memory and instant, so a refusal can still be private;
-        # everything slow happens after the defer.
+        # Parsing and the preflight are quick (memory and a few small queries), so a refusal can still be
+        # private; everything slow happens after the defer.
         params = params_from_request(
             prompt,
             negative_prompt=negative_prompt,
@@ -60,11 +62,20 @@ class Imagine(commands.Cog):
             guidance=guidance,
             count=count,
         )
-        runner = self.bot.runner
-        endpoint = await runner.endpoint_for(interaction.guild_id)
-        runner.check(params, endpoint)
-        await interaction.response.defer(thinking=True)
-        await runner.start(interaction, params, endpoint)
+        await self.bot.runner.run_new(interaction, params, model)
+
+    @imagine.autocomplete("model")
+    async def model_names(
+        self, interaction: discord.Interaction[ImagineBot], current: str
+    ) -> list[app_commands.Choice[str]]:
+        if interaction.guild_id is None:
+            return []
+        models = await self.bot.runner.storage.guild_endpoints(interaction.guild_id)
+        return [
+            app_commands.Choice(name=f"{model.name} ({model.worker})", value=model.name)
+            for model in models
+            if current.lower() in model.name.lower()
+        ][:25]
 
 
 async def setup(bot: ImagineBot) -> None:

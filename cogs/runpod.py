@@ -7,6 +7,11 @@ is checked against RunPod before it is saved, is stored encrypted, and is only e
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import re
+from datetime import timedelta
+from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -15,10 +20,12 @@ from discord.ext import commands
 
 from bot.config import Secret
 from bot.errors import BotError, RunPodAuthError, RunPodNotFound, RunPodRejected
+from bot.policy import GuildPolicy, check_pattern
 from bot.presets import PRESETS, parse_workflow
 from bot.replies import explain, reply_privately
 from bot.runpod import Health
 from bot.storage import GuildEndpoint
+from bot.usage import DAYS, build_report, render_chart
 
 if TYPE_CHECKING:
     from bot.bot import ImagineBot
@@ -49,9 +56,10 @@ class SetupModal(discord.ui.Modal):
         max_length=128,
     )
 
-    def __init__(self, worker: str) -> None:
+    def __init__(self, worker: str, name: str = "default") -> None:
         super().__init__(title=f"Connect RunPod ({worker})", custom_id=f"runpod:setup:{worker}", timeout=600)
         self.worker = worker
+        self.name = name
         self.workflow: discord.ui.TextInput[SetupModal] | None = None
         if worker == "comfyui":
             self.workflow = discord.ui.TextInput(
@@ -67,7 +75,7 @@ class SetupModal(discord.ui.Modal):
         _require_manage_guild(interaction)  # a modal can be submitted by anyone who has its custom_id
         await interaction.response.defer(ephemeral=True, thinking=True)
         reply = await connect(
-            interaction, self.api_key.value.strip(), self.endpoint_id.value.strip(), self.worker,
+            interaction, self.name, self.api_key.value.strip(), self.endpoint_id.value.strip(), self.worker,
             self.workflow.value if self.workflow else None,
         )  # fmt: skip
         await interaction.followup.send(reply, ephemeral=True)
@@ -77,7 +85,12 @@ class SetupModal(discord.ui.Modal):
 
 
 async def connect(
-    interaction: discord.Interaction[ImagineBot], api_key: str, endpoint_id: str, worker: str, workflow: str | None
+    interaction: discord.Interaction[ImagineBot],
+    name: str,
+    api_key: str,
+    endpoint_id: str,
+    worker: str,
+    workflow: str | None,
 ) -> str:
     """Check the key against RunPod, then save it encrypted. Returns what to tell the admin."""
     runner = interaction.client.runner
@@ -97,6 +110,7 @@ async def connect(
     await runner.storage.save_guild_endpoint(
         GuildEndpoint(
             guild_id=interaction.guild_id,
+            name=name,
             endpoint_id=endpoint_id,
             api_key_encrypted=runner.vault.encrypt(api_key),
             worker=worker,
@@ -104,9 +118,10 @@ async def connect(
             updated_by=interaction.user.id,
         )
     )
+    model = "" if name == "default" else f" as model “{name}”"
     return (
-        f"✅ Connected endpoint `{endpoint_id}` ({worker}) with key `{key.masked}`.\n{describe_health(health)}\n"
-        "Members can use /imagine now."
+        f"✅ Connected endpoint `{endpoint_id}` ({worker}){model} with key `{key.masked}`.\n"
+        f"{describe_health(health)}\nMembers can use /imagine now."
     )
 
 
@@ -130,42 +145,203 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
         return True
 
     @app_commands.command(name="setup", description="Connect a RunPod serverless endpoint and API key")
-    @app_commands.describe(worker="The worker your endpoint runs (default: sdxl)")
+    @app_commands.describe(
+        worker="The worker your endpoint runs (default: sdxl)",
+        name="A name for this model, to offer several in /imagine (default: default)",
+    )
     @app_commands.choices(worker=WORKER_CHOICES)
-    async def setup(self, interaction: discord.Interaction[ImagineBot], worker: str = "sdxl") -> None:
+    async def setup(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        worker: str = "sdxl",
+        name: app_commands.Range[str, 1, 32] = "default",
+    ) -> None:
         if not self.bot.runner.vault.available:
             raise BotError(
                 "The bot cannot store keys yet: its operator has not set BOT_ENCRYPTION_KEY. Ask them to set it "
                 "(see .env.example for how to make one) and restart the bot."
             )
-        await interaction.response.send_modal(SetupModal(worker))
+        if not re.fullmatch(r"[\w-]{1,32}", name):
+            raise BotError("A model name is letters, digits, - and _ only (up to 32).")
+        await interaction.response.send_modal(SetupModal(worker, name.lower()))
 
     @app_commands.command(name="status", description="Show this server's RunPod connection and its health")
     async def status(self, interaction: discord.Interaction[ImagineBot]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         runner = self.bot.runner
-        try:
-            endpoint = await runner.endpoint_for(interaction.guild_id)
-        except BotError as error:
-            await interaction.followup.send(error.explanation, ephemeral=True)
-            return
-        owner = "this server's own" if endpoint.source == "guild" else "the bot operator's default"
-        lines = [
-            f"Using {owner} endpoint `{endpoint.endpoint_id}` (worker {endpoint.preset.name}), "
-            f"key `{endpoint.api_key.masked}`."
-        ]
-        try:
-            lines.append(describe_health(await runner.client_for(endpoint).health()))
-        except BotError as error:
-            lines.append(f"RunPod health check failed: {error.explanation}")
+        assert interaction.guild_id is not None
+        models = [saved.name for saved in await runner.storage.guild_endpoints(interaction.guild_id)]
+        lines = []
+        for model in models or [None]:
+            try:
+                endpoint = await runner.endpoint_for(interaction.guild_id, model)
+            except BotError as error:
+                await interaction.followup.send(error.explanation, ephemeral=True)
+                return
+            owner = f"model “{model}”:" if model else "the bot operator's default endpoint:"
+            lines.append(
+                f"**{owner}** endpoint `{endpoint.endpoint_id}` (worker {endpoint.preset.name}), "
+                f"key `{endpoint.api_key.masked}`."
+            )
+            try:
+                lines.append(describe_health(await runner.client_for(endpoint).health()))
+            except BotError as error:
+                lines.append(f"RunPod health check failed: {error.explanation}")
         await interaction.followup.send("\n".join(lines), ephemeral=True)
 
     @app_commands.command(name="remove", description="Disconnect this server's RunPod endpoint and forget its key")
-    async def remove(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    @app_commands.describe(name="Which model to remove (default: default)")
+    async def remove(self, interaction: discord.Interaction[ImagineBot], name: str = "default") -> None:
         assert interaction.guild_id is not None
-        removed = await self.bot.runner.storage.delete_guild_endpoint(interaction.guild_id)
-        text = "Removed: the key is forgotten." if removed else "This server had no endpoint of its own."
+        removed = await self.bot.runner.storage.delete_guild_endpoint(interaction.guild_id, name.lower())
+        text = "Removed: the key is forgotten." if removed else f"This server has no model “{name}”."
         await interaction.response.send_message(text, ephemeral=True)
+
+    @app_commands.command(name="limits", description="Show or change this server's limits and quotas (0: no limit)")
+    @app_commands.describe(
+        member_concurrent="Jobs one member may have running at once (default 2)",
+        member_waiting="Jobs one member may have waiting in the queue (default 3)",
+        guild_concurrent="Jobs the whole server may have running at once (default 6)",
+        member_daily="Pictures per member per day",
+        guild_daily_jobs="Pictures per day for the whole server",
+        guild_daily_gpu_seconds="GPU seconds per day for the whole server",
+        guild_monthly_jobs="Pictures per month for the whole server",
+        guild_monthly_gpu_seconds="GPU seconds per month for the whole server",
+        max_count="Most images in one job",
+        max_steps="Most steps in one job",
+        max_minutes="Longest a job may take, queue plus run, before it is cancelled (default 15)",
+        gpu_price_per_second="Your endpoint's price per GPU second in dollars, for cost estimates",
+    )
+    async def limits(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        member_concurrent: app_commands.Range[int, 1, 20] | None = None,
+        member_waiting: app_commands.Range[int, 0, 20] | None = None,
+        guild_concurrent: app_commands.Range[int, 1, 200] | None = None,
+        member_daily: app_commands.Range[int, 0, 100_000] | None = None,
+        guild_daily_jobs: app_commands.Range[int, 0, 1_000_000] | None = None,
+        guild_daily_gpu_seconds: app_commands.Range[int, 0, 10_000_000] | None = None,
+        guild_monthly_jobs: app_commands.Range[int, 0, 10_000_000] | None = None,
+        guild_monthly_gpu_seconds: app_commands.Range[int, 0, 100_000_000] | None = None,
+        max_count: app_commands.Range[int, 1, 4] | None = None,
+        max_steps: app_commands.Range[int, 1, 150] | None = None,
+        max_minutes: app_commands.Range[int, 1, 120] | None = None,
+        gpu_price_per_second: app_commands.Range[float, 0.0, 1.0] | None = None,
+    ) -> None:
+        changes: dict[str, Any] = {
+            name: value
+            for name, value in {
+                "member_concurrent": member_concurrent,
+                "member_waiting": member_waiting,
+                "guild_concurrent": guild_concurrent,
+                "member_daily": member_daily,
+                "guild_daily_jobs": guild_daily_jobs,
+                "guild_daily_gpu_seconds": guild_daily_gpu_seconds,
+                "guild_monthly_jobs": guild_monthly_jobs,
+                "guild_monthly_gpu_seconds": guild_monthly_gpu_seconds,
+                "max_count": max_count,
+                "max_steps": max_steps,
+                "max_wall_seconds": max_minutes * 60 if max_minutes is not None else None,
+                "gpu_price_per_second": gpu_price_per_second,
+            }.items()
+            if value is not None
+        }
+        policy = await self._update_policy(interaction, changes)
+        await interaction.response.send_message(describe_limits(policy), ephemeral=True)
+
+    @app_commands.command(name="moderation", description="Show or change which prompts this server refuses")
+    @app_commands.describe(
+        ban="A word or phrase to refuse in prompts",
+        unban="Remove a banned word, pattern or NSFW-only word",
+        ban_pattern="A regular expression to refuse (case-insensitive)",
+        nsfw_only="A word allowed only in NSFW channels",
+        spoiler="Post results in non-NSFW channels as spoilers",
+    )
+    async def moderation(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        ban: app_commands.Range[str, 1, 100] | None = None,
+        unban: app_commands.Range[str, 1, 200] | None = None,
+        ban_pattern: app_commands.Range[str, 1, 200] | None = None,
+        nsfw_only: app_commands.Range[str, 1, 100] | None = None,
+        spoiler: bool | None = None,
+    ) -> None:
+        assert interaction.guild_id is not None
+        policy = await self.bot.runner.policy_for(interaction.guild_id)
+        changes: dict[str, Any] = {}
+        if ban:
+            changes["banned_words"] = (*policy.banned_words, ban.strip().lower())
+        if ban_pattern:
+            changes["banned_patterns"] = (*policy.banned_patterns, check_pattern(ban_pattern))
+        if nsfw_only:
+            changes["nsfw_only_words"] = (*policy.nsfw_only_words, nsfw_only.strip().lower())
+        if unban:
+            for rule in ("banned_words", "banned_patterns", "nsfw_only_words"):
+                kept = tuple(item for item in changes.get(rule, getattr(policy, rule)) if item != unban.strip().lower())
+                changes[rule] = tuple(item for item in kept if item != unban)
+        if spoiler is not None:
+            changes["spoiler_outside_nsfw"] = spoiler
+        policy = await self._update_policy(interaction, changes)
+        await interaction.response.send_message(describe_moderation(policy), ephemeral=True)
+
+    @app_commands.command(name="usage", description="This server's use of its GPU in the last 30 days")
+    async def usage(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        assert interaction.guild_id is not None
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        runner = self.bot.runner
+        now = runner.options.clock()
+        records = await runner.storage.guild_jobs_since(interaction.guild_id, now - timedelta(days=DAYS))
+        report = build_report(records, now, await runner.policy_for(interaction.guild_id))
+        chart = await asyncio.to_thread(render_chart, report)
+        await interaction.followup.send(
+            report.summary(), file=discord.File(BytesIO(chart), filename="usage.png"), ephemeral=True
+        )
+
+    async def _update_policy(
+        self, interaction: discord.Interaction[ImagineBot], changes: dict[str, Any]
+    ) -> GuildPolicy:
+        assert interaction.guild_id is not None
+        runner = self.bot.runner
+        policy = await runner.policy_for(interaction.guild_id)
+        if changes:
+            policy = dataclasses.replace(policy, **changes)
+            await runner.storage.save_guild_policy(interaction.guild_id, policy.to_json())
+        return policy
+
+
+def describe_limits(policy: GuildPolicy) -> str:
+    def limit(value: float, unit: str = "") -> str:
+        return f"{value:g}{unit}" if value else "no limit"
+
+    price = f"${policy.gpu_price_per_second:g} per GPU second" if policy.gpu_price_per_second else "not set"
+    return "\n".join(
+        [
+            f"Running at once: {policy.member_concurrent} per member, {policy.guild_concurrent} for the server; "
+            f"up to {policy.member_waiting} waiting per member.",
+            f"Per member per day: {limit(policy.member_daily)}.",
+            f"Server per day: {limit(policy.guild_daily_jobs)} pictures, "
+            f"{limit(policy.guild_daily_gpu_seconds, ' s')} GPU.",
+            f"Server per month: {limit(policy.guild_monthly_jobs)} pictures, "
+            f"{limit(policy.guild_monthly_gpu_seconds, ' s')} GPU.",
+            f"Per job: at most {policy.max_count} images and {policy.max_steps} steps; "
+            f"cancelled after {policy.max_wall_seconds / 60:g} minutes.",
+            f"Price: {price}.",
+        ]
+    )
+
+
+def describe_moderation(policy: GuildPolicy) -> str:
+    def listing(items: tuple[str, ...]) -> str:
+        return ", ".join(f"`{item}`" for item in items) or "none"
+
+    return "\n".join(
+        [
+            f"Refused words: {listing(policy.banned_words)}",
+            f"Refused patterns: {listing(policy.banned_patterns)}",
+            f"Only in NSFW channels: {listing(policy.nsfw_only_words)}",
+            f"Spoilers outside NSFW channels: {'on' if policy.spoiler_outside_nsfw else 'off'}",
+        ]
+    )
 
 
 async def setup(bot: ImagineBot) -> None:

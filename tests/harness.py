@@ -124,6 +124,15 @@ def _footer_user(message: Message) -> str:
     return footer.removeprefix("Requested by ").split(" · ")[0]
 
 
+def button(message: Message, action: str) -> str:
+    """The custom_id of the button a member would click on this message."""
+    for row in message.components:
+        for component in row["components"]:
+            if component.get("custom_id", "").startswith(f"imagine:{action}:"):
+                return component["custom_id"]
+    raise AssertionError(f"no {action} button on message {message.id}: {message.components}")
+
+
 def field_value(message: Message, name: str) -> str | None:
     for embed_field in message.embeds[0].get("fields", []):
         if embed_field["name"] == name:

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.storage import Storage
 from tests.conftest import API_KEY, ENDPOINT
 from tests.harness import TEST_ENCRYPTION_KEY
 
@@ -66,3 +67,12 @@ async def ready(discord_double, connections: int = 1) -> None:
     await discord_double.wait_for(
         lambda: sum(conn.ready for conn in discord_double.connections) >= connections, timeout=20
     )
+
+
+async def set_policy(database_url: str, guild_id: int, **policy: object) -> None:
+    """Write a guild's policy into the bot's database before the bot starts."""
+    storage = await Storage.open(database_url)
+    try:
+        await storage.save_guild_policy(guild_id, policy)
+    finally:
+        await storage.close()

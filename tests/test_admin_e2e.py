@@ -90,7 +90,7 @@ async def test_an_admin_connects_a_key_and_members_jobs_use_exactly_it(harness, 
     assert mine.token.encode() not in database
     assert theirs.token.encode() not in database
     with sqlite3.connect(tmp_path / "bot.db") as connection:
-        (stored_key,) = connection.execute("SELECT api_key_encrypted FROM guild_settings").fetchone()
+        (stored_key,) = connection.execute("SELECT api_key_encrypted FROM guild_endpoints").fetchone()
         tokens = [row[0] for row in connection.execute("SELECT token_encrypted FROM jobs")]
     assert stored_key.startswith("gAAAA")  # a Fernet token
     assert all(token.startswith("gAAAA") for token in tokens)
@@ -149,7 +149,7 @@ async def test_status_shows_the_key_masked_and_remove_forgets_it(harness):
     await harness.discord.send(status)
     await harness.discord.wait_for(lambda: harness.private_replies(status))
     (text,) = harness.private_replies(status)
-    assert f"this server's own endpoint `{GUILD_ENDPOINT}` (worker sdxl), key `…6789`" in text
+    assert f"**model “default”:** endpoint `{GUILD_ENDPOINT}` (worker sdxl), key `…6789`." in text
     assert "Workers:" in text
     assert GUILD_KEY not in text
 

@@ -11,10 +11,10 @@ import pytest
 from bot.config import Secret
 from tests.conftest import API_KEY
 from tests.doubles import outputs
-from tests.doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_USER_ID, UserSpec
+from tests.doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID, DEFAULT_USER_ID, UserSpec
 from tests.doubles.outputs import make_png, pixels
 from tests.doubles.runpod import Script
-from tests.harness import fast_options, field_value, png_for, running_bot, settings_for
+from tests.harness import button, fast_options, field_value, png_for, running_bot, settings_for
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ async def test_the_full_conversation_from_defer_to_the_picture(harness):
     assert pixels(attachment.data) == pixels(png)
     (job,) = harness.runpod.jobs.values()
     buttons = [button["custom_id"] for button in final.components[0]["components"]]
-    assert buttons == [f"imagine:reroll:{job.id}", f"imagine:info:{job.id}", f"imagine:delete:{job.id}"]
+    assert buttons == [f"imagine:{action}:{interaction.id}" for action in ("reroll", "edit", "info", "delete")]
     assert job.api_key == API_KEY
     assert job.input == {
         "prompt": "a lighthouse at dusk",
@@ -94,7 +94,8 @@ async def test_queued_status_shows_cold_start_and_cancel_button(harness):
     assert "No worker is warm" in field_value(shown, "Cold start")
     assert field_value(shown, "Waiting since").startswith("<t:")
     (job_id,) = harness.runpod.jobs
-    assert shown.components[0]["components"][0]["custom_id"] == f"imagine:cancel:{job_id}"
+    assert shown.components[0]["components"][0]["custom_id"] == f"imagine:cancel:{interaction.id}"
+    assert job_id  # submitted to RunPod, while the button names the request: it exists before the job does
 
 
 @pytest.mark.parametrize("count", [2, 4])
@@ -250,7 +251,7 @@ async def test_cancel_by_the_requester_cancels_on_runpod(harness):
     await harness.discord.wait_for(lambda: harness.title(interaction) == "⏳ In queue")
     (job_id,) = harness.runpod.jobs
     message = harness.shown(interaction)
-    click = harness.discord.click(f"imagine:cancel:{job_id}", message_id=message.id)
+    click = harness.discord.click(button(message, "cancel"), message_id=message.id)
     await harness.discord.send(click)
     final = await harness.finished(interaction)
     assert final.embeds[0]["title"] == "🚫 Cancelled"
@@ -263,10 +264,9 @@ async def test_cancel_is_refused_for_someone_else_but_allowed_for_a_moderator(ha
     harness.runpod.default_script = lambda job_input: Script(queue_s=30)
     interaction = await harness.imagine("mine")
     await harness.discord.wait_for(lambda: harness.title(interaction) == "⏳ In queue")
-    (job_id,) = harness.runpod.jobs
     message = harness.shown(interaction)
     stranger = UserSpec(id=DEFAULT_USER_ID + 1, username="stranger", global_name="Stranger")
-    click = harness.discord.click(f"imagine:cancel:{job_id}", message_id=message.id, user=stranger)
+    click = harness.discord.click(button(message, "cancel"), message_id=message.id, user=stranger)
     await harness.discord.send(click)
     await harness.discord.wait_for(lambda: harness.private_replies(click))
     assert "Only the member who asked" in harness.private_replies(click)[0]
@@ -274,7 +274,7 @@ async def test_cancel_is_refused_for_someone_else_but_allowed_for_a_moderator(ha
 
     moderator = UserSpec(id=DEFAULT_USER_ID + 2, username="mod", global_name="Mod")
     click = harness.discord.click(
-        f"imagine:cancel:{job_id}", message_id=message.id, user=moderator, permissions=(1 << 13) | (1 << 10) | (1 << 11)
+        button(message, "cancel"), message_id=message.id, user=moderator, permissions=(1 << 13) | (1 << 10) | (1 << 11)
     )
     await harness.discord.send(click)
     final = await harness.finished(interaction)
@@ -309,6 +309,9 @@ async def test_a_long_job_pings_the_requester_and_only_them(runpod):
 
 
 async def test_twenty_concurrent_jobs_from_five_members_reach_the_right_people(harness):
+    await harness.bot.runner.storage.save_guild_policy(
+        DEFAULT_GUILD_ID, {"member_concurrent": 4, "guild_concurrent": 20}
+    )
     users = [UserSpec(id=DEFAULT_USER_ID + n, username=f"user{n}", global_name=f"User {n}") for n in range(5)]
     harness.runpod.default_script = lambda job_input: Script(
         queue_s=0.1, run_s=0.2, output=outputs.sdxl(png_for(job_input["prompt"]))
@@ -366,7 +369,8 @@ async def test_without_an_endpoint_the_member_is_told_an_admin_must_set_one_up(r
 async def test_registered_command_schema(harness):
     command = harness.bot.tree.get_command("imagine").to_dict(harness.bot.tree)
     options = {option["name"]: option for option in command["options"]}
-    assert list(options) == ["prompt", "negative_prompt", "aspect_ratio", "seed", "steps", "guidance", "count"]
+    assert list(options) == ["prompt", "negative_prompt", "aspect_ratio", "seed", "steps", "guidance", "count", "model"]
+    assert options["model"]["autocomplete"] is True
     assert options["prompt"]["required"] is True
     assert (options["prompt"]["min_length"], options["prompt"]["max_length"]) == (1, 1000)
     assert [choice["value"] for choice in options["aspect_ratio"]["choices"]] == [
@@ -388,7 +392,7 @@ async def result_of(harness, prompt="a lighthouse at dusk"):
 
 async def test_reroll_runs_the_same_parameters_with_a_new_seed(harness):
     _, final, job = await result_of(harness, "same again --ar 3:2 --no fog")
-    click = harness.discord.click(f"imagine:reroll:{job.id}", message_id=final.id)
+    click = harness.discord.click(button(final, "reroll"), message_id=final.id)
     await harness.discord.send(click)
     rerolled = await harness.finished(click)
     (second,) = [other for other in harness.runpod.jobs.values() if other.id != job.id]
@@ -401,7 +405,7 @@ async def test_reroll_runs_the_same_parameters_with_a_new_seed(harness):
 
 async def test_info_shows_the_full_parameters_privately(harness):
     _, final, job = await result_of(harness, "details please --seed 99")
-    click = harness.discord.click(f"imagine:info:{job.id}", user=UserSpec(id=DEFAULT_USER_ID + 5), message_id=final.id)
+    click = harness.discord.click(button(final, "info"), user=UserSpec(id=DEFAULT_USER_ID + 5), message_id=final.id)
     await harness.discord.send(click)
     await harness.discord.wait_for(lambda: harness.discord.calls_for("callback", click.token))
     (callback,) = harness.discord.calls_for("callback", click.token)
@@ -413,15 +417,15 @@ async def test_info_shows_the_full_parameters_privately(harness):
 
 
 async def test_delete_is_for_the_requester_or_a_moderator(harness):
-    _, final, job = await result_of(harness, "delete me")
+    _, final, _ = await result_of(harness, "delete me")
     stranger = UserSpec(id=DEFAULT_USER_ID + 1, username="stranger", global_name="Stranger")
-    refused = harness.discord.click(f"imagine:delete:{job.id}", message_id=final.id, user=stranger)
+    refused = harness.discord.click(button(final, "delete"), message_id=final.id, user=stranger)
     await harness.discord.send(refused)
     await harness.discord.wait_for(lambda: harness.private_replies(refused))
     assert "Only the member who asked" in harness.private_replies(refused)[0]
     assert not harness.discord.messages[final.id].deleted
 
-    allowed = harness.discord.click(f"imagine:delete:{job.id}", message_id=final.id)
+    allowed = harness.discord.click(button(final, "delete"), message_id=final.id)
     await harness.discord.send(allowed)
     await harness.discord.wait_for(lambda: harness.discord.messages[final.id].deleted)
 

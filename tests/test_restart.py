@@ -10,9 +10,10 @@ import asyncio
 import signal
 
 from tests.doubles import outputs
+from tests.doubles.discord import DEFAULT_GUILD_ID
 from tests.doubles.runpod import Script
-from tests.harness import png_for
-from tests.processes import ready, start_bot
+from tests.harness import button, png_for
+from tests.processes import ready, set_policy, start_bot
 
 RESULT_TITLE = "✅ Done"
 
@@ -106,6 +107,7 @@ async def test_sigkill_then_the_job_completes_while_the_bot_is_down(tmp_path, di
 
 async def test_sigterm_in_the_middle_of_ten_jobs_then_each_is_delivered_once(tmp_path, discord_double, runpod):
     runpod.default_script = script(queue_s=5, run_s=0.5)
+    await set_policy(f"sqlite:///{tmp_path}/bot.db", DEFAULT_GUILD_ID, member_concurrent=10, guild_concurrent=10)
     bot = await start_bot(tmp_path, discord_double, runpod)
     await ready(discord_double)
     prompts = [f"job number {n}" for n in range(10)]
@@ -129,7 +131,9 @@ async def test_sigterm_tells_every_waiting_member_their_job_goes_on(tmp_path, di
     bot = await start_bot(tmp_path, discord_double, runpod)
     await ready(discord_double)
     interactions = [await imagine(discord_double, f"patient {n}") for n in range(3)]
-    await discord_double.wait_for(lambda: all(title(discord_double, i) == "⏳ In queue" for i in interactions))
+    # Two on RunPod, and the third waiting its turn in the bot (two per member at once, by default).
+    shown = ("⏳ In queue", "⏳ In queue", "🕒 Waiting for your turn")
+    await discord_double.wait_for(lambda: tuple(title(discord_double, i) for i in interactions) == shown)
     bot.process.send_signal(signal.SIGTERM)
     assert await bot.finish(timeout=10) == 0
     for interaction in interactions:
@@ -151,7 +155,7 @@ async def test_buttons_from_before_a_restart_still_work(tmp_path, discord_double
 
     done_job = next(job for job in runpod.jobs.values() if job.input["prompt"] == "delivered before")
     result = discord_double.original_message(done.token)
-    info = discord_double.click(f"imagine:info:{done_job.id}", message_id=result.id)
+    info = discord_double.click(button(result, "info"), message_id=result.id)
     await discord_double.send(info)
     await discord_double.wait_for(lambda: discord_double.calls_for("callback", info.token))
     (callback,) = discord_double.calls_for("callback", info.token)
@@ -162,7 +166,7 @@ async def test_buttons_from_before_a_restart_still_work(tmp_path, discord_double
 
     waiting_job = next(job for job in runpod.jobs.values() if job.input["prompt"] == "still waiting")
     status = discord_double.original_message(waiting.token)
-    cancel = discord_double.click(f"imagine:cancel:{waiting_job.id}", message_id=status.id)
+    cancel = discord_double.click(button(status, "cancel"), message_id=status.id)
     await discord_double.send(cancel)
     await discord_double.wait_for(lambda: title(discord_double, waiting) == "🚫 Cancelled", timeout=15)
     assert [request.job_id for request in runpod.requests_for("cancel")] == [waiting_job.id]

@@ -34,11 +34,11 @@ def job(request_id: int = 1, **changes) -> JobRecord:
 
 
 async def test_migrations_from_an_empty_database(storage):
-    assert await storage.schema_revision() == "0002"
+    assert await storage.schema_revision() == "0003"
     async with storage.engine.connect() as connection:
         tables = await connection.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
         columns = await connection.run_sync(lambda sync: {c["name"] for c in sa.inspect(sync).get_columns("jobs")})
-    assert {"jobs", "guild_settings", "alembic_version"} <= tables
+    assert {"jobs", "guild_endpoints", "guild_policies", "alembic_version"} <= tables
     assert {"delay_ms", "execution_ms"} <= columns
 
 
@@ -56,11 +56,18 @@ async def test_migrations_upgrade_a_previous_schema_in_place(database_url):
             ),
             {"params": '{"prompt": "from before"}', "now": now},
         )
+        await connection.execute(
+            sa.text(
+                "INSERT INTO guild_settings (guild_id, endpoint_id, api_key_encrypted, worker, updated_at) "
+                "VALUES (10, 'ep-old', 'gAAAA-old', 'sdxl', :now)"
+            ),
+            {"now": now},
+        )
     await old.close()
 
     upgraded = await Storage.open(database_url)
     try:
-        assert await upgraded.schema_revision() == "0002"
+        assert await upgraded.schema_revision() == "0003"
         (record,) = await upgraded.undelivered_jobs()
         assert (record.runpod_job_id, record.params, record.state) == (
             "old-job-u1",
@@ -70,6 +77,8 @@ async def test_migrations_upgrade_a_previous_schema_in_place(database_url):
         assert record.delay_ms is None
         await upgraded.update_job(5, delay_ms=1500, execution_ms=4200)
         assert (await upgraded.job(5)).execution_ms == 4200
+        (model,) = await upgraded.guild_endpoints(10)  # the guild's one endpoint became its "default" model
+        assert (model.name, model.endpoint_id, model.api_key_encrypted) == ("default", "ep-old", "gAAAA-old")
     finally:
         await upgraded.close()
 
@@ -102,14 +111,39 @@ async def test_times_come_back_aware_and_equal(storage):
 
 async def test_guild_endpoints_are_saved_replaced_and_removed(storage):
     assert await storage.guild_endpoint(10) is None
-    await storage.save_guild_endpoint(GuildEndpoint(10, "ep1", "gAAAA-ciphertext", "sdxl", updated_by=1))
-    await storage.save_guild_endpoint(GuildEndpoint(10, "ep2", "gAAAA-other", "comfyui", workflow="{}", updated_by=2))
+    await storage.save_guild_endpoint(GuildEndpoint(10, "default", "ep1", "gAAAA-ciphertext", "sdxl", updated_by=1))
+    await storage.save_guild_endpoint(GuildEndpoint(10, "default", "ep2", "gAAAA-other", "comfyui", "{}", 2))
     saved = await storage.guild_endpoint(10)
     assert (saved.endpoint_id, saved.worker, saved.workflow, saved.updated_by) == ("ep2", "comfyui", "{}", 2)
     assert "gAAAA-other" not in repr(saved)
     assert await storage.delete_guild_endpoint(10)
     assert not await storage.delete_guild_endpoint(10)
     assert await storage.guild_endpoint(10) is None
+
+
+async def test_several_named_models_per_guild(storage):
+    await storage.save_guild_endpoint(GuildEndpoint(10, "turbo", "ep-turbo", "k1", "sdxl"))
+    await storage.save_guild_endpoint(GuildEndpoint(10, "default", "ep-main", "k2", "a1111"))
+    await storage.save_guild_endpoint(GuildEndpoint(11, "default", "ep-other-guild", "k3", "sdxl"))
+    assert [model.name for model in await storage.guild_endpoints(10)] == ["default", "turbo"]
+    assert (await storage.guild_endpoint(10)).endpoint_id == "ep-main"
+    assert (await storage.guild_endpoint(10, "turbo")).endpoint_id == "ep-turbo"
+    assert await storage.guild_endpoint(10, "missing") is None
+    assert await storage.delete_guild_endpoint(10, "turbo")
+    assert [model.name for model in await storage.guild_endpoints(10)] == ["default"]
+
+
+async def test_policies_and_usage_queries(storage):
+    assert await storage.guild_policy(10) is None
+    await storage.save_guild_policy(10, {"member_daily": 5, "banned_words": ["x"]})
+    await storage.save_guild_policy(10, {"member_daily": 7})
+    assert await storage.guild_policy(10) == {"member_daily": 7}
+    old = datetime.now(UTC) - timedelta(days=40)
+    await storage.record_job(job(1, created_at=old))
+    await storage.record_job(job(2))
+    await storage.record_job(job(3, guild_id=11))
+    recent = await storage.guild_jobs_since(10, datetime.now(UTC) - timedelta(days=30))
+    assert [record.request_id for record in recent] == [2]
 
 
 def test_database_urls_as_operators_write_them(tmp_path):

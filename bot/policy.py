@@ -1,0 +1,252 @@
+"""What a guild allows: limits, quotas, moderation and price. No Discord here.
+
+The admin's money is GPU time, so every limit is checked before a job is submitted, and failed or
+cancelled jobs never count against anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from bot.errors import BotError
+from bot.params import GenerationParams
+
+COUNTED_STATES = ("waiting", "pending", "queued", "running", "completed")  # failures and cancellations are free
+
+
+class Refused(BotError):
+    """A job this guild's rules do not allow; the message says why and when to try again."""
+
+
+@dataclass(frozen=True)
+class GuildPolicy:
+    member_concurrent: int = 2  # jobs of one member on RunPod at once; more wait in the fair queue
+    member_waiting: int = 3  # jobs of one member waiting in the queue
+    guild_concurrent: int = 6  # jobs of the whole guild on RunPod at once
+    member_daily: int = 0  # 0 = no limit
+    guild_daily_jobs: int = 0
+    guild_daily_gpu_seconds: int = 0
+    guild_monthly_jobs: int = 0
+    guild_monthly_gpu_seconds: int = 0
+    max_count: int = 4
+    max_steps: int = 150
+    max_wall_seconds: int = 15 * 60  # queue plus run, then the job is cancelled on RunPod
+    gpu_price_per_second: float = 0.0  # for cost estimates; 0 = unknown
+    banned_words: tuple[str, ...] = ()
+    banned_patterns: tuple[str, ...] = ()
+    nsfw_only_words: tuple[str, ...] = ()
+    spoiler_outside_nsfw: bool = False
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> GuildPolicy:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {key: tuple(value) if isinstance(value, list) else value for key, value in (data or {}).items()}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(self).items()
+        }
+
+    def cost(self, execution_ms: int | None) -> float | None:
+        if not self.gpu_price_per_second or execution_ms is None:
+            return None
+        return execution_ms / 1000 * self.gpu_price_per_second
+
+
+def check_pattern(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        raise BotError(f"`{pattern}` is not a valid regular expression ({error.msg}).") from None
+    if len(pattern) > 200:
+        raise BotError("Keep patterns under 200 characters.")
+    return pattern
+
+
+def _find_word(words: tuple[str, ...], text: str) -> str | None:
+    for word in words:
+        if re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE):
+            return word
+    return None
+
+
+def moderate(policy: GuildPolicy, params: GenerationParams, *, nsfw_channel: bool) -> None:
+    """Refuse a prompt the guild does not allow, saying which word, never echoing the whole rule set."""
+    text = params.prompt
+    if word := _find_word(policy.banned_words, text):
+        raise Refused(f"This server does not allow “{word}” in prompts.")
+    for pattern in policy.banned_patterns:
+        if re.search(pattern, text, re.IGNORECASE):
+            raise Refused("This server's rules do not allow that prompt.")
+    if not nsfw_channel and (word := _find_word(policy.nsfw_only_words, text)):
+        raise Refused(f"“{word}” is only allowed in this server's NSFW channels.")
+
+
+def check_size(policy: GuildPolicy, params: GenerationParams) -> None:
+    if params.count > policy.max_count:
+        raise Refused(f"This server allows at most {policy.max_count} image(s) per job.")
+    if params.steps is not None and params.steps > policy.max_steps:
+        raise Refused(f"This server allows at most {policy.max_steps} steps.")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What has been used so far, as counted from the ledger."""
+
+    member_today: int = 0
+    guild_today: int = 0
+    guild_month: int = 0
+    gpu_seconds_today: float = 0.0
+    gpu_seconds_month: float = 0.0
+
+
+def start_of_day(now: datetime) -> datetime:
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def start_of_month(now: datetime) -> datetime:
+    return start_of_day(now).replace(day=1)
+
+
+def check_quota(policy: GuildPolicy, usage: Usage, now: datetime) -> None:
+    """Refuse when a daily or monthly quota is used up, saying when it resets (a relative timestamp)."""
+    tomorrow = start_of_day(now) + timedelta(days=1)
+    next_month = (start_of_month(now) + timedelta(days=32)).replace(day=1)
+    reset_day = f"<t:{int(tomorrow.timestamp())}:R>"
+    reset_month = f"<t:{int(next_month.timestamp())}:R>"
+    if policy.member_daily and usage.member_today >= policy.member_daily:
+        raise Refused(f"You have used your {policy.member_daily} pictures for today; you can make more {reset_day}.")
+    if policy.guild_daily_jobs and usage.guild_today >= policy.guild_daily_jobs:
+        raise Refused(f"This server has used its {policy.guild_daily_jobs} pictures for today; more {reset_day}.")
+    if policy.guild_daily_gpu_seconds and usage.gpu_seconds_today >= policy.guild_daily_gpu_seconds:
+        raise Refused(f"This server has used today's GPU time; more {reset_day}.")
+    if policy.guild_monthly_jobs and usage.guild_month >= policy.guild_monthly_jobs:
+        raise Refused(
+            f"This server has used its {policy.guild_monthly_jobs} pictures for this month; more {reset_month}."
+        )
+    if policy.guild_monthly_gpu_seconds and usage.gpu_seconds_month >= policy.guild_monthly_gpu_seconds:
+        raise Refused(f"This server has used this month's GPU time; more {reset_month}.")
+
+
+# --- the fair queue ------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Ticket:
+    guild_id: int
+    member_id: int
+    admitted: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class FairQueue:
+    """Admits jobs to RunPod within per-member and per-guild limits; the rest wait, served round-robin
+    between members so that one member's ten jobs cannot starve everyone else."""
+
+    def __init__(self) -> None:
+        self._running: dict[tuple[int, int], int] = {}
+        self._guild_running: dict[int, int] = {}
+        self._waiting: dict[int, dict[int, deque[Ticket]]] = {}  # guild -> member -> tickets, insertion order
+        self._turn: dict[int, int] = {}  # guild -> member served last
+        self._limits: dict[int, GuildPolicy] = {}
+
+    def running(self, guild_id: int, member_id: int) -> int:
+        return self._running.get((guild_id, member_id), 0)
+
+    def waiting(self, guild_id: int, member_id: int) -> int:
+        return len(self._waiting.get(guild_id, {}).get(member_id, ()))
+
+    def join(self, guild_id: int, member_id: int, policy: GuildPolicy) -> Ticket:
+        """Take a place; `ticket.admitted` resolves when the job may go to RunPod."""
+        if self.waiting(guild_id, member_id) >= policy.member_waiting and not self._admissible(
+            guild_id, member_id, policy
+        ):
+            raise Refused(
+                f"You already have {policy.member_waiting} pictures waiting; try again when one of them has started."
+            )
+        self._limits[guild_id] = policy
+        ticket = Ticket(guild_id, member_id)
+        self._waiting.setdefault(guild_id, {}).setdefault(member_id, deque()).append(ticket)
+        self._admit(guild_id)
+        return ticket
+
+    def occupy(self, guild_id: int, member_id: int, policy: GuildPolicy) -> Ticket:
+        """A job already on RunPod (resumed after a restart) takes its slot whatever the limits say."""
+        self._limits[guild_id] = policy
+        ticket = Ticket(guild_id, member_id)
+        self._running[(guild_id, member_id)] = self.running(guild_id, member_id) + 1
+        self._guild_running[guild_id] = self._guild_running.get(guild_id, 0) + 1
+        ticket.admitted.set_result(None)
+        return ticket
+
+    def position(self, ticket: Ticket) -> int | None:
+        """1-based place in the order the queue would serve; None once admitted."""
+        if ticket.admitted.done():
+            return None
+        for place, waiting in enumerate(self._service_order(ticket.guild_id), start=1):
+            if waiting is ticket:
+                return place
+        return None
+
+    def leave(self, ticket: Ticket) -> None:
+        """The job ended (or gave up waiting): free its slot and admit whoever is next."""
+        members = self._waiting.get(ticket.guild_id, {})
+        queue = members.get(ticket.member_id)
+        if queue is not None and ticket in queue:
+            queue.remove(ticket)
+            if not queue:
+                del members[ticket.member_id]
+        elif ticket.admitted.done():
+            key = (ticket.guild_id, ticket.member_id)
+            self._running[key] -= 1
+            self._guild_running[ticket.guild_id] -= 1
+        if not ticket.admitted.done():
+            ticket.admitted.cancel()
+        self._admit(ticket.guild_id)
+
+    def _admissible(self, guild_id: int, member_id: int, policy: GuildPolicy) -> bool:
+        return (
+            self.running(guild_id, member_id) < policy.member_concurrent
+            and self._guild_running.get(guild_id, 0) < policy.guild_concurrent
+        )
+
+    def _service_order(self, guild_id: int) -> list[Ticket]:
+        """Waiting tickets in the order they would be admitted: one per member per round."""
+        members = self._waiting.get(guild_id, {})
+        ids = list(members)
+        last = self._turn.get(guild_id)
+        if last in ids:
+            start = ids.index(last) + 1
+            ids = ids[start:] + ids[:start]
+        queues = [list(members[member]) for member in ids]
+        order = []
+        for round_ in range(max((len(queue) for queue in queues), default=0)):
+            order.extend(queue[round_] for queue in queues if round_ < len(queue))
+        return order
+
+    def _admit(self, guild_id: int) -> None:
+        policy = self._limits.get(guild_id)
+        if policy is None:
+            return
+        progress = True
+        while progress:
+            progress = False
+            for ticket in self._service_order(guild_id):
+                if not self._admissible(guild_id, ticket.member_id, policy):
+                    continue
+                members = self._waiting[guild_id]
+                members[ticket.member_id].popleft()
+                if not members[ticket.member_id]:
+                    del members[ticket.member_id]
+                self._running[(guild_id, ticket.member_id)] = self.running(guild_id, ticket.member_id) + 1
+                self._guild_running[guild_id] = self._guild_running.get(guild_id, 0) + 1
+                self._turn[guild_id] = ticket.member_id
+                ticket.admitted.set_result(None)
+                progress = True
+                break
