@@ -80,7 +80,7 @@ class RunnerOptions:
     notify_after: float = 20.0  # a job this long: ping the requester, they may have looked away
     expiry_margin: timedelta = timedelta(seconds=60)
     sweep_interval: float = 60.0
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # quotas count days by it
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # the runner's only idea of now
 
 
 @dataclass(frozen=True)
@@ -267,7 +267,7 @@ class JobRunner:
             expiry_margin=self.options.expiry_margin,
             on_channel_message=remember_channel_message,
         )
-        job = LiveJob(record, params, endpoint, message, record.created_at or datetime.now(UTC), policy=policy)
+        job = LiveJob(record, params, endpoint, message, record.created_at or self.options.clock(), policy=policy)
         message.context = job.context
         return job
 
@@ -363,7 +363,7 @@ class JobRunner:
 
     def _remaining(self, job: LiveJob) -> float:
         """The guild's maximum wall time counts from the request, across restarts."""
-        elapsed = (datetime.now(UTC) - job.started).total_seconds()
+        elapsed = (self.options.clock() - job.started).total_seconds()
         return max(1.0, job.policy.max_wall_seconds - elapsed)
 
     async def _queue_info(self, client: RunPodClient, job: LiveJob) -> render.QueueInfo:
@@ -395,7 +395,7 @@ class JobRunner:
             per_file_limit=self._discord_filesize_limit(job),
             stem=("SPOILER_" if spoiler else "") + _file_stem(job.params),
         )
-        seconds = (datetime.now(UTC) - job.started).total_seconds()
+        seconds = (self.options.clock() - job.started).total_seconds()
         seed = result.images[0].seed if result.images[0].seed is not None else job.params.seed
         embed = render.result_embed(
             job.params,
@@ -468,7 +468,7 @@ class JobRunner:
     async def sweep(self) -> None:
         """Cancel, on RunPod, jobs past their guild's maximum wall time that nobody is following
         (their follower died, or resuming them failed), so they stop billing; tell the requester."""
-        now = datetime.now(UTC)
+        now = self.options.clock()
         for record in await self.storage.undelivered_jobs():
             if record.request_id in self.live or record.runpod_job_id is None or record.created_at is None:
                 continue
