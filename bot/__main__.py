@@ -1,4 +1,4 @@
-"""`python -m bot [run|generate|sync]`: every entry point, each failing with one clear line."""
+"""`python -m bot [run|generate|sync|check]`: every entry point, each failing with one clear line."""
 
 from __future__ import annotations
 
@@ -29,18 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("run", help="run the Discord bot (the default)")
     commands.add_parser("sync", help="publish the slash commands globally, then exit")
+    commands.add_parser("check", help="check the configuration, token, commands, database and RunPod; then exit")
     generate.add_arguments(commands.add_parser("generate", help="run one job from the terminal and save the PNG"))
     return parser
 
 
 async def run_bot(settings: Settings, *, sync_only: bool = False) -> None:
     """Own the loop: SIGTERM (every PaaS deploy and restart) closes the bot cleanly instead of killing it."""
-    from bot.bot import ImagineBot  # the terminal commands need no discord.py start-up
+    from bot.bot import make_bot  # the terminal commands need no discord.py start-up
 
     token = settings.require_discord_token()
     storage = await Storage.open(settings.database_url.reveal())
     async with aiohttp.ClientSession() as session, ImageFetcher() as fetcher:
-        bot = ImagineBot(settings, storage=storage, session=session, fetcher=fetcher)
+        bot = make_bot(settings, storage=storage, session=session, fetcher=fetcher)
         loop = asyncio.get_running_loop()
         closing: set[asyncio.Task[None]] = set()
 
@@ -70,6 +71,10 @@ async def run_bot(settings: Settings, *, sync_only: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "check":  # reports configuration errors itself, as one of its lines
+        from bot import check
+
+        return check.main()
     try:
         settings = load_settings()
         secrets = (settings.discord_token, settings.runpod_api_key, settings.database_url, *settings.encryption_keys)

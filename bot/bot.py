@@ -31,6 +31,8 @@ class ImagineTree(app_commands.CommandTree["ImagineBot"]):
 
 
 class ImagineBot(commands.Bot):
+    """The bot of one process; `ShardedImagineBot` when SHARD_COUNT spreads the guilds over several."""
+
     user: discord.ClientUser
 
     def __init__(
@@ -94,3 +96,13 @@ class ImagineBot(commands.Bot):
         await asyncio.gather(*background, return_exceptions=True)
         await self.runner.shutdown()
         await super().close()
+
+
+class ShardedImagineBot(ImagineBot, commands.AutoShardedBot):
+    """The same bot over the shards SHARD_IDS of SHARD_COUNT, as discord.py's AutoShardedBot runs them."""
+
+
+def make_bot(settings: Settings, **options: Any) -> ImagineBot:
+    if settings.shard_count is None:
+        return ImagineBot(settings, **options)
+    return ShardedImagineBot(settings, shard_count=settings.shard_count, shard_ids=settings.shard_ids, **options)

@@ -12,7 +12,7 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
@@ -58,7 +58,15 @@ class Settings:
     database_url: Secret = Secret(DEFAULT_DATABASE_URL)
     encryption_keys: tuple[Secret, ...] = ()
     guild_ids: tuple[int, ...] = ()
+    shard_count: int | None = None  # sharded over several processes when set
+    shard_ids: tuple[int, ...] | None = None  # this process's shards; all of them when unset
     log_level: str = "INFO"
+
+    def owns_guild(self, guild_id: int | None) -> bool:
+        """Whether this process's shards receive that guild's events (DMs go to shard 0)."""
+        if self.shard_count is None or self.shard_ids is None:
+            return True
+        return ((guild_id or 0) >> 22) % self.shard_count in self.shard_ids
 
     def require_discord_token(self) -> Secret:
         if self.discord_token is None:
@@ -98,6 +106,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         database_url=Secret(_database_url(env.get("DATABASE_URL", DEFAULT_DATABASE_URL))),
         encryption_keys=_fernet_keys(env.get("BOT_ENCRYPTION_KEY", "")),
         guild_ids=_guild_ids(env.get("DISCORD_GUILD_IDS", "")),
+        **_shards(env.get("SHARD_COUNT"), env.get("SHARD_IDS")),
         log_level=_log_level(env.get("LOG_LEVEL", "INFO")),
     )
 
@@ -166,6 +175,22 @@ def _guild_ids(value: str) -> tuple[int, ...]:
             raise ConfigError(f"DISCORD_GUILD_IDS must be comma-separated numeric guild ids; {part!r} is not one")
         ids.append(int(part))
     return tuple(ids)
+
+
+def _shards(count: str | None, ids: str | None) -> dict[str, Any]:
+    if count is None:
+        if ids:
+            raise ConfigError("SHARD_IDS needs SHARD_COUNT (the total number of shards across every process)")
+        return {}
+    if not count.isdigit() or int(count) < 1:
+        raise ConfigError(f"SHARD_COUNT must be a whole number of at least 1, not {count!r}")
+    total = int(count)
+    if not ids:
+        return {"shard_count": total, "shard_ids": None}
+    parts = [part.strip() for part in ids.split(",") if part.strip()]
+    if not all(part.isdigit() and int(part) < total for part in parts):
+        raise ConfigError(f"SHARD_IDS must be comma-separated shard numbers from 0 to {total - 1}, not {ids!r}")
+    return {"shard_count": total, "shard_ids": tuple(sorted({int(part) for part in parts}))}
 
 
 def _log_level(value: str) -> str:

@@ -283,15 +283,15 @@ class JobRunner:
         try:
             if job.record.runpod_job_id is None:
                 job.ticket = self.queue.join(guild_id, job.record.user_id, job.policy)
+                log.info("%s: waiting for a turn, place %s", job.context, self.queue.position(job.ticket) or "-")
                 await self._wait_for_turn(job)
                 if not await self._submit(job):
                     return
             else:
                 job.ticket = self.queue.occupy(guild_id, job.record.user_id, job.policy)
             await self._follow(job)
-        except BotError as error:  # refused by the queue, or the submit failed
-            log.info("%s: not run: %s", job.context, error)
-            await self._end(job, error, state="failed")
+        except BotError as error:  # refused by the queue, or cancelled while waiting
+            await self._end(job, error, state=_STATES.get(type(error), "failed"))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -324,12 +324,12 @@ class JobRunner:
                 self.client_for(job.endpoint), job.params, job.endpoint.preset, workflow=job.endpoint.workflow
             )
         except BotError as error:
-            log.warning("%s: submit failed: %s", job.context, error)
             await self._end(job, error, state="failed")
             return False
         job.record = dataclasses.replace(job.record, runpod_job_id=submitted.id, state="queued")
         await self.storage.update_job(job.record.request_id, runpod_job_id=submitted.id, state="queued")
         job.message.context = job.context
+        log.info("%s: submitted for request %s", job.context, job.record.request_id)
         return True
 
     async def _follow(self, job: LiveJob) -> None:
@@ -348,6 +348,7 @@ class JobRunner:
                 new_state = "queued" if event.state is JobState.IN_QUEUE else "running"
                 if new_state != state:
                     state = new_state
+                    log.info("%s: %s on RunPod (worker %s)", job.context, state, event.worker_id or "-")
                     await self.storage.update_job(job.record.request_id, state=state, delay_ms=event.delay_ms)
                     self._learn_wait(job.endpoint.endpoint_id, event)
                 embed = render.status_embed(event, job.params, job.record.user_name, started=job.started, queue=queue)
@@ -355,10 +356,8 @@ class JobRunner:
         except JobError as failure:
             # Say who cancelled, rather than RunPod's plain "cancelled".
             ended = failure if job.cancelled_by is None else JobCancelled(f"Cancelled by {job.cancelled_by}.")
-            log.info("%s: ended without a picture: %s", job.context, ended)
             await self._end(job, ended, state=_STATES.get(type(ended), "failed"))
-        except BotError as error:
-            log.warning("%s: RunPod failed us: %s", job.context, error)
+        except BotError as error:  # RunPod itself failed us (key, endpoint, outage)
             await self._end(job, error, state="failed")
 
     def _remaining(self, job: LiveJob) -> float:
@@ -425,6 +424,7 @@ class JobRunner:
         return guild.filesize_limit if guild else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
 
     async def _end(self, job: LiveJob, error: BotError, state: str) -> None:
+        log.info("%s: %s: %s", job.context, state, error)
         job.ending = True
         await self.storage.update_job(job.record.request_id, state=state, notice=error.explanation)
         embed = render.failure_embed(error, job.params, job.record.user_name, job.record.runpod_job_id)
@@ -435,7 +435,7 @@ class JobRunner:
 
     async def resume_all(self) -> None:
         """Pick up every job an earlier run left undelivered: follow it, deliver it, or explain."""
-        records = await self.storage.undelivered_jobs()
+        records = [job for job in await self.storage.undelivered_jobs() if self._settings.owns_guild(job.guild_id)]
         if records:
             log.info("resuming %d undelivered job(s)", len(records))
         for record in records:
@@ -471,6 +471,8 @@ class JobRunner:
         now = self.options.clock()
         for record in await self.storage.undelivered_jobs():
             if record.request_id in self.live or record.runpod_job_id is None or record.created_at is None:
+                continue
+            if not self._settings.owns_guild(record.guild_id):  # another process's shards: its jobs
                 continue
             policy = await self.policy_for(record.guild_id)
             if (now - record.created_at).total_seconds() < policy.max_wall_seconds:

@@ -220,6 +220,9 @@ class Storage:
             command.upgrade(alembic_config(connection), revision)
 
         async with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Processes of a sharded bot start together: one migrates, the others wait, then see it done.
+                await connection.execute(sa.text("SELECT pg_advisory_xact_lock(7316001)"))
             await connection.run_sync(upgrade)
 
     async def schema_revision(self) -> str | None:

@@ -16,7 +16,7 @@ async def test_sigterm_mid_job_closes_cleanly_and_tells_the_member(tmp_path, dis
     runpod.default_script = Script(queue_s=60)
     bot = await start_bot(tmp_path, discord_double, runpod, DISCORD_GUILD_IDS=str(DEFAULT_GUILD_ID))
     await ready(discord_double)
-    await discord_double.wait_for(lambda: discord_double.commands(DEFAULT_GUILD_ID), timeout=10)
+    await discord_double.wait_for(lambda: discord_double.commands(DEFAULT_GUILD_ID), timeout=15)
     assert [command["name"] for command in discord_double.commands(DEFAULT_GUILD_ID)] == ["imagine", "runpod"]
 
     interaction = discord_double.slash("imagine", {"prompt": "a slow lighthouse"})
@@ -26,7 +26,7 @@ async def test_sigterm_mid_job_closes_cleanly_and_tells_the_member(tmp_path, dis
         message = discord_double.original_message(interaction.token)
         return message.embeds[0]["title"] if message and message.embeds else None
 
-    await discord_double.wait_for(lambda: title() == "⏳ In queue", timeout=10)
+    await discord_double.wait_for(lambda: title() == "⏳ In queue", timeout=15)
     started = time.monotonic()
     bot.process.send_signal(signal.SIGTERM)
     assert await bot.finish() == 0

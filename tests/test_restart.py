@@ -64,7 +64,7 @@ async def test_sigkill_while_queued(tmp_path, discord_double, runpod):
     bot = await start_bot(tmp_path, discord_double, runpod)
     await ready(discord_double)
     interaction = await imagine(discord_double, "queued when killed")
-    await discord_double.wait_for(lambda: title(discord_double, interaction) == "⏳ In queue", timeout=10)
+    await discord_double.wait_for(lambda: title(discord_double, interaction) == "⏳ In queue", timeout=15)
     _, bot = await kill_and_restart(tmp_path, discord_double, runpod, bot)
     await assert_delivered_once(discord_double, ["queued when killed"])
     assert title(discord_double, interaction) == RESULT_TITLE  # the same reply, edited: nothing new
@@ -78,7 +78,7 @@ async def test_sigkill_while_running(tmp_path, discord_double, runpod, database_
     bot = await start_bot(tmp_path, discord_double, runpod, DATABASE_URL=database_url)
     await ready(discord_double)
     interaction = await imagine(discord_double, "running when killed")
-    await discord_double.wait_for(lambda: title(discord_double, interaction) == "🎨 Painting…", timeout=10)
+    await discord_double.wait_for(lambda: title(discord_double, interaction) == "🎨 Painting…", timeout=15)
     bot.process.send_signal(signal.SIGKILL)
     await bot.finish()
     bot = await start_bot(tmp_path, discord_double, runpod, DATABASE_URL=database_url)
@@ -93,11 +93,11 @@ async def test_sigkill_then_the_job_completes_while_the_bot_is_down(tmp_path, di
     bot = await start_bot(tmp_path, discord_double, runpod)
     await ready(discord_double)
     interaction = await imagine(discord_double, "finished while down")
-    await discord_double.wait_for(lambda: title(discord_double, interaction) == "🎨 Painting…", timeout=10)
+    await discord_double.wait_for(lambda: title(discord_double, interaction) == "🎨 Painting…", timeout=15)
     bot.process.send_signal(signal.SIGKILL)
     await bot.finish()
     (job,) = runpod.jobs.values()
-    await discord_double.wait_for(lambda: job.status(runpod.clock()) == "COMPLETED", timeout=10)
+    await discord_double.wait_for(lambda: job.status(runpod.clock()) == "COMPLETED", timeout=15)
     assert deliveries(discord_double, "finished while down") == []  # completed on RunPod, not yet uploaded
     bot = await start_bot(tmp_path, discord_double, runpod)
     await assert_delivered_once(discord_double, ["finished while down"])
@@ -132,10 +132,12 @@ async def test_sigterm_tells_every_waiting_member_their_job_goes_on(tmp_path, di
     await ready(discord_double)
     interactions = [await imagine(discord_double, f"patient {n}") for n in range(3)]
     # Two on RunPod, and the third waiting its turn in the bot (two per member at once, by default).
-    shown = ("⏳ In queue", "⏳ In queue", "🕒 Waiting for your turn")
-    await discord_double.wait_for(lambda: tuple(title(discord_double, i) for i in interactions) == shown)
+    shown = sorted(["⏳ In queue", "⏳ In queue", "🕒 Waiting for your turn"])
+    await discord_double.wait_for(
+        lambda: sorted(str(title(discord_double, i)) for i in interactions) == shown, timeout=15
+    )
     bot.process.send_signal(signal.SIGTERM)
-    assert await bot.finish(timeout=10) == 0
+    assert await bot.finish(timeout=15) == 0
     for interaction in interactions:
         message = discord_double.original_message(interaction.token)
         assert message.embeds[0]["title"] == "🔄 Bot restarting"
@@ -147,17 +149,17 @@ async def test_buttons_from_before_a_restart_still_work(tmp_path, discord_double
     bot = await start_bot(tmp_path, discord_double, runpod)
     await ready(discord_double)
     done = await imagine(discord_double, "delivered before")
-    await discord_double.wait_for(lambda: deliveries(discord_double, "delivered before"))
+    await discord_double.wait_for(lambda: deliveries(discord_double, "delivered before"), timeout=15)
     runpod.default_script = script(queue_s=60, run_s=1)
     waiting = await imagine(discord_double, "still waiting")
-    await discord_double.wait_for(lambda: title(discord_double, waiting) == "⏳ In queue")
+    await discord_double.wait_for(lambda: title(discord_double, waiting) == "⏳ In queue", timeout=15)
     _, bot = await kill_and_restart(tmp_path, discord_double, runpod, bot)
 
     done_job = next(job for job in runpod.jobs.values() if job.input["prompt"] == "delivered before")
     result = discord_double.original_message(done.token)
     info = discord_double.click(button(result, "info"), message_id=result.id)
     await discord_double.send(info)
-    await discord_double.wait_for(lambda: discord_double.calls_for("callback", info.token))
+    await discord_double.wait_for(lambda: discord_double.calls_for("callback", info.token), timeout=15)
     (callback,) = discord_double.calls_for("callback", info.token)
     embed = callback.json["data"]["embeds"][0]
     assert embed["title"] == "ℹ️ Job details"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -161,3 +162,14 @@ async def test_an_unreachable_database_is_one_clear_line_without_the_password():
     assert message.startswith("DATABASE_URL: cannot open the database (postgresql at 127.0.0.1)")
     assert "hunter2" not in message
     assert "\n" not in message
+
+
+async def test_processes_starting_together_migrate_once(database_url):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("scale-out shares one PostgreSQL; a SQLite file belongs to one process")
+    first, second = await asyncio.gather(Storage.open(database_url), Storage.open(database_url))
+    try:
+        assert await first.schema_revision() == await second.schema_revision() == "0003"
+    finally:
+        await first.close()
+        await second.close()

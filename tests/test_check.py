@@ -1,0 +1,201 @@
+"""`python -m bot check` as a real process against both doubles: each misconfiguration gives its line."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from bot.check import inspector_class
+from bot.config import Secret
+from bot.images import ImageFetcher
+from bot.storage import Storage
+from tests.conftest import API_KEY
+from tests.doubles.discord import APP_ID
+from tests.harness import TEST_ENCRYPTION_KEY, settings_for
+from tests.processes import start_bot
+
+INVITE = f"https://discord.com/oauth2/authorize?client_id={APP_ID}&scope=bot+applications.commands&permissions=117760"
+MARKS = ("ok", "warn", "FAIL", "skip")
+
+
+@dataclass
+class Report:
+    code: int
+    lines: list[str]
+
+    def line(self, subject: str) -> str:
+        """The one check line about `subject`."""
+        found = [line for line in self.lines if line.split(maxsplit=1)[-1].startswith(subject)]
+        assert len(found) == 1, f"{subject!r} in:\n" + "\n".join(self.lines)
+        return found[0]
+
+    @property
+    def checks(self) -> list[str]:
+        return [line for line in self.lines if line.startswith(MARKS)]
+
+
+async def check(tmp_path, discord_double, runpod, secrets: tuple[str, ...] = (), **env: str) -> Report:
+    bot = await start_bot(tmp_path, discord_double, runpod, "check", **({"LOG_LEVEL": "INFO"} | env))
+    code = await bot.finish(timeout=30)
+    await bot.reader
+    lines = bot.log.strip().splitlines()
+    # Nothing secret, whatever went wrong: not the token, a RunPod key, an encryption key, a password.
+    for secret in (discord_double.token, API_KEY, TEST_ENCRYPTION_KEY.reveal(), *secrets):
+        assert not any(secret in line for line in lines), lines
+    assert "Traceback" not in bot.log
+    assert lines[-1].startswith("summary: ")
+    return Report(code, lines)
+
+
+async def synced(tmp_path, discord_double, runpod) -> None:
+    """Publish the commands (which also migrates the default database), as an operator would first."""
+    bot = await start_bot(tmp_path, discord_double, runpod, "sync")
+    assert await bot.finish() == 0
+
+
+async def quickly_synced(tmp_path, discord_double, runpod) -> None:
+    """The same state as `synced`, made in this process: a second `python -m bot` start costs seconds."""
+    settings = settings_for(runpod, database_url=Secret(f"sqlite:///{tmp_path}/bot.db"))
+    storage = await Storage.open(settings.database_url.reveal())  # migrates
+    try:
+        async with aiohttp.ClientSession() as session, ImageFetcher() as fetcher:
+            bot = inspector_class()(settings, storage=storage, session=session, fetcher=fetcher)
+            with discord_double.patch_discord():
+                async with bot:
+                    await bot.login(discord_double.token)
+                    await bot.tree.sync()
+    finally:
+        await storage.close()
+
+
+async def test_all_good(tmp_path, discord_double, runpod):
+    await synced(tmp_path, discord_double, runpod)
+    report = await check(tmp_path, discord_double, runpod)
+    assert report.code == 0
+    assert report.lines == [*report.checks, report.lines[-1]], "only check lines and the summary"
+    assert all(line.startswith("ok ") for line in report.checks), report.lines
+    subjects = [line.split(maxsplit=1)[1].split(":")[0] for line in report.checks]
+    assert subjects == [
+        "configuration", "DISCORD_TOKEN", "slash commands", "database", "BOT_ENCRYPTION_KEY",
+        "RunPod endpoint test-endpoint", "permissions",
+    ]  # fmt: skip
+    assert "imagine, runpod published globally" in report.line("slash commands")
+    assert "schema at the latest revision" in report.line("database")
+    assert "0 in queue" in report.line("RunPod endpoint")
+    permissions = report.line("permissions")
+    assert "View Channel, Send Messages, Embed Links, Attach Files, Read Message History" in permissions
+    assert permissions.endswith(INVITE)
+    assert report.lines[-1] == "summary: 7 ok, 0 warnings, 0 failed"
+
+
+async def test_wrong_discord_token(tmp_path, discord_double, runpod):
+    token = "not-the-right-token"
+    report = await check(tmp_path, discord_double, runpod, secrets=(token,), DISCORD_TOKEN=token)
+    assert report.code == 1
+    assert report.line("DISCORD_TOKEN").startswith("FAIL DISCORD_TOKEN: token refused")
+    assert report.line("slash commands").startswith("skip")
+    assert report.line("permissions").startswith("skip")  # no application id, so no usable invite
+    assert INVITE not in "\n".join(report.lines)
+
+
+async def test_commands_not_synced(tmp_path, discord_double, runpod):
+    report = await check(tmp_path, discord_double, runpod)
+    assert report.code == 1
+    line = report.line("slash commands")
+    assert line.startswith("FAIL slash commands: not published globally: imagine, runpod")
+    assert "python -m bot sync" in line
+    assert report.line("DISCORD_TOKEN").startswith("ok")
+
+
+async def test_runpod_key_refused(tmp_path, discord_double, runpod):
+    key = "rp_not_a_valid_key_42"
+    report = await check(tmp_path, discord_double, runpod, secrets=(key,), RUNPOD_API_KEY=key)
+    assert report.code == 1
+    assert report.line("RunPod endpoint").startswith("FAIL RunPod endpoint test-endpoint: key refused")
+    assert report.line("DISCORD_TOKEN").startswith("ok")  # one bad key spoils nothing else
+
+
+async def test_unknown_endpoint(tmp_path, discord_double, runpod):
+    report = await check(tmp_path, discord_double, runpod, RUNPOD_ENDPOINT_ID="no-such-endpoint")
+    assert report.code == 1
+    assert report.line("RunPod endpoint").startswith("FAIL RunPod endpoint no-such-endpoint: endpoint unknown")
+
+
+async def test_no_default_endpoint_is_a_warning(tmp_path, discord_double, runpod):
+    await quickly_synced(tmp_path, discord_double, runpod)
+    report = await check(tmp_path, discord_double, runpod, RUNPOD_API_KEY="", RUNPOD_ENDPOINT_ID="")
+    assert report.code == 0
+    line = report.line("RunPod default endpoint")
+    assert line.startswith("warn RunPod default endpoint: not configured")
+    assert "ask an admin" in line
+    assert report.lines[-1] == "summary: 6 ok, 1 warning, 0 failed"
+    assert runpod.requests == []
+
+
+async def test_missing_encryption_key_is_a_warning(tmp_path, discord_double, runpod):
+    await quickly_synced(tmp_path, discord_double, runpod)
+    report = await check(tmp_path, discord_double, runpod, BOT_ENCRYPTION_KEY="")
+    assert report.code == 0
+    line = report.line("BOT_ENCRYPTION_KEY")
+    assert line.startswith("warn BOT_ENCRYPTION_KEY: not set: server admins cannot connect their own RunPod keys")
+    assert "Fernet.generate_key()" in line
+
+
+async def test_unreachable_database(tmp_path, discord_double, runpod):
+    url = "postgresql://bot:s3cret-db-pass@127.0.0.1:9/x"  # nothing listens on port 9 (discard)
+    report = await check(tmp_path, discord_double, runpod, secrets=("s3cret-db-pass",), DATABASE_URL=url)
+    assert report.code == 1
+    assert report.line("database").startswith("FAIL database: DATABASE_URL: cannot open the database")
+
+
+async def test_database_not_migrated(tmp_path, discord_double, runpod):
+    (tmp_path / "fresh.db").touch()
+    report = await check(tmp_path, discord_double, runpod, DATABASE_URL=f"sqlite:///{tmp_path}/fresh.db")
+    line = report.line("database")
+    assert line.startswith("warn database:")
+    assert "run the bot once to migrate" in line
+    assert (tmp_path / "fresh.db").stat().st_size == 0  # the check never migrates
+
+
+async def test_malformed_log_level(tmp_path, discord_double, runpod):
+    report = await check(tmp_path, discord_double, runpod, LOG_LEVEL="chatty")
+    assert report.code == 1
+    assert report.lines == [
+        "FAIL configuration: LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not 'chatty'",
+        "skip other checks: fix the configuration first",
+        "summary: 0 ok, 0 warnings, 1 failed, 1 skipped",
+    ]
+    assert discord_double.calls == [] and runpod.requests == []  # nothing is tried with a broken configuration
+
+
+async def test_every_malformed_variable_is_named_at_once(tmp_path, discord_double, runpod):
+    report = await check(tmp_path, discord_double, runpod, LOG_LEVEL="chatty", DISCORD_GUILD_IDS="my-server")
+    assert [line.split(":")[1].split()[0] for line in report.checks if line.startswith("FAIL")] == [
+        "DISCORD_GUILD_IDS",
+        "LOG_LEVEL",
+    ]
+
+
+def test_app_json_declares_the_configuration():
+    """The deploy button's app.json: valid JSON, every variable of .env.example, the add-on and the worker."""
+    root = Path(__file__).resolve().parent.parent
+    app = json.loads((root / "app.json").read_text())
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z_]+)=", (root / ".env.example").read_text(), re.MULTILINE))
+    # DATABASE_URL comes from the PostgreSQL add-on (declaring it too would clash with the attachment);
+    # shard variables differ per process, which one button-made worker formation cannot express.
+    assert set(app["env"]) == documented - {"DATABASE_URL", "SHARD_COUNT", "SHARD_IDS"}
+    assert all(spec["description"] for spec in app["env"].values())
+    assert app["env"]["DISCORD_TOKEN"]["required"] is True
+    # "generator": "secret" makes hex, which is not a Fernet key: the operator makes one instead.
+    assert app["env"]["BOT_ENCRYPTION_KEY"]["required"] is True
+    assert "generator" not in app["env"]["BOT_ENCRYPTION_KEY"]
+    assert "Fernet.generate_key()" in app["env"]["BOT_ENCRYPTION_KEY"]["description"]
+    assert app["env"]["LOG_LEVEL"]["value"] == "INFO"
+    assert app["addons"] == [{"plan": "heroku-postgresql"}]
+    assert app["formation"] == {"worker": {"quantity": 1, "size": "basic"}}
+    assert app["scripts"]["postdeploy"] == "python -m bot sync"
+    assert (root / "Procfile").read_text().strip() == "worker: python -m bot"
