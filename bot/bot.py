@@ -75,6 +75,7 @@ class ImagineBot(commands.Bot):
     async def connect(self, *, reconnect: bool = True) -> None:
         # Only a bot that goes online resumes jobs (`python -m bot sync` logs in and leaves). REST works
         # before the gateway is up, so jobs from before a restart resume at once.
+        await self.runner.rotate_keys()
         self._resuming = asyncio.create_task(self.runner.resume_all(), name="resume jobs")
         self._sweeping = asyncio.create_task(self.runner.sweep_forever(), name="sweep stale jobs")
         await super().connect(reconnect=reconnect)

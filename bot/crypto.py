@@ -48,7 +48,10 @@ class Vault:
             raise UndecryptableSecret() from None
 
     def rotate(self, token: str) -> str:
-        """Re-encrypt under the first key (no-op in meaning, new ciphertext)."""
+        """Re-encrypt under the first key (the same secret, a new ciphertext)."""
         if self._fernet is None:
             raise EncryptionUnavailable()
-        return self._fernet.rotate(token.encode()).decode()
+        try:
+            return self._fernet.rotate(token.encode()).decode()
+        except InvalidToken:
+            raise UndecryptableSecret() from None

@@ -433,6 +433,18 @@ class JobRunner:
 
     # --- after a restart, and stale jobs -----------------------------------------------------------
 
+    async def rotate_keys(self) -> None:
+        """With several BOT_ENCRYPTION_KEYs, re-encrypt stored server keys under the first one, so the
+        operator can drop the old key after one restart."""
+        if len(self._settings.encryption_keys) < 2:
+            return
+        try:
+            count = await self.storage.rewrite_keys(self.vault.rotate)
+        except BotError as error:
+            log.error("key rotation stopped: %s", error)
+            return
+        log.info("re-encrypted %d stored server key(s) under the first BOT_ENCRYPTION_KEY", count)
+
     async def resume_all(self) -> None:
         """Pick up every job an earlier run left undelivered: follow it, deliver it, or explain."""
         records = [job for job in await self.storage.undelivered_jobs() if self._settings.owns_guild(job.guild_id)]

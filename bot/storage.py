@@ -237,6 +237,19 @@ class Storage:
     # --- guild settings ----------------------------------------------------------------------------
 
     @_uninterruptible
+    async def rewrite_keys(self, rewrite: Callable[[str], str]) -> int:
+        """Re-encrypt every stored server key (key rotation); returns how many."""
+        async with self.engine.begin() as connection:
+            rows = (await connection.execute(sa.select(guild_endpoints))).all()
+            for row in rows:
+                await connection.execute(
+                    sa.update(guild_endpoints)
+                    .where(guild_endpoints.c.guild_id == row.guild_id, guild_endpoints.c.name == row.name)
+                    .values(api_key_encrypted=rewrite(row.api_key_encrypted))
+                )
+        return len(rows)
+
+    @_uninterruptible
     async def guild_endpoints(self, guild_id: int) -> list[GuildEndpoint]:
         """The guild's models, "default" first."""
         async with self.engine.connect() as connection:

@@ -178,3 +178,27 @@ async def test_without_any_endpoint_members_are_told_to_ask_an_admin(runpod):
         interaction = await harness.imagine()
         await harness.discord.wait_for(lambda: harness.private_replies(interaction))
     assert "A server admin must run /runpod setup first." in harness.private_replies(interaction)[0]
+
+
+async def test_rotating_the_encryption_key_reencrypts_stored_keys_at_start(runpod, tmp_path):
+    from cryptography.fernet import Fernet
+
+    from bot.crypto import Vault
+    from bot.storage import GuildEndpoint, Storage
+
+    old, new = (Secret(Fernet.generate_key().decode()) for _ in range(2))
+    url = f"sqlite:///{tmp_path}/bot.db"
+    storage = await Storage.open(url)
+    stored = Vault((old,)).encrypt(GUILD_KEY)
+    await storage.save_guild_endpoint(GuildEndpoint(DEFAULT_GUILD_ID, "default", GUILD_ENDPOINT, stored, "sdxl"))
+    await storage.close()
+
+    runpod.api_keys.add(GUILD_KEY)
+    async with running_bot(runpod, database_url=url, settings=settings_for(runpod, encryption_keys=(new, old))) as h:
+        final = await h.finished(await h.imagine("after rotation"))
+        assert final.embeds[0]["title"] == "✅ Done"
+        rotated = (await h.bot.runner.storage.guild_endpoint(DEFAULT_GUILD_ID)).api_key_encrypted
+    assert rotated != stored
+    assert Vault((new,)).decrypt(rotated).reveal() == GUILD_KEY  # the old key can now be dropped
+    (job,) = runpod.jobs.values()
+    assert job.api_key == GUILD_KEY
