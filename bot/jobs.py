@@ -305,7 +305,11 @@ class JobRunner:
     async def _wait_for_turn(self, job: LiveJob) -> None:
         assert job.ticket is not None
         shown = None
-        while not job.ticket.admitted.done():
+        while True:
+            if job.cancelled_by is not None:  # checked last thing before a submit, too
+                raise JobCancelled(f"Cancelled by {job.cancelled_by} before it started.")
+            if job.ticket.admitted.done():
+                return
             position = self.queue.position(job.ticket)
             if position is not None and position != shown:
                 shown = position
@@ -314,8 +318,6 @@ class JobRunner:
                 job.message.show(embed, job_view(job.key, "cancel"))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(job.ticket.admitted), 1.0)
-            if job.cancelled_by is not None:
-                raise JobCancelled(f"Cancelled by {job.cancelled_by} before it started.")
 
     async def _submit(self, job: LiveJob) -> bool:
         await self.storage.update_job(job.record.request_id, state="pending")

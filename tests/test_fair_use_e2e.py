@@ -332,3 +332,19 @@ async def test_limits_and_moderation_commands_show_and_change_the_rules(harness)
     member_try = harness.discord.slash("runpod", {"member_daily": 0}, subcommand="limits", permissions=0)
     await harness.discord.send(member_try)
     assert await refused(harness, member_try) == "You need the Manage Guild permission for this."
+
+
+async def test_cancel_while_waiting_takes_the_job_out_of_the_queue_unpaid(harness):
+    await set_policy(harness, member_concurrent=1)
+    harness.runpod.default_script = lambda job_input: Script(queue_s=30)
+    await harness.imagine("first, on RunPod")
+    second = await harness.imagine("second, waiting")
+    await harness.discord.wait_for(lambda: harness.title(second) == "🕒 Waiting for your turn")
+    message = harness.shown(second)
+    click = harness.discord.click(button(message, "cancel"), message_id=message.id)
+    await harness.discord.send(click)
+    final = await harness.finished(second)
+    assert final.embeds[0]["title"] == "🚫 Cancelled"
+    assert "before it started" in field_value(final, "What happened")
+    assert [job.input["prompt"] for job in harness.runpod.jobs.values()] == ["first, on RunPod"]
+    assert harness.runpod.requests_for("cancel") == []
