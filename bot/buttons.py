@@ -35,13 +35,14 @@ class JobButton(
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Button[Any], match: re.Match[str]
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
     ) -> JobButton:
         return cls(match["action"], match["job_id"])
 
-    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot: ImagineBot = interaction.client
         try:
-            await interaction.client.runner.on_button(interaction, self.action, self.job_id)
+            await bot.runner.on_button(interaction, self.action, self.job_id)
         except Exception as error:  # a button has no command tree to report to
             await reply_privately(interaction, explain(interaction, error))
 

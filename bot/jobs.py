@@ -473,9 +473,9 @@ class JobRunner:
         job = self._live_job(record, params, endpoint, token, policy)
         if record.runpod_job_id is None and record.state != "waiting":
             # Killed between "pending" and RunPod's answer: RunPod may or may not have the job.
-            error = BotError("The bot restarted while sending this job to RunPod, so it may not have started.")
-            error.advice = "Run /imagine again."
-            await self._end(job, error, "failed")
+            unsure = BotError("The bot restarted while sending this job to RunPod, so it may not have started.")
+            unsure.advice = "Run /imagine again."
+            await self._end(job, unsure, "failed")
             return
         self._spawn(job)
 
@@ -500,12 +500,12 @@ class JobRunner:
                 log.warning("job %s: sweeper could not cancel it: %s", record.runpod_job_id, error)
                 continue
             minutes = policy.max_wall_seconds / 60
-            error = JobTimedOut(
+            stale = JobTimedOut(
                 f"Still unfinished after {minutes:g} minutes, so it was cancelled on RunPod to stop the billing.",
                 record.runpod_job_id,
             )
             log.info("job %s: swept after %g minutes", record.runpod_job_id, minutes)
-            await self._end(self._live_job(record, params, endpoint, token, policy), error, "timed_out")
+            await self._end(self._live_job(record, params, endpoint, token, policy), stale, "timed_out")
 
     async def sweep_forever(self) -> None:
         while True:

@@ -177,7 +177,9 @@ class LiveMessage:
         try:
             if self._channel_message is None:
                 sent = await self._channel.send(
-                    embed=look.embed, view=look.view, files=_files(look.uploads) or discord.utils.MISSING
+                    embed=look.embed,
+                    view=look.view or discord.utils.MISSING,
+                    files=_files(look.uploads) or discord.utils.MISSING,
                 )
                 self._channel_message = sent
                 if self._on_channel_message is not None:

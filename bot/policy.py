@@ -46,8 +46,12 @@ class GuildPolicy:
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> GuildPolicy:
         known = {f.name for f in dataclasses.fields(cls)}
-        values = {key: tuple(value) if isinstance(value, list) else value for key, value in (data or {}).items()}
-        return cls(**{key: value for key, value in values.items() if key in known})
+        values: dict[str, Any] = {
+            key: tuple(value) if isinstance(value, list) else value
+            for key, value in (data or {}).items()
+            if key in known  # a newer version's settings are ignored, not fatal
+        }
+        return cls(**values)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -225,7 +229,7 @@ class FairQueue:
             start = ids.index(last) + 1
             ids = ids[start:] + ids[:start]
         queues = [list(members[member]) for member in ids]
-        order = []
+        order: list[Ticket] = []
         for round_ in range(max((len(queue) for queue in queues), default=0)):
             order.extend(queue[round_] for queue in queues if round_ < len(queue))
         return order

@@ -170,9 +170,9 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
         await interaction.response.defer(ephemeral=True, thinking=True)
         runner = self.bot.runner
         assert interaction.guild_id is not None
-        models = [saved.name for saved in await runner.storage.guild_endpoints(interaction.guild_id)]
+        models: list[str | None] = [saved.name for saved in await runner.storage.guild_endpoints(interaction.guild_id)]
         lines = []
-        for model in models or [None]:
+        for model in models or [None]:  # None: the operator's default endpoint
             try:
                 endpoint = await runner.endpoint_for(interaction.guild_id, model)
             except BotError as error:
