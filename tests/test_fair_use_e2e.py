@@ -102,9 +102,8 @@ async def test_many_members_at_once_get_fair_turns_within_the_limits(harness):
 async def test_a_member_who_queues_too_many_is_refused_privately(harness):
     await set_policy(harness, member_concurrent=1, member_waiting=1)
     harness.runpod.default_script = lambda job_input: Script(queue_s=5)
-    await harness.imagine("one")
-    await harness.imagine("two")
-    await asyncio.sleep(0.3)
+    both = [await harness.imagine("one"), await harness.imagine("two")]
+    await harness.discord.wait_for(lambda: any(harness.title(i) == "🕒 Waiting for your turn" for i in both))
     third = await harness.imagine("three")
     final = await harness.finished(third)
     assert "already have 1 pictures waiting" in field_value(final, "What happened")
@@ -337,14 +336,16 @@ async def test_limits_and_moderation_commands_show_and_change_the_rules(harness)
 async def test_cancel_while_waiting_takes_the_job_out_of_the_queue_unpaid(harness):
     await set_policy(harness, member_concurrent=1)
     harness.runpod.default_script = lambda job_input: Script(queue_s=30)
-    await harness.imagine("first, on RunPod")
-    second = await harness.imagine("second, waiting")
-    await harness.discord.wait_for(lambda: harness.title(second) == "🕒 Waiting for your turn")
-    message = harness.shown(second)
+    both = [await harness.imagine("one"), await harness.imagine("two")]
+    # The two requests race through the bot; whichever lost waits for its turn.
+    await harness.discord.wait_for(lambda: any(harness.title(i) == "🕒 Waiting for your turn" for i in both))
+    waiting = next(i for i in both if harness.title(i) == "🕒 Waiting for your turn")
+    message = harness.shown(waiting)
     click = harness.discord.click(button(message, "cancel"), message_id=message.id)
     await harness.discord.send(click)
-    final = await harness.finished(second)
+    final = await harness.finished(waiting)
     assert final.embeds[0]["title"] == "🚫 Cancelled"
     assert "before it started" in field_value(final, "What happened")
-    assert [job.input["prompt"] for job in harness.runpod.jobs.values()] == ["first, on RunPod"]
+    (running,) = harness.runpod.jobs.values()
+    assert running.input["prompt"] != waiting.payload["data"]["options"][0]["value"]
     assert harness.runpod.requests_for("cancel") == []
