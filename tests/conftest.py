@@ -80,3 +80,12 @@ async def database_url(request, tmp_path) -> str:
         pytest.skip("TEST_DATABASE_URL is not set (.ci/run starts PostgreSQL and sets it)")
     await empty_database(POSTGRES_URL)
     return POSTGRES_URL
+
+
+@pytest.fixture(autouse=True)
+async def reap_bot_processes() -> AsyncIterator[None]:
+    """A test that fails midway must not leave a real bot process running behind it."""
+    yield
+    from tests.processes import reap
+
+    await reap()

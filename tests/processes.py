@@ -59,7 +59,21 @@ async def start_bot(tmp_path, discord_double, runpod, *args: str, **env: str) ->
         async for line in process.stdout:
             output.append(line.decode())
 
-    return BotProcess(process, output, asyncio.create_task(collect()))
+    bot = BotProcess(process, output, asyncio.create_task(collect()))
+    STARTED.append(bot)
+    return bot
+
+
+STARTED: list[BotProcess] = []  # reaped after every test (tests/conftest.py), even one that failed midway
+
+
+async def reap() -> None:
+    while STARTED:
+        bot = STARTED.pop()
+        if bot.process.returncode is None:
+            bot.process.kill()
+            await bot.process.wait()
+        bot.reader.cancel()
 
 
 async def ready(discord_double, connections: int = 1) -> None:
