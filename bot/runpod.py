@@ -3,6 +3,8 @@
 One `aiohttp.ClientSession` is shared by every client; a client is cheap and bound to one key and
 endpoint. Errors are the domain errors of `bot.errors`; transient failures are retried with capped,
 jittered exponential backoff, and a `POST /run` is only retried when RunPod provably did not take it.
+Every request first takes a slot from a per-endpoint, per-operation `RateLimiter` shared by all clients,
+so however many jobs are followed at once, RunPod's limits (reference section 3) are never exceeded.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import json
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -92,6 +96,108 @@ class RetryPolicy:
 
 
 Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+# Called with a 200 answer's Content-Length (-1 if unknown) before its body is read; may wait. The body
+# stays in the socket meanwhile, so a caller can bound how many megabyte answers it holds at once.
+Admit = Callable[[int], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    requests: int
+    per: float  # seconds
+
+
+# RunPod's per-endpoint limits by operation (reference section 3). /health is not in RunPod's table;
+# it is given the /status limit so that a flood of queue-info lookups is still metered.
+RUNPOD_RATE_LIMITS: Mapping[str, RateLimit] = {
+    "run": RateLimit(1000, 10.0),
+    "runsync": RateLimit(2000, 10.0),
+    "status": RateLimit(2000, 10.0),
+    "status-sync": RateLimit(2000, 10.0),
+    "stream": RateLimit(2000, 10.0),
+    "cancel": RateLimit(100, 10.0),
+    "purge-queue": RateLimit(2, 10.0),
+    "health": RateLimit(2000, 10.0),
+}
+
+
+class RateLimiter:
+    """At most `limit` request starts in any `window` seconds (a sliding window).
+
+    Each caller reserves the next free slot at once and then sleeps until it, so waiting callers keep
+    their order, nothing polls, and no lock ties the limiter to one event loop."""
+
+    def __init__(self, limit: int, window: float, *, clock: Clock = time.monotonic) -> None:
+        if limit < 1 or window <= 0:
+            raise ValueError("a rate limit needs at least one request per positive window")
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._slots: deque[float] = deque()  # granted start times, ascending; some may lie in the future
+
+    def reserve(self) -> float:
+        """Take the next free slot; returns how long to wait before using it."""
+        now = self._clock()
+        slots = self._slots
+        while slots and slots[0] <= now - self.window:
+            slots.popleft()
+        start = now
+        if slots:
+            start = max(start, slots[-1])
+            if len(slots) >= self.limit:
+                # The new slot and the `limit` before it must not fit in one window.
+                start = max(start, slots[-self.limit] + self.window)
+        slots.append(start)
+        return start - now
+
+    async def acquire(self, sleep: Sleep = asyncio.sleep) -> float:
+        wait = self.reserve()
+        if wait > 0:
+            await sleep(wait)
+        return wait
+
+    @property
+    def pending(self) -> int:
+        """Slots granted in the last window or still ahead (for logs and tests)."""
+        now = self._clock()
+        return sum(1 for slot in self._slots if slot > now - self.window)
+
+
+class RateLimiters:
+    """One `RateLimiter` per (API root, endpoint, operation), shared by every client that uses this registry.
+
+    `headroom` and `slack` keep us under RunPod's own count: 10 % fewer requests, in a window half a second
+    longer, so that network jitter between our clock and RunPod's cannot squeeze two bursts into one window."""
+
+    def __init__(
+        self,
+        limits: Mapping[str, RateLimit] = RUNPOD_RATE_LIMITS,
+        *,
+        headroom: float = 0.9,
+        slack: float = 0.5,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._limits = dict(limits)
+        self._headroom = headroom
+        self._slack = slack
+        self._clock = clock
+        self._limiters: dict[tuple[str, str, str], RateLimiter] = {}
+
+    def get(self, api_url: str, endpoint_id: str, operation: str) -> RateLimiter | None:
+        rule = self._limits.get(operation)
+        if rule is None:
+            return None
+        key = (api_url.rstrip("/"), endpoint_id, operation)
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            limit = max(1, int(rule.requests * self._headroom))
+            limiter = self._limiters[key] = RateLimiter(limit, rule.per + self._slack, clock=self._clock)
+        return limiter
+
+
+# Clients are made per job; this default registry is what makes them share one limiter per endpoint.
+SHARED_RATE_LIMITERS = RateLimiters()
 
 
 class RunPodClient:
@@ -105,19 +211,27 @@ class RunPodClient:
         retry: RetryPolicy | None = None,
         request_timeout: float = 20.0,
         sleep: Sleep = asyncio.sleep,
+        limiters: RateLimiters | None = None,
     ) -> None:
         if not _ID.fullmatch(endpoint_id):
             raise RunPodRejected(f"{endpoint_id!r} is not a RunPod endpoint id.")
         self.endpoint_id = endpoint_id
         self._session = session
         self._api_key = api_key
-        self._base = f"{api_url.rstrip('/')}/{endpoint_id}"
+        self._api_url = api_url.rstrip("/")
+        self._base = f"{self._api_url}/{endpoint_id}"
+        self._limiters = SHARED_RATE_LIMITERS if limiters is None else limiters
         self._retry = retry or RetryPolicy()
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._sleep = sleep
 
     def __repr__(self) -> str:
         return f"RunPodClient(endpoint_id={self.endpoint_id!r})"
+
+    @property
+    def endpoint_url(self) -> str:
+        """The endpoint's API root: what identifies "the same endpoint" for limits and learned timings."""
+        return self._base
 
     async def run(self, job_input: dict[str, Any], *, policy: dict[str, Any] | None = None) -> JobStatus:
         body: dict[str, Any] = {"input": job_input}
@@ -126,8 +240,8 @@ class RunPodClient:
         data = await self._request("POST", "run", body=body, retry_ambiguous=False)
         return _parse_status(data, "run")
 
-    async def status(self, job_id: str) -> JobStatus:
-        data = await self._request("GET", f"status/{_job_path(job_id)}", job_id=job_id)
+    async def status(self, job_id: str, *, admit: Admit | None = None) -> JobStatus:
+        data = await self._request("GET", f"status/{_job_path(job_id)}", job_id=job_id, admit=admit)
         return _parse_status(data, "status")
 
     async def cancel(self, job_id: str) -> JobStatus:
@@ -159,18 +273,26 @@ class RunPodClient:
         body: dict[str, Any] | None = None,
         job_id: str | None = None,
         retry_ambiguous: bool = True,
+        admit: Admit | None = None,
     ) -> dict[str, Any]:
         """One API call with retries. `retry_ambiguous=False` for calls that must not happen twice:
         those are retried only after a 429 or a failure to connect, when RunPod surely did nothing."""
         operation = path.split("/")[0]
         headers = {"Authorization": f"Bearer {self._api_key.reveal()}"}
+        limiter = self._limiters.get(self._api_url, self.endpoint_id, operation)
         failure: RunPodError = RunPodUnavailable("RunPod could not be reached.")
         for attempt in range(self._retry.attempts):
             delay = self._retry.backoff(attempt)
+            if limiter is not None:
+                waited = await limiter.acquire(self._sleep)
+                if waited > 1.0:
+                    log.debug("RunPod %s on %s: held %.2fs by the rate limit", operation, self.endpoint_id, waited)
             try:
                 async with self._session.request(
                     method, f"{self._base}/{path}", json=body, headers=headers, timeout=self._timeout
                 ) as response:
+                    if admit is not None and response.status == 200:
+                        await admit(-1 if response.content_length is None else response.content_length)
                     payload = await response.read()
                     if response.status == 200:
                         return _parse_json(payload, operation)

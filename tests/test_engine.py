@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import os
+from dataclasses import replace
+
 import pytest
 
-from bot.engine import JobResult, JobUpdate, PollPolicy, follow_job, parse_progress, submit_job
+from bot.config import Secret
+from bot.engine import (
+    EndpointStats,
+    JobResult,
+    JobUpdate,
+    PollPolicy,
+    endpoint_stats,
+    follow_job,
+    parse_progress,
+    submit_job,
+)
 from bot.errors import JobCancelled, JobExpired, JobFailed, JobTimedOut, OutputError, RunPodUnavailable
+from bot.images import ImageFetcher
 from bot.params import GenerationParams
 from bot.presets import PRESETS
-from bot.runpod import JobState
-from tests.conftest import FAST_POLL
+from bot.runpod import JobState, JobStatus, RunPodClient
+from tests.conftest import API_KEY, ENDPOINT, FAST_POLL
 from tests.doubles import outputs
 from tests.doubles.outputs import make_png
-from tests.doubles.runpod import Script
+from tests.doubles.runpod import RunPodDouble, Script
 
 
 async def run_job(client, fetcher, *, timeout=None, poll=FAST_POLL, job_input=None):
@@ -220,3 +236,218 @@ def test_unreadable_progress_is_ignored():
 
 def test_updates_are_values():
     assert JobUpdate("a", JobState.IN_QUEUE) == JobUpdate("a", JobState.IN_QUEUE)
+
+
+# --- adaptive polling ------------------------------------------------------------------------------------
+
+
+class VirtualClock:
+    """Time that passes only when the one job being followed sleeps, shared with the double: minutes of
+    polling run in milliseconds, and every request's time is exact."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+async def virtual():
+    clock = VirtualClock()
+    async with RunPodDouble(api_keys=[API_KEY], endpoints=[ENDPOINT], clock=clock) as double:
+        yield clock, double
+
+
+def virtual_client(double, session, clock):
+    return RunPodClient(
+        session, api_key=Secret(API_KEY), endpoint_id=ENDPOINT, api_url=double.api_url, sleep=clock.sleep
+    )
+
+
+def learned(*runs: float) -> EndpointStats:
+    stats = EndpointStats()
+    for run_s in runs:
+        stats.record(run_s=run_s)
+    return stats
+
+
+async def follow_virtually(virtual, session, fetcher, script, *, stats, poll=None, submitted_at=None, late=0.0):
+    """Submit one scripted job, optionally start following it `late` s after, and return the poll times
+    (seconds after submission) and the events."""
+    clock, double = virtual
+    client = virtual_client(double, session, clock)
+    double.script_next(script)
+    job = await client.run({"prompt": "x"})
+    submitted = clock()
+    clock.now += late
+    events = [
+        event
+        async for event in follow_job(
+            client, job.id, fetcher, clock=clock, sleep=clock.sleep, stats=stats, poll=poll, submitted_at=submitted_at
+        )
+    ]
+    return [request.at - submitted for request in double.requests_for("status")], events
+
+
+TYPICAL_8S = (7.6, 7.8, 8.0, 8.0, 8.2, 8.4) * 5
+
+
+async def test_a_learned_endpoint_is_polled_rarely_early_and_densely_near_the_finish(virtual, session, fetcher):
+    stats = learned(*TYPICAL_8S)
+    script = Script(queue_s=1.5, run_s=8.1, output=outputs.sdxl(make_png()))
+    polls, events = await follow_virtually(virtual, session, fetcher, script, stats=stats)
+    finish, band, policy = 1.5 + 8.1, stats.band(), PollPolicy()
+    assert isinstance(events[-1], JobResult)
+    # Nothing between the first poll and the quickest run seen: the job cannot be done before.
+    assert [at for at in polls[1:] if at < band.low] == []
+    # Once a finish is plausible, never more than `near` apart; from the likely finish on, `dense` apart.
+    gaps = [(at, later - at) for at, later in itertools.pairwise(polls)]
+    assert all(gap <= policy.near + 1e-9 for at, gap in gaps if at >= 1.5 + band.low)
+    assert all(gap <= policy.dense + 1e-9 for at, gap in gaps if at >= 1.5 + band.dense_from)
+    assert 0 <= polls[-1] - finish <= policy.dense  # found done within one dense interval
+    assert len(polls) <= 0.6 * (finish + 1)  # what a poll every second (the official client) would make
+
+
+async def test_until_an_endpoint_has_taught_anything_polling_backs_off_as_before(virtual, session, fetcher):
+    stats = EndpointStats()
+    script = Script(queue_s=1.5, run_s=8.1, output=outputs.sdxl(make_png()))
+    polls, _ = await follow_virtually(virtual, session, fetcher, script, stats=stats)
+    policy = PollPolicy()
+    gaps = [later - at for at, later in itertools.pairwise(polls)]
+    assert gaps[0] == pytest.approx(policy.queued[0])
+    assert max(gaps) <= policy.queued[1] + 1e-9
+    assert all(gap <= policy.running[1] + 1e-9 for at, gap in zip(polls, gaps, strict=False) if at > 3)
+    # ...and the finished job taught it.
+    assert stats.runs == 1 and stats.typical_run == pytest.approx(8.1)
+    assert stats.typical_wait == pytest.approx(1.5)
+
+
+async def test_learning_saves_requests_without_losing_the_finish(virtual, session, fetcher):
+    """The same job on an endpoint that knows its run times and on one that does not."""
+    script = Script(queue_s=0.5, run_s=8.0, output=outputs.sdxl(make_png()))
+    blind, _ = await follow_virtually(virtual, session, fetcher, script, stats=EndpointStats())
+    _, double = virtual
+    double.requests.clear()
+    taught, _ = await follow_virtually(virtual, session, fetcher, replace(script), stats=learned(*TYPICAL_8S))
+    assert len(taught) < 0.6 * len(blind)
+    assert taught[-1] - 8.5 <= PollPolicy().dense < blind[-1] - 8.5 + PollPolicy().near
+
+
+async def test_a_cold_start_queue_is_polled_no_faster_than_the_quickest_run(virtual, session, fetcher):
+    stats = learned(*TYPICAL_8S)
+    script = Script(queue_s=25.0, run_s=8.0, output=outputs.sdxl(make_png()))
+    polls, _ = await follow_virtually(virtual, session, fetcher, script, stats=stats)
+    queued = [at for at in polls if at < 25.0]
+    assert all(later - at >= stats.band().low - 1e-9 for at, later in itertools.pairwise(queued))
+    assert len(queued) <= 1 + 25.0 / stats.band().low
+    assert polls[-1] - 33.0 <= PollPolicy().dense
+
+
+async def test_a_job_outrunning_every_run_seen_is_polled_ever_less_often(virtual, session, fetcher):
+    stats = learned(2.0, 2.1, 2.2)
+    script = Script(run_s=120.0, output=outputs.sdxl(make_png()))
+    polls, events = await follow_virtually(virtual, session, fetcher, script, stats=stats)
+    policy = PollPolicy()
+    gaps = [later - at for at, later in itertools.pairwise(polls)]
+    assert isinstance(events[-1], JobResult)
+    assert max(gaps) <= policy.longest + 1e-9
+    late = [gap for at, gap in zip(polls, gaps, strict=False) if at > 10]
+    assert late == sorted(late)  # backing off, not hammering a stuck job
+    assert len(polls) < 40  # a poll every second would make 120
+
+
+async def test_a_worker_reporting_progress_has_its_bar_moved_regularly(virtual, session, fetcher):
+    stats = learned(60.0, 62.0, 64.0)
+    progress = [(second, f"{second}/60") for second in range(0, 60, 5)]
+    script = Script(run_s=61.0, progress=progress, output=outputs.sdxl(make_png()))
+    polls, events = await follow_virtually(virtual, session, fetcher, script, stats=stats)
+    running = [at for at in polls if at > 0.5]
+    assert all(later - at <= PollPolicy().progress_every + 1e-9 for at, later in itertools.pairwise(running))
+    assert len({event.progress.text for event in events[:-1] if event.progress}) >= 6
+
+
+async def test_a_resumed_job_uses_its_real_submission_time(virtual, session, fetcher):
+    """Followed 5 s after it was submitted: the run's start, hence the finish, is still placed exactly."""
+    stats = learned(*TYPICAL_8S)
+    script = Script(queue_s=6.0, run_s=8.0, output=outputs.sdxl(make_png()))
+    clock, _ = virtual
+    polls, events = await follow_virtually(
+        virtual, session, fetcher, script, stats=stats, submitted_at=clock(), late=5.0
+    )
+    assert isinstance(events[-1], JobResult)
+    assert polls[-1] - 14.0 <= PollPolicy().dense
+
+
+async def test_the_cadence_stays_within_a_fast_policy_whatever_was_learned(virtual, session, fetcher):
+    """Tests and the bot's fast policies keep their pace even after learning from slow jobs."""
+    fast = PollPolicy(queued=(0.02, 0.05), running=(0.02, 0.05))
+    script = Script(queue_s=0.3, run_s=0.6, output=outputs.sdxl(make_png()))
+    polls, _ = await follow_virtually(virtual, session, fetcher, script, stats=learned(30.0, 31.0), poll=fast)
+    assert max(later - at for at, later in itertools.pairwise(polls)) <= fast.longest + 1e-9
+
+
+def test_endpoint_stats_learn_only_from_completed_jobs():
+    stats = EndpointStats()
+    assert stats.band() is None and stats.typical_run is None
+    stats.record_status(JobStatus("a", JobState.COMPLETED, delay_ms=2000, execution_ms=10_000))
+    stats.record_status(JobStatus("b", JobState.FAILED, delay_ms=100, execution_ms=300))
+    stats.record_status(JobStatus("c", JobState.COMPLETED, delay_ms=4000, execution_ms=12_000))
+    assert stats.runs == 2
+    assert (stats.typical_run, stats.typical_wait) == (pytest.approx(11.0), pytest.approx(3.0))
+    band = stats.band()
+    assert band.low < 10.0 < band.dense_from < 12.0 < band.high
+
+
+def test_the_band_tightens_as_runs_accumulate():
+    few, many = learned(10.0), learned(*[10.0] * 50)
+    assert few.band().low < many.band().low < 10.0 < many.band().high < few.band().high
+
+
+async def test_jobs_of_one_endpoint_share_what_it_taught(client, session, runpod, fetcher):
+    runpod.script_next(Script(run_s=0.2, output=outputs.sdxl(make_png())))
+    before = endpoint_stats(client).runs
+    await run_job(client, fetcher)
+    other = RunPodClient(session, api_key=Secret(API_KEY), endpoint_id=ENDPOINT, api_url=runpod.api_url)
+    assert endpoint_stats(other) is endpoint_stats(client)
+    assert endpoint_stats(other).runs == before + 1
+
+
+async def test_many_pictures_finishing_at_once_are_decoded_a_few_at_a_time(client, runpod):
+    """Large answers are read and decoded a few at a time; the rest wait or are fetched again, and all arrive."""
+    png = make_png(300, 300, seed=4)  # well over the size that counts as large once base64-encoded
+    assert len(outputs.b64(png)) > 256 * 1024
+
+    class CountingFetcher(ImageFetcher):
+        now = peak = 0
+
+        async def decode_all(self, sources):
+            CountingFetcher.now += 1
+            CountingFetcher.peak = max(CountingFetcher.peak, CountingFetcher.now)
+            try:
+                await asyncio.sleep(0.05)  # a slow decode, so that answers pile up behind it
+                return await super().decode_all(sources)
+            finally:
+                CountingFetcher.now -= 1
+
+    jobs = []
+    for _ in range(12):
+        runpod.script_next(Script(run_s=0.2, output=outputs.sdxl(png)))
+        jobs.append((await client.run({"prompt": "x"})).id)
+    async with CountingFetcher() as fetcher:
+        results = await asyncio.gather(
+            *(_last(follow_job(client, job_id, fetcher, poll=FAST_POLL, stats=EndpointStats())) for job_id in jobs)
+        )
+    assert all(isinstance(result, JobResult) and result.images[0].png == png for result in results)
+    assert CountingFetcher.peak <= max(2, os.cpu_count() or 1)
+
+
+async def _last(events):
+    last = None
+    async for event in events:
+        last = event
+    return last

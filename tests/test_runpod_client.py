@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
 from bot.config import Secret
+from bot.engine import EndpointStats, JobResult, PollPolicy, follow_job
 from bot.errors import (
     RunPodAuthError,
     RunPodBadResponse,
@@ -15,8 +17,18 @@ from bot.errors import (
     RunPodRejected,
     RunPodUnavailable,
 )
-from bot.runpod import JobState, RetryPolicy, RunPodClient
+from bot.runpod import (
+    SHARED_RATE_LIMITERS,
+    JobState,
+    RateLimit,
+    RateLimiter,
+    RateLimiters,
+    RetryPolicy,
+    RunPodClient,
+)
 from tests.conftest import API_KEY, ENDPOINT, FAST_RETRY
+from tests.doubles import outputs
+from tests.doubles.outputs import make_png
 from tests.doubles.runpod import Script
 
 
@@ -210,3 +222,117 @@ async def test_the_key_only_travels_in_the_authorization_header(client, runpod):
         )
         assert API_KEY not in visible
     assert API_KEY not in repr(client)
+
+
+# --- the shared per-endpoint rate limiter -----------------------------------------------------------------
+
+
+def busiest_window(times, window):
+    """The most events in any window of this length, closed on the right as RunPod and the double count."""
+    times = sorted(times)
+    start = best = 0
+    for end, moment in enumerate(times):
+        while times[start] <= moment - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+class FakeClock:
+    def __init__(self, now=100.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_limiter_never_lets_a_window_hold_more_than_its_limit():
+    clock = FakeClock()
+    limiter = RateLimiter(10, 1.0, clock=clock)
+    starts = []
+    for step in range(200):  # 80 requests a second asked for, against 10 a second allowed
+        clock.now = 100.0 + step * 0.0125
+        starts.append(clock.now + limiter.reserve())
+    assert starts == sorted(starts)  # first come, first served
+    assert busiest_window(starts, 1.0) == 10
+    assert starts[10] == pytest.approx(starts[0] + 1.0)  # and no slower than it must
+    assert starts[:10] == [100.0 + step * 0.0125 for step in range(10)]  # no wait while there is room
+
+
+def test_the_limiter_grants_slots_again_once_the_window_has_passed():
+    clock = FakeClock()
+    limiter = RateLimiter(3, 10.0, clock=clock)
+    assert [limiter.reserve() for _ in range(4)] == [0, 0, 0, 10.0]
+    clock.now += 25
+    assert limiter.reserve() == 0
+    assert limiter.pending == 1
+
+
+def test_one_limiter_per_endpoint_and_operation_whatever_the_client():
+    limiters = RateLimiters()
+    status = limiters.get("https://api.runpod.ai/v2/", "ep1", "status")
+    assert status is limiters.get("https://api.runpod.ai/v2", "ep1", "status")
+    assert status is not limiters.get("https://api.runpod.ai/v2", "ep2", "status")
+    assert status is not limiters.get("https://api.runpod.ai/v2", "ep1", "cancel")
+    assert limiters.get("https://api.runpod.ai/v2", "ep1", "webhook") is None
+    # RunPod's documented 2000 /status per 10 s, kept 10 % below and in a window half a second longer.
+    assert (status.limit, status.window) == (1800, 10.5)
+    assert limiters.get("https://api.runpod.ai/v2", "ep1", "cancel").limit == 90
+
+
+def test_clients_share_the_default_limiters(session):
+    first = RunPodClient(session, api_key=Secret("k"), endpoint_id="ep", api_url="https://api.runpod.ai/v2")
+    second = RunPodClient(session, api_key=Secret("k"), endpoint_id="ep", api_url="https://api.runpod.ai/v2")
+    assert first._limiters is second._limiters is SHARED_RATE_LIMITERS
+
+
+async def test_many_concurrent_jobs_never_exceed_the_endpoints_limit(runpod, session):
+    """Sixty jobs polling at once through one small limit: RunPod never sees more than it allows."""
+    runpod.set_rate_limit("status", 10, 0.2)
+    limiters = RateLimiters({"status": RateLimit(10, 0.2)}, headroom=1.0, slack=0.1)
+    jobs = []
+    for _ in range(20):
+        job = await RunPodClient(
+            session, api_key=Secret(API_KEY), endpoint_id=ENDPOINT, api_url=runpod.api_url, limiters=limiters
+        ).run({"prompt": "x"})
+        jobs.append(job.id)
+
+    async def poll(job_id):
+        client = RunPodClient(
+            session, api_key=Secret(API_KEY), endpoint_id=ENDPOINT, api_url=runpod.api_url, limiters=limiters
+        )
+        for _ in range(3):
+            await client.status(job_id)
+
+    await asyncio.gather(*(poll(job_id) for job_id in jobs))
+    polls = runpod.requests_for("status")
+    assert len(polls) == 60  # none was refused and retried
+    assert busiest_window([request.at for request in polls], 0.2) <= 10
+
+
+async def test_a_429_burst_ends_without_a_synchronized_retry_storm(runpod, session, fetcher):
+    """Forty jobs refused together come back spread out, and none is lost."""
+    for _ in range(40):
+        runpod.script_next(Script(run_s=0.5, output=outputs.sdxl(make_png(16, 16))))
+    retry = RetryPolicy(attempts=8, base_delay=0.05, max_delay=0.4)
+    poll = PollPolicy(queued=(0.02, 0.05), running=(0.02, 0.05))
+
+    async def one():
+        client = RunPodClient(
+            session, api_key=Secret(API_KEY), endpoint_id=ENDPOINT, api_url=runpod.api_url, retry=retry
+        )
+        job = await client.run({"prompt": "x"})
+        return [event async for event in follow_job(client, job.id, fetcher, poll=poll, stats=EndpointStats())]
+
+    async def burst():
+        await asyncio.sleep(0.1)
+        runpod.set_rate_limit("status", 0, 1.0)  # every /status refused
+        await asyncio.sleep(0.4)
+        runpod.set_rate_limit("status", 100_000, 1.0)
+        return runpod.clock()
+
+    *results, ended = await asyncio.gather(*(one() for _ in range(40)), burst())
+    assert all(isinstance(events[-1], JobResult) for events in results)
+    after = [request.at for request in runpod.requests_for("status") if ended <= request.at < ended + 1.0]
+    assert after
+    assert busiest_window(after, 0.02) < 20  # a storm would bring all forty back at once

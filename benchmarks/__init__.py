@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.polling` compares how RunPod clients follow jobs (see its docstring)."""

@@ -1,0 +1,165 @@
+"""One client's share of a benchmark round, in its own process so that its CPU time and memory are its own.
+
+`python -m benchmarks.client` reads a JSON config on stdin and prints one JSON report on stdout:
+for each job when its picture was decoded (on the system-wide monotonic clock the double also uses),
+the process's CPU time from the round's start to its end and the part of it spent decoding pictures
+(so that the report can show the waiting cost apart from the decoding), and its peak RSS.
+A client still busy at the config's `deadline` is stopped there and reports what it finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import resource
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.workload import JobSpec, prompt_for
+
+JobRow = list[Any]  # [index, job id | None, decoded_at | None, error | None]
+Rows = dict[int, JobRow]  # filled in as jobs go, so a stopped client still says what it did
+UNFINISHED = "unfinished at the deadline"
+
+
+def job_specs(config: dict[str, Any]) -> list[JobSpec]:
+    return [JobSpec(**job) for job in config["jobs"]]
+
+
+def new_rows(config: dict[str, Any]) -> Rows:
+    return {job["index"]: [job["index"], None, None, UNFINISHED] for job in config["jobs"]}
+
+
+async def until_deadline(config: dict[str, Any], jobs: list[asyncio.Task[None]]) -> None:
+    """Wait for every job, or until the deadline; then stop the rest."""
+    _, pending = await asyncio.wait(jobs, timeout=max(0.0, config["deadline"] - time.monotonic()))
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def sleep_until(moment: float) -> None:
+    delay = moment - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def run_ours(config: dict[str, Any], rows: Rows) -> None:
+    """The bot's own path: `submit_job`, then `follow_job` with the shared `ImageFetcher`."""
+    import aiohttp
+
+    from bot.config import Secret
+    from bot.engine import JobResult, endpoint_stats, follow_job, submit_job
+    from bot.errors import BotError
+    from bot.images import ImageFetcher
+    from bot.params import GenerationParams
+    from bot.presets import PRESETS
+    from bot.runpod import RunPodClient
+
+    key, api_url, endpoints = Secret(config["api_key"]), config["api_url"], config["endpoints"]
+    async with aiohttp.ClientSession() as session, ImageFetcher() as fetcher:
+
+        def client_for(endpoint: str) -> RunPodClient:
+            return RunPodClient(session, api_key=key, endpoint_id=endpoint, api_url=api_url)
+
+        # A bot that has run before knows its endpoints' run times (e.g. from its job ledger).
+        for position, runs in enumerate(config.get("history") or []):
+            stats = endpoint_stats(client_for(endpoints[position]))
+            for run_s in runs:
+                stats.record(run_s=run_s)
+
+        async def one(spec: JobSpec) -> None:
+            await sleep_until(config["t0"] + spec.arrival_s)
+            client, row = client_for(endpoints[spec.endpoint]), rows[spec.index]
+            try:
+                params = GenerationParams(prompt_for(spec.index), seed=spec.index)
+                row[1] = (await submit_job(client, params, PRESETS["sdxl"])).id
+                async for event in follow_job(client, row[1], fetcher, timeout=config["timeout"]):
+                    if isinstance(event, JobResult):
+                        row[2:] = [time.monotonic(), None]
+                        return
+                row[3] = "ended without a result"
+            except BotError as error:
+                row[3] = f"{type(error).__name__}: {error}"
+
+        await until_deadline(config, [asyncio.create_task(one(spec)) for spec in job_specs(config)])
+
+
+class DecodeMeter:
+    """CPU time spent decoding pictures, measured where it happens (each decode runs whole in one thread)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def wrap(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.thread_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.seconds += time.thread_time() - started
+
+        return timed
+
+
+def cpu_seconds(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+Runner = Callable[[dict[str, Any], Rows], None]
+
+
+def prepare(name: str, meter: DecodeMeter) -> Runner:
+    """Import everything the client needs before the round starts (imports are not what is measured), and
+    time its picture decoding: base64 and Pillow, the same work for every client."""
+    if name == "ours":
+        importlib.import_module("aiohttp")
+        for module in ("config", "errors", "params", "presets", "runpod"):
+            importlib.import_module(f"bot.{module}")
+        engine, images = importlib.import_module("bot.engine"), importlib.import_module("bot.images")
+        engine.find_images = meter.wrap(engine.find_images)  # base64, in a thread
+        images.decode_image = meter.wrap(images.decode_image)  # Pillow, in a thread
+        return lambda config, rows: asyncio.run(run_ours(config, rows))
+    from benchmarks import peers
+
+    peers.prepare(name)
+    peers.decode_first = meter.wrap(peers.decode_first)
+    return peers.RUNNERS[name]
+
+
+def main() -> None:
+    config = json.load(sys.stdin)
+    meter = DecodeMeter()
+    runner = prepare(config["client"], meter)
+    late = max(0.0, time.monotonic() - config["t0"])
+    while (left := config["t0"] - time.monotonic()) > 0:
+        time.sleep(min(0.05, left))
+    rows = new_rows(config)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    runner(config, rows)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    stopped = any(row[3] == UNFINISHED for row in rows.values())
+    report = {
+        "client": config["client"],
+        "jobs": [list(row) for row in rows.values()],
+        "cpu_s": cpu_seconds(after) - cpu_seconds(before),
+        "decode_cpu_s": meter.seconds,
+        "maxrss_kb": after.ru_maxrss,
+        "late_s": late,
+        "stopped": stopped,
+    }
+    sys.stdout.write(json.dumps(report) + "\n")
+    sys.stdout.flush()
+    if stopped:
+        os._exit(0)  # threads of a stopped client may still be blocked in its library
+
+
+if __name__ == "__main__":
+    main()
