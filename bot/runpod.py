@@ -354,7 +354,7 @@ def _parse_status(data: dict[str, Any], operation: str) -> JobStatus:
     output = data.get("output", _MISSING)
     return JobStatus(
         id=job_id,
-        state=JobState(raw_state),
+        state=JobState(str(raw_state)),
         delay_ms=_optional_int(data.get("delayTime")),
         execution_ms=_optional_int(data.get("executionTime")),
         worker_id=data.get("workerId") if isinstance(data.get("workerId"), str) else None,
