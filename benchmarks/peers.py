@@ -5,8 +5,10 @@
 - `original`: the original script's approach: one thread per job, a blocking `requests` loop sleeping
   `min(1, delayTime/1000 + 0.5)` s between polls.
 
-Both end like ours does: the picture base64-decoded and fully decoded by Pillow (`decode_first`). Neither is
-given any error handling of its own: a job whose client raises is reported as lost, with the error.
+Both end holding the bytes they would upload, checked as ours checks them (`decode_first`): base64-decoded
+as their users' scripts do it (the standard library), then opened by Pillow and verified (header and every
+chunk's CRC; a PNG is posted as sent, so nobody inflates its pixels). Neither is given any error handling of
+its own: a job whose client raises is reported as lost, with the error.
 """
 
 from __future__ import annotations
@@ -30,14 +32,14 @@ FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 
 
 def decode_first(output: Any) -> tuple[int, int]:
-    """The first picture of any of the benchmark's output shapes, decoded by Pillow."""
+    """The first picture of any of the benchmark's output shapes, checked by Pillow like ours."""
     first = output["images"][0]
     if isinstance(first, dict):
         first = first.get("data") or first.get("image")
     if first.startswith("data:"):
         first = first.partition(",")[2]
     with Image.open(BytesIO(base64.b64decode(first))) as image:
-        image.load()
+        image.verify()
         return image.size
 
 

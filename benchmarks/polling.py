@@ -84,6 +84,7 @@ class ClientResult:
     peak_rss_mb: float | None
     late_start_s: float
     stopped: bool  # still busy at the round's deadline
+    killed: bool  # did not even stop then: no CPU or memory figures
 
 
 @dataclass
@@ -185,7 +186,7 @@ async def run_round(spec: RoundSpec, *, startup: float, timeout: float, grace: f
             )
             processes[client] = (process, json.dumps(config).encode())
         burst = asyncio.create_task(_burst(double, t0, spec.burst)) if spec.burst else None
-        limit = deadline - time.monotonic() + 60  # the clients stop at the deadline; this is a safety net
+        limit = deadline - time.monotonic() + 20  # the clients stop at the deadline; this is a safety net
         results = await asyncio.gather(
             *(asyncio.wait_for(process.communicate(config), limit) for process, config in processes.values()),
             return_exceptions=True,
@@ -203,7 +204,7 @@ async def run_round(spec: RoundSpec, *, startup: float, timeout: float, grace: f
         if isinstance(result, TimeoutError):  # it could not even stop: nothing it did can be counted
             rows = [[job.index, None, None, "killed: it did not stop at the deadline"] for job in spec.jobs]
             reports[client] = {"client": client, "jobs": rows, "cpu_s": None, "decode_cpu_s": None}
-            reports[client] |= {"maxrss_kb": None, "late_s": 0.0, "stopped": True}
+            reports[client] |= {"maxrss_kb": None, "late_s": 0.0, "stopped": True, "killed": True}
             continue
         if isinstance(result, BaseException):
             raise result
@@ -295,6 +296,7 @@ def client_result(outcome: RoundOutcome, client: str) -> ClientResult:
         peak_rss_mb=report["maxrss_kb"] / 1024 if report["maxrss_kb"] is not None else None,
         late_start_s=report["late_s"],
         stopped=report["stopped"],
+        killed=report.get("killed", False),
     )
 
 
@@ -369,8 +371,11 @@ async def benchmark(args: argparse.Namespace) -> Report:
     pngs = [make_png(seed, size) for seed in range(len(ENDPOINTS))]
     outputs = tuple(worker_output(spec.shape, png) for spec, png in zip(ENDPOINTS, pngs, strict=True))
     rounds: dict[str, list[ClientResult]] = {}
+    peak_finishes: dict[str, int] = {}
     for n in args.jobs:
         workload = scaled(make_workload(n, seed=args.seed, spread=args.spread, history=args.history), args.scale)
+        finishes = [job.arrival_s + job.queue_s + job.run_s for job in workload.jobs]
+        peak_finishes[str(n)] = peak_in_window(finishes, 1.0)
         history = tuple(workload.history[spec.name] for spec in ENDPOINTS) if args.history else None
         horizon = max(job.arrival_s + job.queue_s + job.run_s for job in workload.jobs)
         groups = [clients] if n <= args.side_by_side else [(client,) for client in clients]
@@ -401,7 +406,7 @@ async def benchmark(args: argparse.Namespace) -> Report:
     return Report(
         date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         machine=machine(),
-        command="python -m benchmarks.polling " + " ".join(args.argv),
+        command=" ".join(["python -m benchmarks.polling", *args.argv]),
         settings={
             "jobs": args.jobs,
             "spread": args.spread,
@@ -411,6 +416,7 @@ async def benchmark(args: argparse.Namespace) -> Report:
             "image": f"{size}x{size} PNG, {statistics.mean(len(png) for png in pngs) / 1e6:.2f} MB",
             "burst_jobs": args.burst,
             "side_by_side": args.side_by_side,
+            "peak_finishes_per_s": peak_finishes,
         },
         rounds=rounds,
         burst=burst,
@@ -460,7 +466,7 @@ def round_table(results: Sequence[ClientResult]) -> str:
         rows.append(
             [
                 r.client,
-                f"{r.ok}/{r.n}" + (" (stopped)" if r.stopped else ""),
+                f"{r.ok}/{r.n}" + (" (killed)" if r.killed else " (stopped)" if r.stopped else ""),
                 _num(r.lag_p50),
                 _num(r.lag_p99),
                 _num(r.lag_max),
@@ -580,9 +586,13 @@ def markdown(report: Report) -> str:
         f"per endpoint. Seed {s['seed']}, time scale {s['scale']}.",
         "",
         "Lag: from the moment the double marks a job COMPLETED to the moment the client holds the decoded "
-        'picture. CPU: the client process\'s user+system time over the round, per job; "w/o decode" subtracts '
-        "what the client's own code spends decoding one picture (base64 and Pillow), timed separately. "
-        "Peak req/10 s: the most /status requests to one endpoint in any 10 s window (RunPod allows 2000).",
+        'picture; its p50 is split into the wait until the first /status that found the job done ("seen") and '
+        "the rest (transfer, parsing, decoding). CPU: the client process's user+system time over the round, per "
+        'job; "w/o decode" leaves out the time its threads spent decoding pictures (timed where it runs: base64, '
+        "then Pillow checks the PNG's header and CRCs, the same check for every client; ours decodes base64 with "
+        "pybase64, the others with the standard library). Peak req/10 s: the most /status requests to one endpoint "
+        "in any 10 s window (RunPod allows 2000). Every client runs in its own process against the loopback "
+        "double (one Python process on the same machine).",
     ]
     for n, results in report.rounds.items():
         mode = ""
@@ -600,7 +610,54 @@ def markdown(report: Report) -> str:
     if checks:
         parts += ["", "## Targets (ours)", ""]
         parts += [f"- [{'x' if ok else ' '}] {'met' if ok else 'NOT met'}: {text}" for text, ok in checks]
+    reading = notes(report)
+    if reading:
+        parts += ["", "## Reading the numbers", ""] + [f"- {note}" for note in reading]
     return "\n".join(parts) + "\n"
+
+
+def notes(report: Report) -> list[str]:
+    """What explains the targets not met, from this run's own numbers."""
+    found = []
+    for n, results in report.rounds.items():
+        by = {r.client: r for r in results}
+        ours, official = by.get("ours"), by.get("official")
+        if ours is None or official is None or not official.ok:
+            continue
+        cpu_ratio = (ours.cpu_ms_per_job or 0) / (official.cpu_ms_per_job or 1)
+        if ours.cpu_ms_per_job and ours.decode_ms_per_job is not None and cpu_ratio > TARGETS["cpu_ratio"]:
+            share = ours.decode_ms_per_job / ours.cpu_ms_per_job
+            found.append(
+                f"N={n}: our CPU per job is {cpu_ratio:.2f}x the official client's; decoding is {share:.0%} of it "
+                f"({ours.decode_ms_per_job:.1f} of {ours.cpu_ms_per_job:.1f} ms; the official client's decode "
+                f"takes {official.decode_ms_per_job or 0:.1f} ms), the rest is polling and reading the answers."
+            )
+        peak = report.settings.get("peak_finishes_per_s", {}).get(n)
+        if peak and ours.cpu_ms_per_job and (ours.lag_p50 or 0) > TARGETS["lag_p50"]:
+            demand = peak * ours.cpu_ms_per_job / 1000
+            found.append(
+                f"N={n}: up to {peak} jobs finish in the same second, and each costs about "
+                f"{ours.cpu_ms_per_job:.0f} ms of CPU to follow, fetch and check: {demand:.1f} CPU-seconds a "
+                f"second at the peak, on {report.machine['cpus']} CPUs shared with the double."
+            )
+        original = by.get("original")
+        if original is not None and original.stopped:
+            sent = round(original.status_per_job * original.n)
+            found.append(
+                f"N={n}: the original script's approach delivered {original.ok} of {original.n} before it was "
+                f"{'killed' if original.killed else 'stopped'}: with a thread per job, each parsing megabytes of "
+                f"JSON, {original.n} threads contend for the GIL and the process all but stops ({sent} /status "
+                "requests in all)."
+            )
+    if report.burst:
+        lost = [r for r in report.burst if r.lost]
+        if lost:
+            who = " and ".join(f"{r.client} ({r.lost} of {r.n} jobs)" for r in lost)
+            found.append(
+                f"429 burst: {who} lost every job that met a 429: the empty 429 body is parsed as JSON and the "
+                "error ends the job. Ours retries with jittered backoff."
+            )
+    return found
 
 
 def to_json(report: Report) -> dict[str, Any]:

@@ -8,8 +8,8 @@ Polling adapts to the endpoint. `EndpointStats` (one per endpoint, shared by all
 finished jobs how long they ran. A job's start is known precisely from `delayTime` (submission + queue
 time), so the engine polls rarely while the job cannot be done yet, every `near` seconds once it may
 be, and every `dense` seconds from when it most likely finishes. Until an endpoint has taught anything,
-`PollPolicy.delay`'s plain backoff is used. Finished pictures are fetched and decoded a few at a time
-per process (`_ResultGate`), so a flood of finishes queues fairly instead of filling the memory.
+`PollPolicy.delay`'s plain backoff is used. Finished pictures are read and checked a few at a time per
+process (`_picture_turns`), so a flood of finishes queues fairly instead of filling the memory.
 """
 
 from __future__ import annotations
@@ -83,26 +83,26 @@ class PollPolicy:
     """How often to poll.
 
     Before the endpoint's run times are known: quickly after a change, then back off while nothing moves
-    (`queued`, `running`: first and longest interval). Once they are known: no faster than needed while the
-    job cannot be finished yet, every `running[1]` s while it may be, every `dense` s from the `dense_from`
-    quantile of past runs on. No wait is ever longer than `longest`."""
+    (`queued`, `running`: first and longest interval; a running job is polled about once a second, as the
+    official client does). Once they are known: no faster than needed while the job cannot be finished yet,
+    every `near` s while it may be, every `dense` s from the `dense_from` quantile of past runs on (both
+    capped by `running[1]`, so fast test policies stay fast). No wait is ever longer than `longest`."""
 
     queued: tuple[float, float] = (1.0, 4.0)  # first and longest interval while IN_QUEUE
-    running: tuple[float, float] = (0.5, 0.7)  # the longest also bounds every wait while a finish is plausible
+    running: tuple[float, float] = (0.5, 1.0)
     growth: float = 1.5
     max_failures: int = 6  # consecutive failed polls (each already retried by the client) before giving up
-    dense: float = 0.2  # around the likely finish: what keeps the typical lag short
-    dense_from: float = 0.4  # quantile of past run times where dense polling starts
+    near: float = 0.7  # while a finish is plausible: keeps every lag under a second
+    # From the median of past runs on, every 0.25 s: half the jobs finish there and are seen within 0.25 s,
+    # and only the ones still running pay for it (chosen with benchmarks/polling.py; see RESULTS.md).
+    dense: float = 0.25
+    dense_from: float = 0.5  # quantile of past run times where dense polling starts
     progress_every: float = 2.0  # a worker that reports progress gets its bar moved at least this often
     sparse_factor: float = 4.0  # learned waits are at most this many times the plain backoff's longest
 
     def delay(self, state: JobState, unchanged_polls: int) -> float:
         first, longest = self.queued if state is JobState.IN_QUEUE else self.running
         return min(longest, first * self.growth**unchanged_polls)
-
-    @property
-    def near(self) -> float:
-        return self.running[1]
 
     @property
     def longest(self) -> float:
@@ -228,7 +228,8 @@ class _Cadence:
         band = self.stats.band(policy.dense_from)
         if band is None:
             return fallback
-        near, dense = policy.near, min(policy.dense, policy.near)
+        near = min(policy.near, policy.running[1])
+        dense = min(policy.dense, near)
         if state is JobState.IN_QUEUE:
             # It may start any moment, but cannot finish sooner than the quickest run from now: a finish in
             # the next `near` s is caught within `near` (the lag allowed there), and its dense stretch is not
@@ -253,64 +254,39 @@ class _Cadence:
         return max(0.0, min(wait, policy.longest))
 
 
-class _ResultGate:
-    """Finished jobs' pictures being fetched and decoded in this process, across all its jobs.
-
-    A picture costs tens of ms of CPU and megabytes of memory, so when more jobs finish than the CPUs can
-    decode, answers must queue somewhere. Here they queue first come, first served, and cheaply: at most
-    `slots` large answers are read and decoded at once (the others wait unread in their sockets), and at
-    most `tickets` polls of running jobs are in flight or waiting, so a flood of finishes neither grows the
-    memory nor makes anyone fetch megabytes twice. (32 tickets at a 100 ms round trip still allow 320 polls
-    a second, more than RunPod's 200 a second per endpoint.)"""
-
-    LARGE = 256 * 1024  # bytes; status answers without a picture are a few hundred
-
-    def __init__(self, slots: int, tickets: int) -> None:
-        self.turns = asyncio.Semaphore(slots)
-        self.tickets = asyncio.Semaphore(tickets)
+_LARGE_ANSWER = 256 * 1024  # bytes; status answers without a picture are a few hundred
+_PICTURE_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
-class _Poll:
-    """One poll's claims on the gate: a ticket (if its job is running) and a turn (if its answer is large)."""
+def _picture_turns() -> asyncio.Semaphore:
+    """How many answers carrying pictures this process reads and checks at once (one per CPU, at least two).
 
-    def __init__(self, gate: _ResultGate) -> None:
-        self._gate = gate
-        self._ticket = self._turn = False
+    An answer is megabytes; when more jobs finish at once than the CPUs can take, the others wait for a turn,
+    first come first served, with their answers still unread in their sockets rather than in memory."""
+    loop = asyncio.get_running_loop()
+    turns = _PICTURE_TURNS.get(loop)
+    if turns is None:
+        turns = _PICTURE_TURNS[loop] = asyncio.Semaphore(max(2, os.cpu_count() or 1))
+    return turns
 
-    async def ticket(self, limit: float) -> None:
-        if limit <= 0:
-            return  # its deadline has come: one last poll, held by nothing
-        try:
-            await asyncio.wait_for(self._gate.tickets.acquire(), limit)
-            self._ticket = True
-        except TimeoutError:
-            log.warning("polls held for %.0f s by pictures still decoding; polling anyway", limit)
+
+class _Turn:
+    """One poll's claim on a picture turn, taken only if its answer turns out to be large."""
+
+    def __init__(self, turns: asyncio.Semaphore) -> None:
+        self._turns = turns
+        self._held = False
 
     async def admit(self, size: int) -> None:
-        """`RunPodClient`'s admit hook: a large answer stays unread until it may be decoded."""
-        if not self._turn and not 0 <= size < self._gate.LARGE:
-            await self._gate.turns.acquire()
-            self._turn = True
+        """`RunPodClient`'s admit hook: a large answer stays unread until it may be checked."""
+        if not self._held and not 0 <= size < _LARGE_ANSWER:
+            await self._turns.acquire()
+            self._held = True
 
     def release(self) -> None:
-        if self._turn:
-            self._gate.turns.release()
-        if self._ticket:
-            self._gate.tickets.release()
-        self._ticket = self._turn = False
-
-
-_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ResultGate] = weakref.WeakKeyDictionary()
-_MAX_HOLD = 30.0  # a gate that never clears (a stuck decode) must not stall polling for ever
-
-
-def _result_gate() -> _ResultGate:
-    loop = asyncio.get_running_loop()
-    gate = _GATES.get(loop)
-    if gate is None:
-        slots = max(2, os.cpu_count() or 1)
-        gate = _GATES[loop] = _ResultGate(slots, tickets=16 * slots)
-    return gate
+        if self._held:
+            self._turns.release()
+            self._held = False
 
 
 async def submit_job(
@@ -339,47 +315,52 @@ async def follow_job(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     stats: EndpointStats | None = None,
+    submitted: JobStatus | None = None,
     submitted_at: float | None = None,
 ) -> AsyncIterator[JobUpdate | JobResult]:
     """Poll one job until it ends. With `timeout`, a job still unfinished then is cancelled on RunPod.
 
-    `stats` defaults to the endpoint's shared `endpoint_stats`. `submitted_at` (on `clock`) matters when
-    resuming a job submitted a while ago; by default the first poll is taken as its submission."""
+    `submitted` is RunPod's answer to `/run`, just received: it stands for the first poll, so the job is
+    not asked at once what it has just said. `stats` defaults to the endpoint's shared `endpoint_stats`.
+    `submitted_at` (on `clock`) matters when resuming a job submitted a while ago; by default the first poll
+    is taken as its submission."""
     poll = poll or PollPolicy()
     cadence = _Cadence(poll, endpoint_stats(client) if stats is None else stats, submitted_at)
     deadline = clock() + timeout if timeout is not None else None
-    gate = _result_gate()
+    turns = _picture_turns()
     last: JobUpdate | None = None
     unchanged = failures = 0
+    in_hand = submitted
     while True:
-        claims = _Poll(gate)
-        try:
-            if last is not None and last.state is JobState.IN_PROGRESS:
-                remaining = deadline - clock() if deadline is not None else _MAX_HOLD
-                await claims.ticket(max(0.0, min(_MAX_HOLD, remaining)))
-            sent = clock()
+        if in_hand is not None:
+            status, sent, in_hand = in_hand, clock(), None
+        else:
+            turn = _Turn(turns)
             try:
-                status = await client.status(job_id, admit=claims.admit)
-                failures = 0
-            except RunPodNotFound:
-                raise JobExpired(
-                    "RunPod no longer has this job (404): results are kept for 30 minutes after they finish.", job_id
-                ) from None
-            except (RunPodUnavailable, RunPodRateLimited, RunPodBadResponse) as error:
-                failures += 1
-                if failures >= poll.max_failures:
-                    raise
-                log.warning("job %s: status poll failed (%s); will retry", job_id, error)
-                status = None
-            result = None
-            if status is not None and status.state.is_terminal:
-                cadence.stats.record_status(status)
-                result = await _finish(status, fetcher)
-        finally:
-            claims.release()
-        if result is not None:
-            yield result
-            return
+                sent = clock()
+                try:
+                    status = await client.status(job_id, admit=turn.admit)
+                    failures = 0
+                except RunPodNotFound:
+                    raise JobExpired(
+                        "RunPod no longer has this job (404): results are kept for 30 minutes after they finish.",
+                        job_id,
+                    ) from None
+                except (RunPodUnavailable, RunPodRateLimited, RunPodBadResponse) as error:
+                    failures += 1
+                    if failures >= poll.max_failures:
+                        raise
+                    log.warning("job %s: status poll failed (%s); will retry", job_id, error)
+                    status = None
+                result = None
+                if status is not None and status.state.is_terminal:
+                    cadence.stats.record_status(status)
+                    result = await _finish(status, fetcher)
+            finally:
+                turn.release()
+            if result is not None:
+                yield result
+                return
 
         if status is not None:
             cadence.observe(status, sent, clock())

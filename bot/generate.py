@@ -44,7 +44,7 @@ async def generate(args: argparse.Namespace, settings: Settings, out: TextIO = s
     display = _ProgressLine(out)
     async with aiohttp.ClientSession() as session, ImageFetcher() as fetcher:
         client = RunPodClient(session, api_key=api_key, endpoint_id=endpoint_id, api_url=settings.runpod_api_url)
-        job_id = args.job_id
+        job_id, submitted = args.job_id, None
         if job_id is None:
             preset = PRESETS[args.worker or settings.runpod_worker]
             workflow = parse_workflow(args.workflow.read_text()) if args.workflow else None
@@ -57,10 +57,11 @@ async def generate(args: argparse.Namespace, settings: Settings, out: TextIO = s
                 guidance=args.guidance,
                 count=args.count,
             ).with_seed()
-            job_id = (await submit_job(client, params, preset, workflow=workflow)).id
+            submitted = await submit_job(client, params, preset, workflow=workflow)
+            job_id = submitted.id
             display.note(f"job {job_id} submitted (seed {params.seed})")
         try:
-            async for event in follow_job(client, job_id, fetcher, timeout=args.timeout):
+            async for event in follow_job(client, job_id, fetcher, timeout=args.timeout, submitted=submitted):
                 if isinstance(event, JobResult):
                     display.done()
                     return save_images(event, args.outdir)

@@ -45,7 +45,7 @@ from bot.policy import (
 )
 from bot.presets import PRESETS, WorkerPreset, parse_workflow
 from bot.replies import explain, reply_privately
-from bot.runpod import JobState, RunPodClient
+from bot.runpod import JobState, JobStatus, RateLimit, RateLimiter, RunPodClient
 from bot.storage import JobRecord, Storage
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,16 @@ class Endpoint:
     model: str | None = None  # the guild's name for it
 
 
+# Pings are new messages in the channel: Discord has quoted 30 webhook messages a minute per channel.
+PING_PACE = RateLimit(25, 60.0)
+
+
 @dataclass
 class RunnerOptions:
     poll: PollPolicy = field(default_factory=PollPolicy)
     edit_interval: float = 1.5
     notify_after: float = 20.0  # a job this long: ping the requester, they may have looked away
+    pings_per_channel: RateLimit = PING_PACE
     expiry_margin: timedelta = timedelta(seconds=60)
     sweep_interval: float = 60.0
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # the runner's only idea of now
@@ -140,6 +145,7 @@ class JobRunner:
         self.live: dict[int, LiveJob] = {}  # by ledger id
         self.queue = FairQueue()
         self._typical_wait: dict[str, float] = {}  # endpoint id -> seconds in queue, smoothed
+        self._pings: dict[int, RateLimiter] = {}  # by channel id
         self._accepting = True
 
     # --- where jobs run, under which rules ---------------------------------------------------------
@@ -281,15 +287,17 @@ class JobRunner:
         """Wait for the job's turn if it has not been submitted yet, then follow it to the end."""
         guild_id = job.record.guild_id or 0
         try:
+            submitted = None
             if job.record.runpod_job_id is None:
                 job.ticket = self.queue.join(guild_id, job.record.user_id, job.policy)
                 log.info("%s: waiting for a turn, place %s", job.context, self.queue.position(job.ticket) or "-")
                 await self._wait_for_turn(job)
-                if not await self._submit(job):
+                submitted = await self._submit(job)
+                if submitted is None:
                     return
             else:
                 job.ticket = self.queue.occupy(guild_id, job.record.user_id, job.policy)
-            await self._follow(job)
+            await self._follow(job, submitted)
         except BotError as error:  # refused by the queue, or cancelled while waiting
             await self._end(job, error, state=_STATES.get(type(error), "failed"))
         except asyncio.CancelledError:
@@ -298,8 +306,7 @@ class JobRunner:
             log.exception("%s: unexpected error", job.context)
             await self._end(job, BotError("Something went wrong on our side; it has been logged. Try again."), "failed")
         finally:
-            if job.ticket is not None:
-                self.queue.leave(job.ticket)
+            self._leave_queue(job)
             self.live.pop(job.record.request_id, None)
 
     async def _wait_for_turn(self, job: LiveJob) -> None:
@@ -319,7 +326,8 @@ class JobRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(job.ticket.admitted), 1.0)
 
-    async def _submit(self, job: LiveJob) -> bool:
+    async def _submit(self, job: LiveJob) -> JobStatus | None:
+        """RunPod's answer to `/run`, or None when the job has ended here already."""
         await self.storage.update_job(job.record.request_id, state="pending")
         try:
             submitted = await submit_job(
@@ -327,20 +335,25 @@ class JobRunner:
             )
         except BotError as error:
             await self._end(job, error, state="failed")
-            return False
+            return None
         job.record = dataclasses.replace(job.record, runpod_job_id=submitted.id, state="queued")
         await self.storage.update_job(job.record.request_id, runpod_job_id=submitted.id, state="queued")
         job.message.context = job.context
         log.info("%s: submitted for request %s", job.context, job.record.request_id)
-        return True
+        return submitted
 
-    async def _follow(self, job: LiveJob) -> None:
+    async def _follow(self, job: LiveJob, submitted: JobStatus | None = None) -> None:
         client = self.client_for(job.endpoint)
         queue = render.QueueInfo()
         state = job.record.state
         try:
             async for event in follow_job(
-                client, job.job_id, self._fetcher, timeout=self._remaining(job), poll=self.options.poll
+                client,
+                job.job_id,
+                self._fetcher,
+                timeout=self._remaining(job),
+                poll=self.options.poll,
+                submitted=submitted,
             ):
                 if isinstance(event, JobResult):
                     await self._deliver(job, event)
@@ -415,9 +428,23 @@ class JobRunner:
             return
         log.info("%s: delivered %d image(s) after %.1f s", job.context, len(uploads), seconds)
         if seconds >= self.options.notify_after or job.message.in_channel:
+            self._leave_queue(job)  # the next job need not wait for this ping's turn in the channel
+            await self._ping_pace(job.record.channel_id).acquire()
             link = job.message.message.jump_url if job.message.message else "above"
             user = discord.Object(job.record.user_id)
             await job.message.notify(f"<@{job.record.user_id}> your picture is ready: {link}", user)
+
+    def _leave_queue(self, job: LiveJob) -> None:
+        if job.ticket is not None:
+            self.queue.leave(job.ticket)
+            job.ticket = None
+
+    def _ping_pace(self, channel_id: int) -> RateLimiter:
+        pace = self._pings.get(channel_id)
+        if pace is None:
+            limit = self.options.pings_per_channel
+            pace = self._pings[channel_id] = RateLimiter(limit.requests, limit.per)
+        return pace
 
     def _discord_filesize_limit(self, job: LiveJob) -> int:
         if job.filesize_limit is not None:

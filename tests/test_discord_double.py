@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +24,8 @@ from tests.doubles.discord import (
     ChannelSpec,
     DiscordDouble,
     GuildSpec,
+    Limit,
+    RateLimits,
     run_bot,
 )
 
@@ -297,3 +300,160 @@ async def test_autosharded_bot_gets_its_guilds_per_shard() -> None:
         assert ("INTERACTION_CREATE", inter.payload) in by_shard[1].events
         assert ("INTERACTION_CREATE", inter.payload) not in by_shard[0].events
         assert double.original_message(inter.token).channel_id == ids[1] + 1
+
+
+# --- rate limits ----------------------------------------------------------------------------------------
+
+
+class FrozenClock:
+    """The double's rate-limit clock, moved only by the test: windows cannot roll over under a slow machine."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+BOT_AUTH = {"Authorization": "Bot test-token"}
+
+
+async def _deferred(http: aiohttp.ClientSession, double: DiscordDouble) -> str:
+    """A deferred interaction's @original URL, ready to be edited."""
+    inter = double.slash("ping")
+    async with http.post(f"{double.rest_base}/interactions/{inter.id}/{inter.token}/callback", json={"type": 5}):
+        pass
+    return f"{double.rest_base}/webhooks/{APP_ID}/{inter.token}/messages/@original"
+
+
+def _limit_headers(response: aiohttp.ClientResponse) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items() if k.lower().startswith("x-ratelimit-")}
+
+
+async def test_rate_limits_are_off_by_default() -> None:
+    async with DiscordDouble() as double, aiohttp.ClientSession() as http:
+        original = await _deferred(http, double)
+        for n in range(8):  # more than any bucket allows
+            async with http.patch(original, json={"content": f"edit {n}"}) as edit:
+                assert edit.status == 200
+                assert _limit_headers(edit) == {}
+    assert double.rate_limit_hits == []
+
+
+async def test_interaction_token_bucket_refuses_the_sixth_edit_in_two_seconds() -> None:
+    clock = FrozenClock()
+    async with DiscordDouble(rate_limits=RateLimits(), clock=clock) as double, aiohttp.ClientSession() as http:
+        original = await _deferred(http, double)
+        remaining = []
+        for n in range(5):
+            async with http.patch(original, json={"content": f"edit {n}"}) as edit:
+                assert edit.status == 200
+                headers = _limit_headers(edit)
+                assert headers["X-RateLimit-Limit"] == "5"
+                assert headers["X-RateLimit-Bucket"] == "interaction-webhook"
+                assert float(headers["X-RateLimit-Reset-After"]) == 2.0  # the clock has not moved
+                assert float(headers["X-RateLimit-Reset"]) == pytest.approx(time.time() + 2.0, abs=1.0)
+                remaining.append(headers["X-RateLimit-Remaining"])
+        assert remaining == ["4", "3", "2", "1", "0"]
+
+        clock.now += 0.5
+        async with http.patch(original, json={"content": "one too many"}) as refused:
+            assert refused.status == 429
+            assert refused.headers["Content-Type"] == "application/json"
+            assert refused.headers["Via"]  # what tells discord.py to wait rather than give up
+            assert refused.headers["Retry-After"] == "2"
+            assert refused.headers["X-RateLimit-Remaining"] == "0"
+            assert refused.headers["X-RateLimit-Scope"] == "user"
+            assert float(refused.headers["X-RateLimit-Reset-After"]) == 1.5
+            assert "X-RateLimit-Global" not in refused.headers
+            body = await refused.json()
+            assert body == {"message": "You are being rate limited.", "retry_after": 1.5, "global": False}
+        assert double.original_message(original.split("/")[-3]).content == "edit 4"  # the refused edit changed nothing
+
+        other = await _deferred(http, double)  # another interaction has its own bucket
+        async with http.patch(other, json={"content": "mine"}) as edit:
+            assert edit.status == 200
+
+        clock.now += 1.5  # the window is over
+        async with http.patch(original, json={"content": "later"}) as edit:
+            assert edit.status == 200
+            assert edit.headers["X-RateLimit-Remaining"] == "4"
+
+    (hit,) = double.rate_limit_hits
+    assert (hit.route, hit.bucket, hit.scope, hit.retry_after) == ("edit_original", "interaction-webhook", "user", 1.5)
+    assert [c.status for c in double.calls_for("edit_original")] == [200] * 5 + [429, 200, 200]
+
+
+async def test_global_limit_counts_bot_token_requests_only() -> None:
+    clock = FrozenClock()
+    async with DiscordDouble(rate_limits=RateLimits(), clock=clock) as double, aiohttp.ClientSession() as http:
+        me = f"{double.rest_base}/users/@me"
+        for _ in range(50):
+            async with http.get(me, headers=BOT_AUTH) as response:
+                assert response.status == 200
+                assert response.headers["X-RateLimit-Bucket"] == "route-users_me"
+        clock.now += 0.25
+        async with http.get(me, headers=BOT_AUTH) as refused:
+            assert refused.status == 429
+            assert refused.headers["X-RateLimit-Global"] == "true"
+            assert refused.headers["X-RateLimit-Scope"] == "global"
+            assert refused.headers["Via"]
+            assert (await refused.json()) == {"message": "You are being rate limited.", "retry_after": 0.75,
+                                              "global": True}  # fmt: skip
+        # Interaction routes are not bound to the bot's global limit.
+        original = await _deferred(http, double)
+        async with http.patch(original, json={"content": "still fine"}) as edit:
+            assert edit.status == 200
+    assert [(h.bucket, h.scope) for h in double.rate_limit_hits] == [("global", "global")]
+
+
+async def test_channel_message_create_is_limited_per_channel() -> None:
+    clock = FrozenClock()
+    guild = GuildSpec(channels=[ChannelSpec(), ChannelSpec(id=DEFAULT_CHANNEL_ID + 1, name="art")])
+    double = DiscordDouble(guilds=[guild], rate_limits=RateLimits(), clock=clock)
+    async with double, aiohttp.ClientSession() as http:
+        general = f"{double.rest_base}/channels/{DEFAULT_CHANNEL_ID}/messages"
+        art = f"{double.rest_base}/channels/{DEFAULT_CHANNEL_ID + 1}/messages"
+        for n in range(5):
+            async with http.post(general, json={"content": f"hi {n}"}, headers=BOT_AUTH) as sent:
+                assert sent.status == 200
+                assert sent.headers["X-RateLimit-Bucket"] == "channel-message-create"
+                assert sent.headers["X-RateLimit-Remaining"] == str(4 - n)
+                assert float(sent.headers["X-RateLimit-Reset-After"]) == 5.0
+        async with http.post(general, json={"content": "too many"}, headers=BOT_AUTH) as refused:
+            assert refused.status == 429
+            assert refused.headers["Retry-After"] == "5"
+            assert (await refused.json())["retry_after"] == 5.0
+        async with http.post(art, json={"content": "elsewhere"}, headers=BOT_AUTH) as sent:
+            assert sent.status == 200
+            assert sent.headers["X-RateLimit-Remaining"] == "4"
+    assert [(h.route, h.key) for h in double.rate_limit_hits] == [("channel_message", str(DEFAULT_CHANNEL_ID))]
+    assert sum(m.content == "too many" for m in double.messages.values()) == 0
+
+
+async def test_injected_429s_are_recorded_too() -> None:
+    async with DiscordDouble() as double, aiohttp.ClientSession() as http:
+        original = await _deferred(http, double)
+        double.fail_next("edit_original", 429, retry_after=0.2)
+        async with http.patch(original, json={"content": "x"}) as refused:
+            assert refused.status == 429
+    assert [(h.route, h.retry_after) for h in double.rate_limit_hits] == [("edit_original", 0.2)]
+
+
+async def test_discord_py_paces_itself_from_the_headers() -> None:
+    # A small, quick bucket: the client must read Remaining/Reset-After and wait, so it is never refused.
+    limits = RateLimits(interaction=Limit(2, 0.3))
+    async with DiscordDouble(rate_limits=limits) as double, run_bot(PingBot(), double) as bot:
+        inter = double.slash("ping")
+        await double.send(inter)
+        await double.wait_for(lambda: double.calls_for("edit_original", inter.token))
+        webhook = discord.Webhook.partial(APP_ID, inter.token, client=bot)
+        message_id = double.original_message(inter.token).id
+        for n in range(5):
+            await webhook.edit_message(message_id, content=f"edit {n}")
+    assert double.rate_limit_hits == []
+    edits = [c for c in double.calls if c.token == inter.token and c.route in ("edit_original", "edit_followup")]
+    assert len(edits) == 6
+    assert all(call.status == 200 for call in edits)
+    assert edits[-1].at - edits[0].at >= 0.5  # six requests, two per 0.3 s window: at least two waits
+    assert double.original_message(inter.token).content == "edit 4"

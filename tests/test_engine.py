@@ -61,6 +61,19 @@ async def test_a_job_is_followed_from_queue_through_progress_to_pictures(client,
     assert result.execution_ms is not None
 
 
+async def test_the_run_answer_stands_for_the_first_poll(client, runpod, fetcher):
+    png = make_png(16, 16, seed=3)
+    runpod.script_next(Script(queue_s=0.2, run_s=0.2, output=outputs.sdxl(png)))
+    job = await client.run({"prompt": "a lighthouse"})
+    events = follow_job(client, job.id, fetcher, poll=FAST_POLL, submitted=job)
+    first = await anext(events)
+    assert first.state is JobState.IN_QUEUE and first.job_id == job.id
+    assert runpod.requests_for("status") == []  # the person sees "in queue" without RunPod being asked again
+    *_, result = [event async for event in events]
+    assert [image.png for image in result.images] == [png]
+    assert runpod.requests_for("status")
+
+
 async def test_progress_output_that_looks_like_an_image_is_never_taken_for_one(client, runpod, fetcher):
     decoy, final = make_png(8, 8, seed=1), make_png(16, 16, seed=2)
     runpod.script_next(Script(run_s=0.2, progress=[(0.0, outputs.sdxl(decoy))], output=outputs.sdxl(final)))

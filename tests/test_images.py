@@ -79,6 +79,12 @@ async def test_jpeg_output_is_converted_to_png_with_the_same_picture():
     assert pixels(image.png) == pixels(jpeg)
 
 
+def _flip_a_pixel_byte(png: bytes) -> bytes:
+    """A PNG corrupted in transit: one byte of its compressed pixels changed, so that chunk's CRC no longer matches."""
+    at = png.index(b"IDAT") + 10
+    return png[:at] + bytes([png[at] ^ 0xFF]) + png[at + 1 :]
+
+
 @pytest.mark.parametrize(
     ("output", "message"),
     [
@@ -91,6 +97,7 @@ async def test_jpeg_output_is_converted_to_png_with_the_same_picture():
         ({"images": ["!!!not base64!!!"]}, r"output.images\[0\] is neither base64"),
         ({"images": [outputs.b64(b"hello, this is not a picture")]}, r"output.images\[0\] is not a PNG, JPEG or WebP"),
         ({"images": [outputs.b64(PNG_A[: len(PNG_A) // 2])]}, "damaged image"),
+        ({"images": [outputs.b64(_flip_a_pixel_byte(PNG_A))]}, "damaged image"),
         ({"images": [outputs.b64(PNG_A)] * 17}, "more than 16 images"),
     ],
 )
@@ -127,15 +134,25 @@ async def test_oversized_bytes_are_refused():
             await fetcher.decode(ImageSource("output.images[0]", data=PNG_A))
 
 
+def _json_containers(children: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+
+
+image_keys = st.sampled_from(["images", "image", "image_url", "data", "message", "status", "seed", "info", "type"])
+
+
+def _output_containers(children: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(children, max_size=3) | st.dictionaries(image_keys, children, max_size=4)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    _json_containers,
     max_leaves=20,
 )
-image_keys = st.sampled_from(["images", "image", "image_url", "data", "message", "status", "seed", "info", "type"])
 shaped_values = st.recursive(
     st.none() | st.integers() | st.text(max_size=30) | st.sampled_from(["success", "data:image/png;base64,AAAA"]),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(image_keys, children, max_size=4),
+    _output_containers,
     max_leaves=15,
 )
 

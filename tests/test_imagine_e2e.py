@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bot.config import Secret
+from bot.runpod import RateLimit
 from tests.conftest import API_KEY
 from tests.doubles import outputs
-from tests.doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID, DEFAULT_USER_ID, UserSpec
+from tests.doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID, DEFAULT_USER_ID, Limit, RateLimits, UserSpec
 from tests.doubles.outputs import make_png, pixels
 from tests.doubles.runpod import Script
 from tests.harness import button, fast_options, field_value, png_for, running_bot, settings_for
@@ -306,6 +307,25 @@ async def test_a_long_job_pings_the_requester_and_only_them(runpod):
         f"<@{DEFAULT_USER_ID}> your picture is ready: https://discord.com/channels/"
     )
     assert followup.json["allowed_mentions"] == {"parse": [], "users": [DEFAULT_USER_ID]}
+
+
+async def test_pings_into_one_channel_keep_under_its_webhook_limit_and_all_arrive(runpod):
+    # Discord's quoted 30 a minute per channel, scaled down: 2 a second, and the bot paces itself at 2 per 1.2 s.
+    options = fast_options(notify_after=0.0, pings_per_channel=RateLimit(2, 1.2))
+    limits = RateLimits(webhook_channel=Limit(2, 1.0))
+    async with running_bot(runpod, options=options, rate_limits=limits) as harness:
+        await harness.bot.runner.storage.save_guild_policy(DEFAULT_GUILD_ID, {"member_concurrent": 5})
+        interactions = await asyncio.gather(*(harness.imagine(f"lighthouse {n}") for n in range(5)))
+        for interaction in interactions:
+            await harness.finished(interaction)
+
+        def pinged() -> list:
+            return [call for i in interactions for call in harness.discord.calls_for("followup", i.token)]
+
+        await harness.discord.wait_for(lambda: len(pinged()) == 5, timeout=10.0)
+    assert [len(harness.discord.calls_for("followup", i.token)) for i in interactions] == [1] * 5
+    assert all(call.json["content"].startswith(f"<@{DEFAULT_USER_ID}> your picture is ready") for call in pinged())
+    assert harness.discord.rate_limit_hits == []  # paced, not refused and retried
 
 
 async def test_twenty_concurrent_jobs_from_five_members_reach_the_right_people(harness):

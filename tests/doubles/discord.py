@@ -2,6 +2,7 @@
 
 Start a :class:`DiscordDouble`, run a bot with :func:`run_bot`, push interactions with ``slash``/``click``/
 ``submit_modal`` + ``send``, then assert on ``calls`` (every REST request) and ``messages`` (what members see).
+Pass ``rate_limits=RateLimits()`` to enforce Discord's rate-limit buckets; every 429 sent is in ``rate_limit_hits``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import mimetypes
 import re
 import time
@@ -125,6 +127,74 @@ DEFAULT_USER = UserSpec()
 BOT_USER = UserSpec(id=BOT_USER_ID, username="imagine-bot", global_name=None, bot=True)
 
 
+@dataclass(frozen=True)
+class Limit:
+    requests: int
+    per: float  # seconds
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Discord's rate-limit buckets. Discord publishes no numbers and tells clients to read the headers; these
+    are the ones the reference quotes (shared/reference/discord-platform.md, B2), order of magnitude only.
+
+    Windows are fixed, as Discord's are: a bucket opens on its first request and resets ``per`` seconds later.
+    Refused requests use up nothing, so a client that waits out ``retry_after`` gets through.
+    """
+
+    # Every request made with the bot token. Interaction routes are authorised by their own token and
+    # "are not bound to the bot's Global Rate Limit".
+    bot_global: Limit = Limit(50, 1.0)
+    # Per interaction token, across @original and followups: interaction webhooks have webhook limits.
+    interaction: Limit = Limit(5, 2.0)
+    callback: Limit = Limit(5, 2.0)  # per interaction, its callback route
+    channel_message: Limit = Limit(5, 5.0)  # POST /channels/{id}/messages, per channel
+    channel_message_edit: Limit = Limit(5, 5.0)  # PATCH or DELETE of a channel's message, per channel
+    webhook_channel: Limit = Limit(30, 60.0)  # messages webhooks (followups included) post into one channel
+    # Every other route: no number was ever quoted, so nothing tighter than the global limit.
+    other_route: Limit = Limit(50, 1.0)
+
+
+@dataclass(frozen=True)
+class RateLimitHit:
+    """One 429 the double sent."""
+
+    at: float  # the double's clock
+    route: str
+    bucket: str  # "global" for the bot-wide limit
+    scope: str  # X-RateLimit-Scope: "global", "user" (this bot's per-route limit) or "shared" (the resource's)
+    key: str  # what the bucket is per: a token, a channel id
+    retry_after: float
+    token: str | None
+    channel_id: int | None
+
+
+@dataclass
+class _Window:
+    limit: Limit
+    opened: float = -math.inf
+    used: int = 0
+
+    def roll(self, now: float) -> None:
+        if now >= self.opened + self.limit.per:
+            self.opened, self.used = now, 0
+
+    @property
+    def full(self) -> bool:
+        return self.used >= self.limit.requests
+
+    def reset_after(self, now: float) -> float:
+        return max(0.0, self.opened + self.limit.per - now)
+
+
+@dataclass(frozen=True)
+class _BucketRef:
+    name: str  # what X-RateLimit-Bucket says: the same for every token or channel, as Discord's hashes are
+    key: str
+    limit: Limit
+    scope: str = "user"
+
+
 @dataclass
 class Attachment:
     filename: str
@@ -146,8 +216,9 @@ class Recorded:
     json: Any
     files: list[Attachment]
     status: int
-    at: float
+    at: float  # when the request reached the double (its headers; the body is read after)
     query: dict[str, str] = field(default_factory=dict)
+    bucket: str | None = None  # its rate-limit bucket, when rate limits are on
 
 
 @dataclass
@@ -242,13 +313,17 @@ class DiscordDouble:
 
     def __init__(
         self, *, guilds: Sequence[GuildSpec] | None = None, token: str = "test-token", shard_count: int = 1,
-        token_ttl: float = 900.0, enforce_ack_deadline: bool = False,
+        token_ttl: float = 900.0, enforce_ack_deadline: bool = False, rate_limits: RateLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:  # fmt: skip
         self.guilds = list(guilds) if guilds is not None else [GuildSpec()]  # one guild, one #general
         self.token = token
         self.shard_count = shard_count  # what GET /gateway/bot recommends
         self.token_ttl = token_ttl  # webhook routes answer 401/50027 for older interactions
         self.enforce_ack_deadline = enforce_ack_deadline  # callbacks later than 3 s answer 404/10062
+        self.rate_limits = rate_limits  # None: no limits and no X-RateLimit headers, as before
+        self.clock = clock  # the rate-limit windows' clock; tests may pass a fake one
+        self.rate_limit_hits: list[RateLimitHit] = []  # every 429 sent, injected ones included
         self.denied_channels: set[int] = set()
         self.calls: list[Recorded] = []
         self.messages: dict[int, Message] = {}
@@ -257,6 +332,7 @@ class DiscordDouble:
         self._originals: dict[str, int] = {}
         self._commands: dict[int | None, list[dict[str, Any]]] = {}
         self._faults: list[_Fault] = []
+        self._windows: dict[tuple[str, str], _Window] = {}
         self._sessions: dict[str, tuple[int, int]] = {}
         self._counter = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -362,6 +438,8 @@ class DiscordDouble:
             "X-RateLimit-Bucket": f"double-{route}", "X-RateLimit-Scope": "user",
         }  # fmt: skip
         body = {"message": "You are being rate limited.", "retry_after": wait, "global": False}
+        self.rate_limit_hits.append(RateLimitHit(self.clock(), route, f"double-{route}", "user", "injected", wait,
+                                                 token, None))  # fmt: skip
         return _json_response(429, body, headers)
 
     @staticmethod
@@ -601,6 +679,7 @@ class DiscordDouble:
         return (json.loads(text) if text else None), []
 
     async def _rest(self, request: web.Request) -> web.Response:
+        arrived = time.monotonic()
         path = "/" + request.match_info["tail"]
         route, groups = "other", {}
         for method, pattern, name in _ROUTES:
@@ -612,15 +691,102 @@ class DiscordDouble:
         rec = Recorded(
             request.method, path, route, groups.get("token"),
             int(groups["channel_id"]) if groups.get("channel_id") else None, int(mid) if mid else None,
-            body, files, 0, time.monotonic(), dict(request.query),
+            body, files, 0, arrived, dict(request.query),
         )  # fmt: skip
         self.calls.append(rec)  # appended before answering so call order is arrival order
-        try:
-            response = self._take_fault(route, rec.token) or self._handle(rec, request, groups)
-        except ApiError as err:
-            response = self._error(err)
+        response = self._take_fault(route, rec.token)
+        limit_headers: dict[str, str] = {}
+        if response is None and self.rate_limits is not None:
+            response, limit_headers = self._rate_limit(rec, request, self.rate_limits)
+        if response is None:
+            try:
+                response = self._handle(rec, request, groups)
+            except ApiError as err:
+                response = self._error(err)
+            response.headers.update(limit_headers)  # on errors too: Discord counts and reports those as well
         rec.status = response.status
         return response
+
+    # rate limits ----------------------------------------------------------------------------------------
+    def _route_buckets(self, rec: Recorded, limits: RateLimits) -> list[_BucketRef]:
+        """The route's buckets; the first is the one its answers report in their headers."""
+        if rec.route == "callback":
+            return [_BucketRef("interaction-callback", rec.path.split("/")[2], limits.callback)]
+        if rec.route in _WEBHOOK_ROUTES:
+            buckets = [_BucketRef("interaction-webhook", rec.token or "", limits.interaction)]
+            inter = self.interactions.get(rec.token or "")
+            if rec.route == "followup" and inter is not None:
+                channel = str(inter.payload["channel_id"])
+                buckets.append(_BucketRef("webhook-channel", channel, limits.webhook_channel, "shared"))
+            return buckets
+        if rec.route == "channel_message":
+            return [_BucketRef("channel-message-create", str(rec.channel_id), limits.channel_message)]
+        if rec.route in ("edit_channel_message", "delete_channel_message"):
+            return [_BucketRef("channel-message-edit", str(rec.channel_id), limits.channel_message_edit)]
+        # Discord keys a route's bucket by its top-level resource: the path up to the first id.
+        major = re.match(r"/\D*\d+", rec.path)
+        return [_BucketRef(f"route-{rec.route}", major[0] if major else rec.path, limits.other_route)]
+
+    def _window(self, bucket: _BucketRef, now: float) -> _Window:
+        window = self._windows.setdefault((bucket.name, bucket.key), _Window(bucket.limit))
+        window.roll(now)
+        return window
+
+    def _rate_limit(
+        self, rec: Recorded, request: web.Request, limits: RateLimits
+    ) -> tuple[web.Response | None, dict[str, str]]:
+        """(a 429, or None when every bucket the request needs has room, and then the headers of the route's
+        bucket after using it, which let a client pace itself before it is ever refused)."""
+        now = self.clock()
+        route_buckets = self._route_buckets(rec, limits)
+        rec.bucket = route_buckets[0].name
+        checked = [(bucket, self._window(bucket, now)) for bucket in route_buckets]
+        route_bucket, route_window = checked[0]
+        if request.headers.get("Authorization") == f"Bot {self.token}":
+            bot = _BucketRef("global", "bot", limits.bot_global, "global")
+            checked.insert(0, (bot, self._window(bot, now)))  # checked first: a global 429 says so
+        for bucket, window in checked:
+            if window.full:
+                return self._too_many(rec, bucket, window, route_bucket, route_window, now), {}
+        for _, window in checked:
+            window.used += 1
+        return None, {"Via": "1.1 google", **self._limit_headers(route_bucket, route_window, now)}
+
+    @staticmethod
+    def _limit_headers(bucket: _BucketRef, window: _Window, now: float) -> dict[str, str]:
+        after = window.reset_after(now)
+        return {
+            "X-RateLimit-Limit": str(bucket.limit.requests),
+            "X-RateLimit-Remaining": str(max(0, bucket.limit.requests - window.used)),
+            "X-RateLimit-Reset": f"{time.time() + after:.3f}",
+            "X-RateLimit-Reset-After": f"{after:.3f}",
+            "X-RateLimit-Bucket": bucket.name,
+        }
+
+    def _too_many(
+        self, rec: Recorded, bucket: _BucketRef, window: _Window, route_bucket: _BucketRef, route_window: _Window,
+        now: float,
+    ) -> web.Response:  # fmt: skip
+        """Discord's 429: the refusing bucket's wait in the body, the route's bucket in the headers."""
+        wait = window.reset_after(now)
+        is_global = bucket.scope == "global"
+        headers = {
+            # Discord's answers pass through Google's load balancer; without Via discord.py takes a 429 for a
+            # Cloudflare ban and gives up instead of waiting.
+            "Via": "1.1 google",
+            "Retry-After": str(max(1, math.ceil(wait))),
+            **self._limit_headers(route_bucket, route_window, now),
+            "X-RateLimit-Scope": bucket.scope,
+        }
+        if is_global:
+            headers["X-RateLimit-Global"] = "true"
+        else:  # the refusing bucket, say a channel's shared limit, may not be the route's own
+            headers |= {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset-After": f"{wait:.3f}",
+                        "X-RateLimit-Reset": f"{time.time() + wait:.3f}"}  # fmt: skip
+        body = {"message": "You are being rate limited.", "retry_after": round(wait, 3), "global": is_global}
+        hit = RateLimitHit(now, rec.route, bucket.name, bucket.scope, bucket.key, wait, rec.token, rec.channel_id)
+        self.rate_limit_hits.append(hit)
+        return _json_response(429, body, headers)
 
     def _handle(self, rec: Recorded, request: web.Request, groups: dict[str, Any]) -> web.Response:
         inter = self.interactions.get(rec.token or "")
