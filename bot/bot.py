@@ -76,6 +76,7 @@ class ImagineBot(commands.Bot):
         # Only a bot that goes online resumes jobs (`python -m bot sync` logs in and leaves). REST works
         # before the gateway is up, so jobs from before a restart resume at once.
         await self.runner.rotate_keys()
+        await self.runner.recall_run_times()
         self._resuming = asyncio.create_task(self.runner.resume_all(), name="resume jobs")
         self._sweeping = asyncio.create_task(self.runner.sweep_forever(), name="sweep stale jobs")
         await super().connect(reconnect=reconnect)

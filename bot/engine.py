@@ -92,11 +92,11 @@ class PollPolicy:
     running: tuple[float, float] = (0.5, 1.0)
     growth: float = 1.5
     max_failures: int = 6  # consecutive failed polls (each already retried by the client) before giving up
-    near: float = 0.7  # while a finish is plausible: keeps every lag under a second
-    # From the median of past runs on, every 0.25 s: half the jobs finish there and are seen within 0.25 s,
-    # and only the ones still running pay for it (chosen with benchmarks/polling.py; see RESULTS.md).
-    dense: float = 0.25
-    dense_from: float = 0.5  # quantile of past run times where dense polling starts
+    # Only jobs still running pay for dense polls: starting them late and keeping them tight gives the
+    # shortest typical lag for the fewest requests (tuned with benchmarks/polling.py, see RESULTS.md).
+    near: float = 0.8
+    dense: float = 0.2
+    dense_from: float = 0.6
     progress_every: float = 2.0  # a worker that reports progress gets its bar moved at least this often
     sparse_factor: float = 4.0  # learned waits are at most this many times the plain backoff's longest
 
@@ -179,9 +179,13 @@ _STATS: dict[str, EndpointStats] = {}
 
 def endpoint_stats(client: RunPodClient) -> EndpointStats:
     """The stats every job of this client's endpoint shares (kept for the life of the process)."""
-    stats = _STATS.get(client.endpoint_url)
+    return endpoint_stats_at(client.endpoint_url)
+
+
+def endpoint_stats_at(endpoint_url: str) -> EndpointStats:
+    stats = _STATS.get(endpoint_url)
     if stats is None:
-        stats = _STATS[client.endpoint_url] = EndpointStats()
+        stats = _STATS[endpoint_url] = EndpointStats()
     return stats
 
 

@@ -25,7 +25,7 @@ from bot.buttons import job_view
 from bot.config import Secret, Settings
 from bot.crypto import Vault
 from bot.delivery import fit_for_upload
-from bot.engine import JobResult, JobUpdate, PollPolicy, follow_job, submit_job
+from bot.engine import JobResult, PollPolicy, endpoint_stats, endpoint_stats_at, follow_job, submit_job
 from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut, RunPodError
 from bot.images import ImageFetcher
 from bot.live import Address, LiveMessage
@@ -45,7 +45,7 @@ from bot.policy import (
 )
 from bot.presets import PRESETS, WorkerPreset, parse_workflow
 from bot.replies import explain, reply_privately
-from bot.runpod import JobState, JobStatus, RateLimit, RateLimiter, RunPodClient
+from bot.runpod import JobState, JobStatus, RateLimit, RateLimiter, RunPodClient, endpoint_url
 from bot.storage import JobRecord, Storage
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,6 @@ class JobRunner:
         self.options = options or RunnerOptions()
         self.live: dict[int, LiveJob] = {}  # by ledger id
         self.queue = FairQueue()
-        self._typical_wait: dict[str, float] = {}  # endpoint id -> seconds in queue, smoothed
         self._pings: dict[int, RateLimiter] = {}  # by channel id
         self._accepting = True
 
@@ -365,7 +364,6 @@ class JobRunner:
                     state = new_state
                     log.info("%s: %s on RunPod (worker %s)", job.context, state, event.worker_id or "-")
                     await self.storage.update_job(job.record.request_id, state=state, delay_ms=event.delay_ms)
-                    self._learn_wait(job.endpoint.endpoint_id, event)
                 embed = render.status_embed(event, job.params, job.record.user_name, started=job.started, queue=queue)
                 job.message.show(embed, job_view(job.key, "cancel"))
         except JobError as failure:
@@ -386,15 +384,9 @@ class JobRunner:
         except RunPodError as error:
             log.info("%s: /health failed: %s", job.context, error)
             return render.QueueInfo()
-        typical = self._typical_wait.get(job.endpoint.endpoint_id)
+        typical = endpoint_stats(client).typical_wait
         eta = job.started + timedelta(seconds=typical) if typical is not None else None
         return render.QueueInfo(health, eta)
-
-    def _learn_wait(self, endpoint_id: str, update: JobUpdate) -> None:
-        if update.delay_ms is None:
-            return
-        seconds, previous = update.delay_ms / 1000, self._typical_wait.get(endpoint_id)
-        self._typical_wait[endpoint_id] = seconds if previous is None else 0.7 * previous + 0.3 * seconds
 
     async def _deliver(self, job: LiveJob, result: JobResult) -> None:
         job.ending = True
@@ -473,6 +465,13 @@ class JobRunner:
             log.error("key rotation stopped: %s", error)
             return
         log.info("re-encrypted %d stored server key(s) under the first BOT_ENCRYPTION_KEY", count)
+
+    async def recall_run_times(self) -> None:
+        """Teach each endpoint's polling the queue and run times the ledger remembers, so that a restarted
+        bot polls as sparingly and finds finished jobs as soon as before."""
+        for endpoint_id, delay_ms, execution_ms in await self.storage.recent_run_times():
+            stats = endpoint_stats_at(endpoint_url(self._settings.runpod_api_url, endpoint_id))
+            stats.record(run_s=execution_ms / 1000, wait_s=delay_ms / 1000 if delay_ms is not None else None)
 
     async def resume_all(self) -> None:
         """Pick up every job an earlier run left undelivered: follow it, deliver it, or explain."""

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 import aiohttp
+import orjson
 
 from bot.config import Secret
 from bot.errors import (
@@ -219,7 +220,7 @@ class RunPodClient:
         self._session = session
         self._api_key = api_key
         self._api_url = api_url.rstrip("/")
-        self._base = f"{self._api_url}/{endpoint_id}"
+        self._base = endpoint_url(api_url, endpoint_id)
         self._limiters = SHARED_RATE_LIMITERS if limiters is None else limiters
         self._retry = retry or RetryPolicy()
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
@@ -329,6 +330,11 @@ class RunPodClient:
         return RunPodRejected(f"RunPod refused /{operation} ({status}){': ' + detail if detail else ''}.")
 
 
+def endpoint_url(api_url: str, endpoint_id: str) -> str:
+    """An endpoint's API root: what identifies "the same endpoint" for rate limits and learned timings."""
+    return f"{api_url.rstrip('/')}/{endpoint_id}"
+
+
 def _job_path(job_id: str) -> str:
     if not _ID.fullmatch(job_id):
         raise RunPodRejected(f"{job_id[:80]!r} is not a RunPod job id.")
@@ -337,9 +343,14 @@ def _job_path(job_id: str) -> str:
 
 def _parse_json(payload: bytes, operation: str) -> dict[str, Any]:
     try:
-        data = json.loads(payload)
-    except ValueError:
-        raise RunPodBadResponse(f"RunPod answered /{operation} with something that is not JSON.") from None
+        # orjson reads a finished job's megabytes of base64 in half the time; the standard library takes
+        # what orjson refuses but JSON allows (integers beyond 64 bits).
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            raise RunPodBadResponse(f"RunPod answered /{operation} with something that is not JSON.") from None
     if not isinstance(data, dict):
         raise RunPodBadResponse(f"RunPod answered /{operation} with JSON that is not an object.")
     return data

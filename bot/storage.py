@@ -349,6 +349,18 @@ class Storage:
         return [JobRecord(**row._mapping) for row in rows]
 
     @_uninterruptible
+    async def recent_run_times(self, limit: int = 2000) -> list[tuple[str, int | None, int]]:
+        """(endpoint id, queue ms, run ms) of the latest completed jobs, oldest first."""
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                sa.select(jobs.c.endpoint_id, jobs.c.delay_ms, jobs.c.execution_ms)
+                .where(jobs.c.state == "completed", jobs.c.execution_ms.is_not(None))
+                .order_by(jobs.c.updated_at.desc(), jobs.c.request_id.desc())
+                .limit(limit)
+            )
+        return [(row.endpoint_id, row.delay_ms, row.execution_ms) for row in reversed(rows.all())]
+
+    @_uninterruptible
     async def guild_jobs_since(self, guild_id: int, since: datetime) -> list[JobRecord]:
         """Every job of a guild since a moment: what quotas and usage reports count."""
         async with self.engine.connect() as connection:

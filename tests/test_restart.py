@@ -12,7 +12,7 @@ import signal
 from tests.doubles import outputs
 from tests.doubles.discord import DEFAULT_GUILD_ID
 from tests.doubles.runpod import Script
-from tests.harness import button, png_for
+from tests.harness import button, field_value, png_for
 from tests.processes import ready, set_policy, start_bot
 
 RESULT_TITLE = "✅ Done"
@@ -172,5 +172,32 @@ async def test_buttons_from_before_a_restart_still_work(tmp_path, discord_double
     await discord_double.send(cancel)
     await discord_double.wait_for(lambda: title(discord_double, waiting) == "🚫 Cancelled", timeout=15)
     assert [request.job_id for request in runpod.requests_for("cancel")] == [waiting_job.id]
+    bot.process.send_signal(signal.SIGTERM)
+    assert await bot.finish() == 0
+
+
+async def test_a_restarted_bot_remembers_how_long_its_endpoint_keeps_jobs_waiting(
+    tmp_path, discord_double, runpod, database_url
+):
+    runpod.default_script = script(queue_s=1.0, run_s=0.2)
+    bot = await start_bot(tmp_path, discord_double, runpod, DATABASE_URL=database_url)
+    await ready(discord_double)
+    await imagine(discord_double, "teaches the queue time")
+    await discord_double.wait_for(lambda: deliveries(discord_double, "teaches the queue time"), timeout=15)
+    bot.process.send_signal(signal.SIGTERM)
+    assert await bot.finish() == 0
+
+    runpod.default_script = script(queue_s=5.0, run_s=0.2)
+    bot = await start_bot(tmp_path, discord_double, runpod, DATABASE_URL=database_url)
+    await ready(discord_double, connections=2)
+    interaction = await imagine(discord_double, "first job after the restart")
+
+    def expected_start() -> str | None:
+        message = discord_double.original_message(interaction.token)
+        return field_value(message, "Expected start") if message and message.embeds else None
+
+    await discord_double.wait_for(lambda: title(discord_double, interaction) == "⏳ In queue", timeout=15)
+    await discord_double.wait_for(expected_start, timeout=5)
+    assert expected_start().startswith("<t:")  # a Discord timestamp, from the queue time the ledger kept
     bot.process.send_signal(signal.SIGTERM)
     assert await bot.finish() == 0

@@ -102,6 +102,15 @@ async def test_transitions_and_exactly_once_delivery(storage):
     assert [r.request_id for r in await storage.undelivered_jobs()] == [2]
 
 
+async def test_recent_run_times_are_those_of_completed_jobs_oldest_first(storage):
+    ledger = [("completed", 900, 8100), ("failed", 100, 300), ("completed", None, 7600), ("running", 500, None)]
+    for request_id, (state, delay_ms, execution_ms) in enumerate(ledger, start=1):
+        await storage.record_job(job(request_id, endpoint_id=f"ep{request_id % 2}"))
+        await storage.update_job(request_id, state=state, delay_ms=delay_ms, execution_ms=execution_ms)
+    assert await storage.recent_run_times() == [("ep1", 900, 8100), ("ep1", None, 7600)]
+    assert await storage.recent_run_times(limit=1) == [("ep1", None, 7600)]
+
+
 async def test_times_come_back_aware_and_equal(storage):
     expires = datetime.now(UTC) + timedelta(minutes=15)
     await storage.record_job(job(1, token_expires_at=expires))
