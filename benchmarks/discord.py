@@ -27,8 +27,6 @@ import argparse
 import asyncio
 import itertools
 import logging
-import os
-import platform
 import random
 import sys
 import time
@@ -39,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import machine, number, peak_in_window, quantile, table
 from benchmarks.workload import job_index, make_png, prompt_for, worker_output
 from bot.jobs import RunnerOptions
 from bot.policy import GuildPolicy
@@ -169,27 +168,6 @@ class Run:
     report: Report
     rounds: list[ScenarioRun]
     pngs: list[bytes]
-
-
-def quantile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    below = int(position)
-    above = min(below + 1, len(ordered) - 1)
-    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
-
-
-def peak_in_window(times: Sequence[float], window: float) -> int:
-    """The most events within any `window` seconds: Discord's windows are fixed, so this is the worst case."""
-    ordered = sorted(times)
-    best = start = 0
-    for end, moment in enumerate(ordered):
-        while ordered[start] <= moment - window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 EDIT_ROUTES = ("edit_original", "edit_followup")  # the bot edits its reply by id, which is the followup route
@@ -355,39 +333,11 @@ async def benchmark(args: argparse.Namespace) -> Run:
     return Run(report, rounds, pngs)
 
 
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "system": f"{platform.system()} {platform.release()}",
-    }
-
-
 # --- reporting ----------------------------------------------------------------------------------
 
 
-def _num(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def _spread(values: Sequence[float], digits: int = 2) -> str:
-    return " / ".join(_num(quantile(values, q), digits) for q in (0.5, 0.99)) + f" / {_num(max(values), digits)}"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    return " / ".join(number(quantile(values, q), digits) for q in (0.5, 0.99)) + f" / {number(max(values), digits)}"
 
 
 @dataclass
@@ -450,13 +400,13 @@ def main_table(summary: Summary) -> str:
     rows = [
         ["jobs delivered (the worker's exact picture on the member's message)", f"{summary.delivered}/{summary.jobs}",
          f"{summary.jobs}/{summary.jobs}"],
-        ["Discord requests per job", _num(summary.requests / n, 1), ""],
-        ["- status edits", _num(summary.status_edits / n, 1), ""],
-        *[[f"- status edits, of which showing “{title}”", _num(count / n, 1), ""]
+        ["Discord requests per job", number(summary.requests / n, 1), ""],
+        ["- status edits", number(summary.status_edits / n, 1), ""],
+        *[[f"- status edits, of which showing “{title}”", number(count / n, 1), ""]
           for title, count in summary.status_edits_by_title.items()],
-        ["- final upload", _num(summary.uploads / n, 2), "1"],
-        ["- other (defer, read back the reply, pings)", _num(summary.other / n, 1), ""],
-        ["edits per job (status + upload): mean / max", f"{_num((summary.status_edits + summary.uploads) / n, 1)} / "
+        ["- final upload", number(summary.uploads / n, 2), "1"],
+        ["- other (defer, read back the reply, pings)", number(summary.other / n, 1), ""],
+        ["edits per job (status + upload): mean / max", f"{number((summary.status_edits + summary.uploads) / n, 1)} / "
          f"{summary.edits_max}", ""],
         ["429s received", str(summary.rate_limited), "0"],
         ["COMPLETED on RunPod -> upload reaches Discord, s: p50 / p99 / max", _or_dash(summary.lags), ""],
@@ -471,7 +421,7 @@ def detail_table(summary: Summary, edit_interval: float, limits: RateLimits) -> 
         ["lag, part 1: until the bot's first /status that saw it done, s: p50 / p99 / max", _or_dash(summary.seen)],
         ["lag, part 2: fetch, decode, upload, s: p50 / p99 / max", _or_dash(summary.handled)],
         ["interaction sent -> defer reaches Discord, s: p50 / p99 / max (deadline 3 s)", _or_dash(summary.acks)],
-        ["closest two status edits of one message, s", _num(summary.closest_edits_s)],
+        ["closest two status edits of one message, s", number(summary.closest_edits_s)],
         [f"messages with two status edits under {edit_interval - EDIT_TOLERANCE_S:g} s apart "
          f"({edit_interval:g} s less {EDIT_TOLERANCE_S:g} s for the trip)", str(summary.close_edits)],
         ["status edits identical to the one before", str(summary.redundant_edits)],
@@ -480,7 +430,7 @@ def detail_table(summary: Summary, edit_interval: float, limits: RateLimits) -> 
         [f"webhook messages (pings) into the channel in any {channel.per:g} s (limit {channel.requests})",
          str(summary.busiest_channel_window)],
         ["requests not made for one job (start-up, channel), total", str(summary.unattributed)],
-        ["requests per job, all included", _num((summary.requests + summary.unattributed) / n, 1)],
+        ["requests per job, all included", number((summary.requests + summary.unattributed) / n, 1)],
     ]  # fmt: skip
     return table(["measure", "value"], rows)
 

@@ -31,19 +31,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from benchmarks import peers
+from benchmarks.report import machine, number, peak_in_window, quantile, table
 from benchmarks.workload import (
     ENDPOINTS,
     EndpointSpec,
@@ -229,27 +228,6 @@ async def _burst(double: RunPodDouble, t0: float, window: tuple[float, float]) -
 # --- measuring ----------------------------------------------------------------------------------
 
 
-def quantile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    below = int(position)
-    above = min(below + 1, len(ordered) - 1)
-    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
-
-
-def peak_in_window(times: Iterable[float], window: float) -> int:
-    """The most events in any window of this length (closed on the right, like RunPod's and the double's)."""
-    ordered = sorted(times)
-    best = start = 0
-    for end, moment in enumerate(ordered):
-        while ordered[start] <= moment - window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
 def status_requests(outcome: RoundOutcome, client: str) -> list[RecordedRequest]:
     mine = set(outcome.endpoints[client])
     return [request for request in outcome.requests if request.op == "status" and request.endpoint_id in mine]
@@ -424,39 +402,11 @@ async def benchmark(args: argparse.Namespace) -> Report:
     )
 
 
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "system": f"{platform.system()} {platform.release()}",
-    }
-
-
 # --- reporting ----------------------------------------------------------------------------------
-
-
-def _num(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _ratio(value: float | None, baseline: float | None) -> str:
     return "-" if value is None or not baseline else f"{value / baseline:.2f}x"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def round_table(results: Sequence[ClientResult]) -> str:
@@ -467,18 +417,18 @@ def round_table(results: Sequence[ClientResult]) -> str:
             [
                 r.client,
                 f"{r.ok}/{r.n}" + (" (killed)" if r.killed else " (stopped)" if r.stopped else ""),
-                _num(r.lag_p50),
-                _num(r.lag_p99),
-                _num(r.lag_max),
-                f"{_num(r.seen_p50)} + {_num(r.handled_p50)}",
-                _num(r.status_per_job, 1),
+                number(r.lag_p50),
+                number(r.lag_p99),
+                number(r.lag_max),
+                f"{number(r.seen_p50)} + {number(r.handled_p50)}",
+                number(r.status_per_job, 1),
                 _ratio(r.status_per_job, official and official.status_per_job),
                 str(r.peak_status_per_window),
-                _num(r.cpu_ms_per_job, 1),
+                number(r.cpu_ms_per_job, 1),
                 _ratio(r.cpu_ms_per_job, official and official.cpu_ms_per_job),
-                _num(r.wait_cpu_ms_per_job, 1),
+                number(r.wait_cpu_ms_per_job, 1),
                 _ratio(r.wait_cpu_ms_per_job, official and official.wait_cpu_ms_per_job),
-                _num(r.peak_rss_mb, 0),
+                number(r.peak_rss_mb, 0),
             ]
         )
     headers = [
@@ -517,10 +467,10 @@ def burst_table(results: Sequence[BurstResult]) -> str:
             r.client,
             f"{r.lost}/{r.n}" + (f" ({', '.join(sorted(r.errors))})" if r.errors else ""),
             str(r.rejected),
-            _num(r.status_per_job, 1),
+            number(r.status_per_job, 1),
             str(r.in_flight),
-            _num(r.recovery_p50),
-            _num(r.recovery_max) if r.recovery_max is not None else "never",
+            number(r.recovery_p50),
+            number(r.recovery_max) if r.recovery_max is not None else "never",
             str(r.peak_100ms_after),
             str(r.peak_status_per_window),
         ]

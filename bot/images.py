@@ -144,7 +144,7 @@ def _source(where: str, value: str, seed: int | None) -> ImageSource:
             f"{where} is {text[:60]!r}, a path on the worker's own disk, not a picture. The worker could not "
             "upload it: give it working bucket credentials, or unset BUCKET_ENDPOINT_URL so it returns base64."
         )
-    return ImageSource(where, data=data if data is not None else _b64decode(text, where), seed=seed)
+    return ImageSource(where, data=data if data is not None else _lenient_b64decode(text, where), seed=seed)
 
 
 def _canonical_b64decode(text: str) -> bytes | None:
@@ -157,10 +157,12 @@ def _canonical_b64decode(text: str) -> bytes | None:
 
 
 def _b64decode(text: str, where: str) -> bytes:
-    """Also tolerates line breaks, missing padding and the URL-safe alphabet."""
     data = _canonical_b64decode(text)
-    if data is not None:
-        return data
+    return data if data is not None else _lenient_b64decode(text, where)
+
+
+def _lenient_b64decode(text: str, where: str) -> bytes:
+    """Line breaks, missing padding and the URL-safe alphabet, as some workers send them."""
     compact = "".join(text.split())
     if not compact or not _BASE64.fullmatch(compact):
         raise OutputError(f"{where} is neither base64, a data URI nor an https URL.")

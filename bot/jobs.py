@@ -44,8 +44,9 @@ from bot.policy import (
     start_of_month,
 )
 from bot.presets import PRESETS, WorkerPreset, parse_workflow
+from bot.ratelimit import RateLimit, RateLimiter
 from bot.replies import explain, reply_privately
-from bot.runpod import JobState, JobStatus, RateLimit, RateLimiter, RunPodClient, endpoint_url
+from bot.runpod import JobState, JobStatus, RunPodClient, endpoint_url
 from bot.storage import JobRecord, Storage
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ import logging
 import random
 import re
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -34,6 +33,7 @@ from bot.errors import (
     RunPodRejected,
     RunPodUnavailable,
 )
+from bot.ratelimit import Clock, RateLimit, RateLimiter, Sleep
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +96,9 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
 
 
-Sleep = Callable[[float], Awaitable[None]]
-Clock = Callable[[], float]
 # Called with a 200 answer's Content-Length (-1 if unknown) before its body is read; may wait. The body
 # stays in the socket meanwhile, so a caller can bound how many megabyte answers it holds at once.
 Admit = Callable[[int], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    requests: int
-    per: float  # seconds
 
 
 # RunPod's per-endpoint limits by operation (reference section 3). /health is not in RunPod's table;
@@ -121,48 +113,6 @@ RUNPOD_RATE_LIMITS: Mapping[str, RateLimit] = {
     "purge-queue": RateLimit(2, 10.0),
     "health": RateLimit(2000, 10.0),
 }
-
-
-class RateLimiter:
-    """At most `limit` request starts in any `window` seconds (a sliding window).
-
-    Each caller reserves the next free slot at once and then sleeps until it, so waiting callers keep
-    their order, nothing polls, and no lock ties the limiter to one event loop."""
-
-    def __init__(self, limit: int, window: float, *, clock: Clock = time.monotonic) -> None:
-        if limit < 1 or window <= 0:
-            raise ValueError("a rate limit needs at least one request per positive window")
-        self.limit = limit
-        self.window = window
-        self._clock = clock
-        self._slots: deque[float] = deque()  # granted start times, ascending; some may lie in the future
-
-    def reserve(self) -> float:
-        """Take the next free slot; returns how long to wait before using it."""
-        now = self._clock()
-        slots = self._slots
-        while slots and slots[0] <= now - self.window:
-            slots.popleft()
-        start = now
-        if slots:
-            start = max(start, slots[-1])
-            if len(slots) >= self.limit:
-                # The new slot and the `limit` before it must not fit in one window.
-                start = max(start, slots[-self.limit] + self.window)
-        slots.append(start)
-        return start - now
-
-    async def acquire(self, sleep: Sleep = asyncio.sleep) -> float:
-        wait = self.reserve()
-        if wait > 0:
-            await sleep(wait)
-        return wait
-
-    @property
-    def pending(self) -> int:
-        """Slots granted in the last window or still ahead (for logs and tests)."""
-        now = self._clock()
-        return sum(1 for slot in self._slots if slot > now - self.window)
 
 
 class RateLimiters:

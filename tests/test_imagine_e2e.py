@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bot.config import Secret
-from bot.runpod import RateLimit
+from bot.ratelimit import RateLimit
 from tests.conftest import API_KEY
 from tests.doubles import outputs
 from tests.doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID, DEFAULT_USER_ID, Limit, RateLimits, UserSpec

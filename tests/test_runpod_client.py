@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from benchmarks.report import peak_in_window
 from bot.config import Secret
 from bot.errors import (
     RunPodAuthError,
@@ -16,11 +17,10 @@ from bot.errors import (
     RunPodRejected,
     RunPodUnavailable,
 )
+from bot.ratelimit import RateLimit, RateLimiter
 from bot.runpod import (
     SHARED_RATE_LIMITERS,
     JobState,
-    RateLimit,
-    RateLimiter,
     RateLimiters,
     RetryPolicy,
     RunPodClient,
@@ -224,17 +224,6 @@ async def test_the_key_only_travels_in_the_authorization_header(client, runpod):
 # --- the shared per-endpoint rate limiter -----------------------------------------------------------------
 
 
-def busiest_window(times, window):
-    """The most events in any window of this length, closed on the right as RunPod and the double count."""
-    times = sorted(times)
-    start = best = 0
-    for end, moment in enumerate(times):
-        while times[start] <= moment - window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
 class FakeClock:
     def __init__(self, now=100.0):
         self.now = now
@@ -251,7 +240,7 @@ def test_the_limiter_never_lets_a_window_hold_more_than_its_limit():
         clock.now = 100.0 + step * 0.0125
         starts.append(clock.now + limiter.reserve())
     assert starts == sorted(starts)  # first come, first served
-    assert busiest_window(starts, 1.0) == 10
+    assert peak_in_window(starts, 1.0) == 10
     assert starts[10] == pytest.approx(starts[0] + 1.0)  # and no slower than it must
     assert starts[:10] == [100.0 + step * 0.0125 for step in range(10)]  # no wait while there is room
 
@@ -304,7 +293,7 @@ async def test_many_concurrent_jobs_never_exceed_the_endpoints_limit(runpod, ses
     await asyncio.gather(*(poll(job_id) for job_id in jobs))
     polls = runpod.requests_for("status")
     assert len(polls) == 60  # none was refused and retried
-    assert busiest_window([request.at for request in polls], 0.2) <= 10
+    assert peak_in_window([request.at for request in polls], 0.2) <= 10
 
 
 async def test_a_429_burst_ends_without_a_synchronized_retry_storm(runpod, session):
@@ -330,4 +319,4 @@ async def test_a_429_burst_ends_without_a_synchronized_retry_storm(runpod, sessi
     *statuses, _ = await asyncio.gather(*(client.status(job_id) for job_id in jobs), burst())
     assert [status.state for status in statuses] == [JobState.IN_QUEUE] * 40
     assert len(retries) >= 40
-    assert busiest_window(retries, 0.02) < 15  # in step, all forty would retry in the same instant
+    assert peak_in_window(retries, 0.02) < 15  # in step, all forty would retry in the same instant
