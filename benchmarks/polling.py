@@ -581,12 +581,12 @@ def notes(report: Report) -> list[str]:
                 f"({ours.decode_ms_per_job:.1f} of {ours.cpu_ms_per_job:.1f} ms; the official client's decode "
                 f"takes {official.decode_ms_per_job or 0:.1f} ms), the rest is polling and reading the answers."
             )
-        if ours.status_per_job / (official.status_per_job or 1) > TARGETS["requests_ratio"]:
+        if (official.lag_p50 or 0) > 1.0:  # it polls every second: a lag beyond that means it fell behind
             found.append(
                 f"N={n}: the official client made only {official.status_per_job:.1f} /status requests per job here "
                 f"because it could not keep its one-a-second cadence: its process is CPU-bound and its lag p50 is "
-                f"{official.lag_p50 or 0:.1f} s. Ours made {ours.status_per_job:.1f} and kept its lag at "
-                f"{ours.lag_p50 or 0:.2f} s."
+                f"{official.lag_p50 or 0:.1f} s, so the requests ratio is against fewer requests than it makes "
+                f"when it keeps up. Ours made {ours.status_per_job:.1f} and kept its lag at {ours.lag_p50 or 0:.2f} s."
             )
         peak = report.settings.get("peak_finishes_per_s", {}).get(n)
         if peak and ours.cpu_ms_per_job and (ours.lag_p50 or 0) > TARGETS["lag_p50"]:

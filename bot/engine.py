@@ -6,8 +6,8 @@ whose message says what happened.
 
 Polling adapts to the endpoint. `EndpointStats` (one per endpoint, shared by all its jobs) learns from
 finished jobs how long they ran. A job's start is known precisely from `delayTime` (submission + queue
-time), so the engine polls rarely while the job cannot be done yet, every `near` seconds once it may
-be, and every `dense` seconds from when it most likely finishes. Until an endpoint has taught anything,
+time), so the engine does not poll while the job cannot be done yet, polls every `near` seconds while it
+may be, and every `dense` seconds where past runs ended often. Until an endpoint has taught anything,
 `PollPolicy.delay`'s plain backoff is used. Finished pictures are read and checked a few at a time per
 process (`_picture_turns`), so a flood of finishes queues fairly instead of filling the memory.
 """
@@ -15,10 +15,13 @@ process (`_picture_turns`), so a flood of finishes queues fairly instead of fill
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
+import math
 import os
 import re
+import statistics
 import time
 import weakref
 from collections import deque
@@ -84,25 +87,36 @@ class PollPolicy:
 
     Before the endpoint's run times are known: quickly after a change, then back off while nothing moves
     (`queued`, `running`: first and longest interval; a running job is polled about once a second, as the
-    official client does). Once they are known: no faster than needed while the job cannot be finished yet,
-    every `near` s while it may be, every `dense` s from the `dense_from` quantile of past runs on (both
-    capped by `running[1]`, so fast test policies stay fast). No wait is ever longer than `longest`."""
+    official client does). Once they are known: not at all while the job cannot be finished yet, every
+    `near` s while it may be, and every `dense` s where past runs ended often: where, of the runs still
+    going, at least `dense_chance` ended within the next `near / 2` s (both intervals capped by
+    `running[1]`, so fast test policies stay fast). No wait is ever longer than `longest`."""
 
     queued: tuple[float, float] = (1.0, 4.0)  # first and longest interval while IN_QUEUE
     running: tuple[float, float] = (0.5, 1.0)
     growth: float = 1.5
     max_failures: int = 6  # consecutive failed polls (each already retried by the client) before giving up
-    # Only jobs still running pay for dense polls: starting them late and keeping them tight gives the
-    # shortest typical lag for the fewest requests (tuned with benchmarks/polling.py, see RESULTS.md).
+    # Dense polls go where runs end often, not from a fixed quantile on: an endpoint whose runs spread
+    # over seconds is polled densely only where they bunch, one with tight runs around its typical run.
+    # The same lag for fewer requests (tuned with benchmarks/polling.py, see RESULTS.md).
     near: float = 0.8
     dense: float = 0.2
-    dense_from: float = 0.6
+    dense_chance: float = 0.4
     progress_every: float = 2.0  # a worker that reports progress gets its bar moved at least this often
     sparse_factor: float = 4.0  # learned waits are at most this many times the plain backoff's longest
 
     def delay(self, state: JobState, unchanged_polls: int) -> float:
         first, longest = self.queued if state is JobState.IN_QUEUE else self.running
-        return min(longest, first * self.growth**unchanged_polls)
+        # The exponent is capped: a job unchanged for hours must not overflow the float.
+        return min(longest, first * self.growth ** min(unchanged_polls, 64))
+
+    @property
+    def near_interval(self) -> float:
+        return min(self.near, self.running[1])
+
+    @property
+    def dense_interval(self) -> float:
+        return min(self.dense, self.near_interval)
 
     @property
     def longest(self) -> float:
@@ -114,8 +128,36 @@ class RunBand:
     """When a job of this endpoint finishes, in seconds after it starts running."""
 
     low: float  # none has finished sooner (less a margin)
-    dense_from: float  # from here on, a finish is likely
     high: float  # none has run longer (plus a margin)
+    likely: tuple[tuple[float, float], ...]  # (start, end) stretches where runs end often
+
+    def dense_from(self, elapsed: float) -> float:
+        """The first moment, `elapsed` or later, inside a stretch where runs end often."""
+        for start, end in self.likely:
+            if elapsed < end:
+                return max(start, elapsed)
+        return self.high
+
+
+def _likely_stretches(runs: list[float], window: float, chance: float) -> tuple[tuple[float, float], ...]:
+    """The stretches of a run's elapsed time t where runs end often: among `runs` (sorted) still going at
+    t - window/2, at least `chance` had ended by t + window/2.
+
+    That share only changes where such a window meets the end of a run, so it is checked once between each
+    two of those points; past the longest run it counts as likely (the band's `high` ends it)."""
+    half = window / 2
+    points = sorted({0.0, *(run + half for run in runs), *(run - half for run in runs if run > half)})
+    stretches: list[tuple[float, float]] = []
+    for start, end in zip(points, [*points[1:], math.inf], strict=True):
+        middle = start + window if end == math.inf else (start + end) / 2
+        going = bisect.bisect_left(runs, middle - half)
+        ended = bisect.bisect_left(runs, middle + half) - going
+        if going == len(runs) or ended / (len(runs) - going) >= chance:
+            if stretches and stretches[-1][1] == start:
+                stretches[-1] = (stretches[-1][0], end)
+            else:
+                stretches.append((start, end))
+    return tuple(stretches)
 
 
 class EndpointStats:
@@ -124,13 +166,11 @@ class EndpointStats:
     def __init__(self, size: int = 64) -> None:
         self._runs: deque[float] = deque(maxlen=size)
         self._waits: deque[float] = deque(maxlen=size)
-        self._sorted_runs: list[float] | None = None
-        self._bands: dict[float, RunBand] = {}
+        self._bands: dict[tuple[float, float], RunBand] = {}
 
     def record(self, *, run_s: float | None = None, wait_s: float | None = None) -> None:
         if run_s is not None and run_s >= 0:
             self._runs.append(run_s)
-            self._sorted_runs = None
             self._bands.clear()
         if wait_s is not None and wait_s >= 0:
             self._waits.append(wait_s)
@@ -155,22 +195,20 @@ class EndpointStats:
     def typical_wait(self) -> float | None:
         return _median(self._waits)
 
-    def band(self, dense_from: float = 0.4) -> RunBand | None:
-        """None until a run was seen. Margins shrink as samples grow: one run says little about the next."""
+    def band(self, policy: PollPolicy | None = None) -> RunBand | None:
+        """None until a run was seen. Runs end often where, of those still going, at least `policy`'s
+        `dense_chance` end within half its near interval. The margins shrink as samples grow: one run
+        says little about the next."""
         if not self._runs:
             return None
-        band = self._bands.get(dense_from)
+        policy = policy or PollPolicy()
+        key = (policy.near_interval / 2, policy.dense_chance)
+        band = self._bands.get(key)
         if band is None:
-            if self._sorted_runs is None:
-                self._sorted_runs = sorted(self._runs)
-            runs = self._sorted_runs
+            runs = sorted(self._runs)
             margin = 0.05 + 0.3 / len(runs)
-            band = RunBand(
-                low=runs[0] * (1 - margin),
-                dense_from=_quantile(runs, dense_from) * (1 - margin / 3),
-                high=runs[-1] * (1 + margin),
-            )
-            self._bands[dense_from] = band
+            likely = _likely_stretches(runs, *key)
+            band = self._bands[key] = RunBand(runs[0] * (1 - margin), runs[-1] * (1 + margin), likely)
         return band
 
 
@@ -190,14 +228,7 @@ def endpoint_stats_at(endpoint_url: str) -> EndpointStats:
 
 
 def _median(values: deque[float]) -> float | None:
-    return _quantile(sorted(values), 0.5) if values else None
-
-
-def _quantile(ordered: list[float], q: float) -> float:
-    position = (len(ordered) - 1) * min(1.0, max(0.0, q))
-    below = int(position)
-    above = min(below + 1, len(ordered) - 1)
-    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+    return statistics.median(values) if values else None
 
 
 class _Cadence:
@@ -229,32 +260,25 @@ class _Cadence:
     def delay(self, now: float, state: JobState, unchanged: int) -> float:
         policy = self.policy
         fallback = policy.delay(state, unchanged)
-        band = self.stats.band(policy.dense_from)
-        if band is None:
+        near, dense = policy.near_interval, policy.dense_interval
+        band = self.stats.band(policy)
+        if band is None or (state is not JobState.IN_QUEUE and self.started_at is None):
             return fallback
-        near = min(policy.near, policy.running[1])
-        dense = min(policy.dense, near)
-        if state is JobState.IN_QUEUE:
-            # It may start any moment, but cannot finish sooner than the quickest run from now: a finish in
-            # the next `near` s is caught within `near` (the lag allowed there), and its dense stretch is not
-            # reached before the next poll.
-            reach = min(band.low + near, max(band.low, band.dense_from - dense))
-            wait = max(reach, min(fallback, near))
-        elif self.started_at is None:
-            return fallback
+        # A queued job may start any moment: poll as for one that started just now, but not faster than
+        # the plain backoff would (an endpoint with sub-second runs must not be hammered while it queues).
+        elapsed = 0.0 if state is JobState.IN_QUEUE else now - (self.started_at or now)
+        if elapsed >= band.high:  # longer than any run seen: back off gently, then in proportion to the overrun
+            overrun = elapsed - band.high
+            wait = max(min(near, dense + overrun / 2), overrun / 4)
         else:
-            elapsed = now - self.started_at
-            if elapsed < band.low - near:
-                wait = band.low - elapsed
-            elif elapsed < band.dense_from - dense:
-                wait = min(near, band.dense_from - elapsed)
-            elif elapsed < band.high:
-                wait = dense
-            else:  # longer than any run seen: back off gently, then in proportion to the overrun
-                overrun = elapsed - band.high
-                wait = max(min(near, dense + overrun / 2), overrun / 4)
-            if self.progress:
-                wait = min(wait, policy.progress_every)
+            # Nothing can end before `low`; a finish after it is caught within `near`, or within `dense`
+            # where one is likely (never sooner: a stretch starting a hair from now is already here).
+            soonest = max(elapsed, band.low)
+            wait = max(dense, min(soonest + near, band.dense_from(soonest)) - elapsed)
+        if state is JobState.IN_QUEUE:
+            wait = max(wait, min(fallback, near))
+        elif self.progress:
+            wait = min(wait, policy.progress_every)
         return max(0.0, min(wait, policy.longest))
 
 

@@ -76,9 +76,10 @@ async def test_many_members_at_once_get_fair_turns_within_the_limits(harness):
     )
     members = [member(n) for n in range(3)]
     interactions = []
-    for round_ in range(3):
-        for n, user in enumerate(members):
-            interactions.append(await harness.imagine(f"m{n} job {round_}", user=user))
+    for n, user in enumerate(members):  # each member asks for three in a row, m0 first, then m1, then m2
+        mine = [await harness.imagine(f"m{n} job {round_}", user=user) for round_ in range(3)]
+        await harness.discord.wait_for(lambda mine=mine: all(harness.title(i) for i in mine), timeout=5)
+        interactions += mine
     # Someone waits, and is told their place.
     await harness.discord.wait_for(
         lambda: any(harness.title(i) == "🕒 Waiting for your turn" for i in interactions), timeout=5
@@ -94,9 +95,11 @@ async def test_many_members_at_once_get_fair_turns_within_the_limits(harness):
     assert most_at_once(spans) <= 2
     for who in ("m0", "m1", "m2"):
         assert most_at_once([span for span in spans if span[0] == who]) == 1
-    # Round-robin: the submission order does not serve one member's three jobs in a row.
+    # Round-robin: m2, who asked last, gets a first turn before m0 (who asked first) gets a third. Jobs
+    # admitted at the same moment may reach RunPod in either order, so only whole rounds are compared.
     order = [job.input["prompt"][:2] for job in sorted(jobs, key=lambda job: job.submitted_at)]
-    assert all(order[i] != order[i + 1] for i in range(len(order) - 1)), order
+    turns = {who: [at for at, whose in enumerate(order) if whose == who] for who in ("m0", "m1", "m2")}
+    assert max(mine[0] for mine in turns.values()) < min(mine[2] for mine in turns.values()), order
 
 
 async def test_a_member_who_queues_too_many_is_refused_privately(harness):
