@@ -88,9 +88,9 @@ class PollPolicy:
     Before the endpoint's run times are known: quickly after a change, then back off while nothing moves
     (`queued`, `running`: first and longest interval; a running job is polled about once a second, as the
     official client does). Once they are known: not at all while the job cannot be finished yet, every
-    `near` s while it may be, and every `dense` s where past runs ended often: where, of the runs still
-    going, at least `dense_chance` ended within the next `near / 2` s (both intervals capped by
-    `running[1]`, so fast test policies stay fast). No wait is ever longer than `longest`."""
+    `near` s while it may be, and every `dense` s where past runs ended often: at elapsed time t, where of
+    the runs still going at t - near/4 at least `dense_chance` had ended by t + near/4 (both intervals
+    capped by `running[1]`, so fast test policies stay fast). No wait is ever longer than `longest`."""
 
     queued: tuple[float, float] = (1.0, 4.0)  # first and longest interval while IN_QUEUE
     running: tuple[float, float] = (0.5, 1.0)
@@ -129,22 +129,22 @@ class RunBand:
 
     low: float  # none has finished sooner (less a margin)
     high: float  # none has run longer (plus a margin)
-    likely: tuple[tuple[float, float], ...]  # (start, end) stretches where runs end often
+    dense: tuple[tuple[float, float], ...]  # (start, end) stretches where runs end often: polled densely
 
     def dense_from(self, elapsed: float) -> float:
         """The first moment, `elapsed` or later, inside a stretch where runs end often."""
-        for start, end in self.likely:
+        for start, end in self.dense:
             if elapsed < end:
                 return max(start, elapsed)
         return self.high
 
 
-def _likely_stretches(runs: list[float], window: float, chance: float) -> tuple[tuple[float, float], ...]:
+def _dense_stretches(runs: list[float], window: float, chance: float) -> tuple[tuple[float, float], ...]:
     """The stretches of a run's elapsed time t where runs end often: among `runs` (sorted) still going at
     t - window/2, at least `chance` had ended by t + window/2.
 
     That share only changes where such a window meets the end of a run, so it is checked once between each
-    two of those points; past the longest run it counts as likely (the band's `high` ends it)."""
+    two of those points; past the longest run it counts as often (the band's `high` ends it)."""
     half = window / 2
     points = sorted({0.0, *(run + half for run in runs), *(run - half for run in runs if run > half)})
     stretches: list[tuple[float, float]] = []
@@ -207,8 +207,8 @@ class EndpointStats:
         if band is None:
             runs = sorted(self._runs)
             margin = 0.05 + 0.3 / len(runs)
-            likely = _likely_stretches(runs, *key)
-            band = self._bands[key] = RunBand(runs[0] * (1 - margin), runs[-1] * (1 + margin), likely)
+            dense = _dense_stretches(runs, *key)
+            band = self._bands[key] = RunBand(runs[0] * (1 - margin), runs[-1] * (1 + margin), dense)
         return band
 
 
@@ -262,17 +262,22 @@ class _Cadence:
         fallback = policy.delay(state, unchanged)
         near, dense = policy.near_interval, policy.dense_interval
         band = self.stats.band(policy)
-        if band is None or (state is not JobState.IN_QUEUE and self.started_at is None):
+        if band is None:
             return fallback
-        # A queued job may start any moment: poll as for one that started just now, but not faster than
-        # the plain backoff would (an endpoint with sub-second runs must not be hammered while it queues).
-        elapsed = 0.0 if state is JobState.IN_QUEUE else now - (self.started_at or now)
+        if state is JobState.IN_QUEUE:
+            # It may start any moment: polled as one that started just now, but not faster than the plain
+            # backoff would (an endpoint with sub-second runs must not be hammered while it queues).
+            elapsed = 0.0
+        elif self.started_at is None:
+            return fallback
+        else:
+            elapsed = now - self.started_at
         if elapsed >= band.high:  # longer than any run seen: back off gently, then in proportion to the overrun
             overrun = elapsed - band.high
             wait = max(min(near, dense + overrun / 2), overrun / 4)
         else:
             # Nothing can end before `low`; a finish after it is caught within `near`, or within `dense`
-            # where one is likely (never sooner: a stretch starting a hair from now is already here).
+            # where runs end often (never sooner: a stretch starting a hair from now is already here).
             soonest = max(elapsed, band.low)
             wait = max(dense, min(soonest + near, band.dense_from(soonest)) - elapsed)
         if state is JobState.IN_QUEUE:
