@@ -7,18 +7,16 @@ whose message says what happened.
 Polling adapts to the endpoint. `EndpointStats` (one per endpoint, shared by all its jobs) learns from
 finished jobs how long they ran. A job's start is known precisely from `delayTime` (submission + queue
 time), so the engine does not poll while the job cannot be done yet, polls every `near` seconds while it
-may be, and every `dense` seconds where past runs ended often. Until an endpoint has taught anything,
-`PollPolicy.delay`'s plain backoff is used. Finished pictures are read and checked a few at a time per
-process (`_picture_turns`), so a flood of finishes queues fairly instead of filling the memory.
+may be, and every `dense` seconds once it is among the last to finish. Until an endpoint has taught
+anything, `PollPolicy.delay`'s plain backoff is used. Finished pictures are read and checked a few at a
+time per process (`_picture_turns`), so a flood of finishes queues fairly instead of filling the memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import json
 import logging
-import math
 import os
 import re
 import statistics
@@ -88,20 +86,19 @@ class PollPolicy:
     Before the endpoint's run times are known: quickly after a change, then back off while nothing moves
     (`queued`, `running`: first and longest interval; a running job is polled about once a second, as the
     official client does). Once they are known: not at all while the job cannot be finished yet, every
-    `near` s while it may be, and every `dense` s where past runs ended often: at elapsed time t, where of
-    the runs still going at t - near/4 at least `dense_chance` had ended by t + near/4 (both intervals
-    capped by `running[1]`, so fast test policies stay fast). No wait is ever longer than `longest`."""
+    `near` s while it may be, and every `dense` s once it has run longer than all but the last
+    `dense_share` of past runs (both intervals capped by `running[1]`, so fast test policies stay fast).
+    No wait is ever longer than `longest`."""
 
     queued: tuple[float, float] = (1.0, 4.0)  # first and longest interval while IN_QUEUE
     running: tuple[float, float] = (0.5, 1.0)
     growth: float = 1.5
     max_failures: int = 6  # consecutive failed polls (each already retried by the client) before giving up
-    # Dense polls go where runs end often, not from a fixed quantile on: an endpoint whose runs spread
-    # over seconds is polled densely only where they bunch, one with tight runs around its typical run.
-    # The same lag for fewer requests (tuned with benchmarks/polling.py, see RESULTS.md).
+    # Only jobs still running pay for dense polls, and late finishes are the likeliest among those still
+    # running: dense for the last finishes only (tuned with benchmarks/polling.py, see RESULTS.md).
     near: float = 0.8
     dense: float = 0.2
-    dense_chance: float = 0.4
+    dense_share: float = 0.35
     progress_every: float = 2.0  # a worker that reports progress gets its bar moved at least this often
     sparse_factor: float = 4.0  # learned waits are at most this many times the plain backoff's longest
 
@@ -128,36 +125,29 @@ class RunBand:
     """When a job of this endpoint finishes, in seconds after it starts running."""
 
     low: float  # none has finished sooner (less a margin)
+    dense_from: float  # the last `PollPolicy.dense_share` of runs ended after this
     high: float  # none has run longer (plus a margin)
-    dense: tuple[tuple[float, float], ...]  # (start, end) stretches where runs end often: polled densely
-
-    def dense_from(self, elapsed: float) -> float:
-        """The first moment, `elapsed` or later, inside a stretch where runs end often."""
-        for start, end in self.dense:
-            if elapsed < end:
-                return max(start, elapsed)
-        return self.high
 
 
-def _dense_stretches(runs: list[float], window: float, chance: float) -> tuple[tuple[float, float], ...]:
-    """The stretches of a run's elapsed time t where runs end often: among `runs` (sorted) still going at
-    t - window/2, at least `chance` had ended by t + window/2.
+def _bandwidth(runs: list[float]) -> float:
+    """How far one past run says something about runs near it (Silverman's rule of thumb): wide while runs
+    are few or spread out, narrow once many agree. The quickest run possible is taken this far below the
+    quickest seen, so that a few runs do not stop polling where a finish is still possible."""
+    if len(runs) < 2:
+        return 0.0
+    spread = statistics.stdev(runs)
+    if len(runs) >= 4:
+        first, _, third = statistics.quantiles(runs, n=4)
+        if third > first:
+            spread = min(spread, (third - first) / 1.34)
+    return 0.9 * spread * len(runs) ** -0.2
 
-    That share only changes where such a window meets the end of a run, so it is checked once between each
-    two of those points; past the longest run it counts as often (the band's `high` ends it)."""
-    half = window / 2
-    points = sorted({0.0, *(run + half for run in runs), *(run - half for run in runs if run > half)})
-    stretches: list[tuple[float, float]] = []
-    for start, end in zip(points, [*points[1:], math.inf], strict=True):
-        middle = start + window if end == math.inf else (start + end) / 2
-        going = bisect.bisect_left(runs, middle - half)
-        ended = bisect.bisect_left(runs, middle + half) - going
-        if going == len(runs) or ended / (len(runs) - going) >= chance:
-            if stretches and stretches[-1][1] == start:
-                stretches[-1] = (stretches[-1][0], end)
-            else:
-                stretches.append((start, end))
-    return tuple(stretches)
+
+def _quantile(ordered: list[float], q: float) -> float:
+    position = (len(ordered) - 1) * min(1.0, max(0.0, q))
+    below = int(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
 
 
 class EndpointStats:
@@ -166,7 +156,7 @@ class EndpointStats:
     def __init__(self, size: int = 64) -> None:
         self._runs: deque[float] = deque(maxlen=size)
         self._waits: deque[float] = deque(maxlen=size)
-        self._bands: dict[tuple[float, float], RunBand] = {}
+        self._bands: dict[float, RunBand] = {}
 
     def record(self, *, run_s: float | None = None, wait_s: float | None = None) -> None:
         if run_s is not None and run_s >= 0:
@@ -196,19 +186,17 @@ class EndpointStats:
         return _median(self._waits)
 
     def band(self, policy: PollPolicy | None = None) -> RunBand | None:
-        """None until a run was seen. Runs end often where, of those still going, at least `policy`'s
-        `dense_chance` end within half its near interval. The margins shrink as samples grow: one run
-        says little about the next."""
+        """None until a run was seen. The margins shrink as runs accumulate: one run says little about the
+        next, and a few runs spread widely say little about the quickest."""
         if not self._runs:
             return None
-        policy = policy or PollPolicy()
-        key = (policy.near_interval / 2, policy.dense_chance)
-        band = self._bands.get(key)
+        share = (policy or PollPolicy()).dense_share
+        band = self._bands.get(share)
         if band is None:
             runs = sorted(self._runs)
             margin = 0.05 + 0.3 / len(runs)
-            dense = _dense_stretches(runs, *key)
-            band = self._bands[key] = RunBand(runs[0] * (1 - margin), runs[-1] * (1 + margin), dense)
+            low = max(0.0, min(runs[0] * (1 - margin), runs[0] - _bandwidth(runs)))
+            band = self._bands[share] = RunBand(low, _quantile(runs, 1 - share), runs[-1] * (1 + margin))
         return band
 
 
@@ -277,9 +265,9 @@ class _Cadence:
             wait = max(min(near, dense + overrun / 2), overrun / 4)
         else:
             # Nothing can end before `low`; a finish after it is caught within `near`, or within `dense`
-            # where runs end often (never sooner: a stretch starting a hair from now is already here).
+            # once among the last runs (never sooner: a stretch starting a hair from now is already here).
             soonest = max(elapsed, band.low)
-            wait = max(dense, min(soonest + near, band.dense_from(soonest)) - elapsed)
+            wait = max(dense, min(soonest + near, max(soonest, band.dense_from)) - elapsed)
         if state is JobState.IN_QUEUE:
             wait = max(wait, min(fallback, near))
         elif self.progress:
