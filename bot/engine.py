@@ -96,9 +96,9 @@ class PollPolicy:
     max_failures: int = 6  # consecutive failed polls (each already retried by the client) before giving up
     # Only jobs still running pay for dense polls, and late finishes are the likeliest among those still
     # running: dense for the last finishes only (tuned with benchmarks/polling.py, see RESULTS.md).
-    near: float = 0.8
+    near: float = 0.85
     dense: float = 0.2
-    dense_share: float = 0.35
+    dense_share: float = 0.4
     progress_every: float = 2.0  # a worker that reports progress gets its bar moved at least this often
     sparse_factor: float = 4.0  # learned waits are at most this many times the plain backoff's longest
 
@@ -127,20 +127,6 @@ class RunBand:
     low: float  # none has finished sooner (less a margin)
     dense_from: float  # the last `PollPolicy.dense_share` of runs ended after this
     high: float  # none has run longer (plus a margin)
-
-
-def _bandwidth(runs: list[float]) -> float:
-    """How far one past run says something about runs near it (Silverman's rule of thumb): wide while runs
-    are few or spread out, narrow once many agree. The quickest run possible is taken this far below the
-    quickest seen, so that a few runs do not stop polling where a finish is still possible."""
-    if len(runs) < 2:
-        return 0.0
-    spread = statistics.stdev(runs)
-    if len(runs) >= 4:
-        first, _, third = statistics.quantiles(runs, n=4)
-        if third > first:
-            spread = min(spread, (third - first) / 1.34)
-    return 0.9 * spread * len(runs) ** -0.2
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -187,16 +173,16 @@ class EndpointStats:
 
     def band(self, policy: PollPolicy | None = None) -> RunBand | None:
         """None until a run was seen. The margins shrink as runs accumulate: one run says little about the
-        next, and a few runs spread widely say little about the quickest."""
+        next, least of all how much quicker it may be (the first few may all have been slow ones)."""
         if not self._runs:
             return None
         share = (policy or PollPolicy()).dense_share
         band = self._bands.get(share)
         if band is None:
             runs = sorted(self._runs)
-            margin = 0.05 + 0.3 / len(runs)
-            low = max(0.0, min(runs[0] * (1 - margin), runs[0] - _bandwidth(runs)))
-            band = self._bands[share] = RunBand(low, _quantile(runs, 1 - share), runs[-1] * (1 + margin))
+            quicker, slower = min(0.9, 0.05 + 1 / len(runs)), 0.05 + 0.3 / len(runs)
+            band = RunBand(runs[0] * (1 - quicker), _quantile(runs, 1 - share), runs[-1] * (1 + slower))
+            self._bands[share] = band
         return band
 
 
@@ -265,7 +251,7 @@ class _Cadence:
             wait = max(min(near, dense + overrun / 2), overrun / 4)
         else:
             # Nothing can end before `low`; a finish after it is caught within `near`, or within `dense`
-            # once among the last runs (never sooner: a stretch starting a hair from now is already here).
+            # once among the last runs (no wait is shorter: a dense stretch a hair away has as good as begun).
             soonest = max(elapsed, band.low)
             wait = max(dense, min(soonest + near, max(soonest, band.dense_from)) - elapsed)
         if state is JobState.IN_QUEUE:
