@@ -95,7 +95,8 @@ class PollPolicy:
     growth: float = 1.5
     max_failures: int = 6  # consecutive failed polls (each already retried by the client) before giving up
     # Only jobs still running pay for dense polls, and late finishes are the likeliest among those still
-    # running: dense for the last finishes only (tuned with benchmarks/polling.py, see RESULTS.md).
+    # running: dense for the last finishes only (tuned with benchmarks/cadence.py, confirmed by
+    # benchmarks/polling.py: see RESULTS.md).
     near: float = 0.85
     dense: float = 0.2
     dense_share: float = 0.4
