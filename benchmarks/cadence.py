@@ -2,7 +2,7 @@
 `python -m benchmarks.cadence`.
 
 For tuning `PollPolicy` before spending minutes on `benchmarks.polling`. Each job of
-`benchmarks.workload` is followed by `bot.engine._Cadence` exactly as `follow_job` does (the `/run`
+`benchmarks.workload` is followed by `bot.engine.Cadence` exactly as `follow_job` does (the `/run`
 answer stands for the first poll; every job of an endpoint shares its `EndpointStats`, which learns from
 each finished job), but RunPod's answers are computed from the job's script instead of fetched, a poll
 takes `--rtt` and a finished picture `--handle` seconds. No sockets, no pictures, no CPU contention: it
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from benchmarks.report import number, quantile, table
 from benchmarks.workload import ENDPOINTS, JobSpec, Workload, make_workload
-from bot.engine import EndpointStats, PollPolicy, _Cadence
+from bot.engine import Cadence, EndpointStats, PollPolicy
 from bot.runpod import JobState, JobStatus
 
 
@@ -53,7 +53,7 @@ def simulate(
             for run_s in workload.history[spec.name]:
                 endpoint_stats.record(run_s=run_s)
     jobs = workload.jobs
-    cadences = [_Cadence(policy, stats[job.endpoint], None) for job in jobs]
+    cadences = [Cadence(policy, stats[job.endpoint], None) for job in jobs]
     views: list[object] = [None] * len(jobs)
     unchanged = [0] * len(jobs)
     polls = [0] * len(jobs)

@@ -206,7 +206,7 @@ def _median(values: deque[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-class _Cadence:
+class Cadence:
     """One job's polling schedule: where its run started, and so how soon it can finish."""
 
     def __init__(self, policy: PollPolicy, stats: EndpointStats, submitted_at: float | None) -> None:
@@ -333,7 +333,7 @@ async def follow_job(
     `submitted_at` (on `clock`) matters when resuming a job submitted a while ago; by default the first poll
     is taken as its submission."""
     poll = poll or PollPolicy()
-    cadence = _Cadence(poll, endpoint_stats(client) if stats is None else stats, submitted_at)
+    cadence = Cadence(poll, endpoint_stats(client) if stats is None else stats, submitted_at)
     deadline = clock() + timeout if timeout is not None else None
     turns = _picture_turns()
     last: JobUpdate | None = None
