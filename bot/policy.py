@@ -159,6 +159,9 @@ class FairQueue:
         self._waiting: dict[int, dict[int, deque[Ticket]]] = {}  # guild -> member -> tickets, insertion order
         self._turn: dict[int, int] = {}  # guild -> member served last
         self._limits: dict[int, GuildPolicy] = {}
+        # guild -> waiting ticket -> place: every waiting job asks its place each second, so the order is
+        # worked out once per change of the queue, not once per question (quadratic with a long queue).
+        self._places: dict[int, dict[Ticket, int]] = {}
 
     def running(self, guild_id: int, member_id: int) -> int:
         return self._running.get((guild_id, member_id), 0)
@@ -193,10 +196,11 @@ class FairQueue:
         """1-based place in the order the queue would serve; None once admitted."""
         if ticket.admitted.done():
             return None
-        for place, waiting in enumerate(self._service_order(ticket.guild_id), start=1):
-            if waiting is ticket:
-                return place
-        return None
+        places = self._places.get(ticket.guild_id)
+        if places is None:
+            order = self._service_order(ticket.guild_id)
+            places = self._places[ticket.guild_id] = {waiting: place for place, waiting in enumerate(order, start=1)}
+        return places.get(ticket)
 
     def leave(self, ticket: Ticket) -> None:
         """The job ended (or gave up waiting): free its slot and admit whoever is next."""
@@ -235,6 +239,8 @@ class FairQueue:
         return order
 
     def _admit(self, guild_id: int) -> None:
+        """Admit whoever may go now. Every change of the queue ends here, so the places are redone too."""
+        self._places.pop(guild_id, None)
         policy = self._limits.get(guild_id)
         if policy is None:
             return

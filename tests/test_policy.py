@@ -27,6 +27,22 @@ async def test_the_fair_queue_admits_within_limits_and_serves_members_in_turn():
     assert [queue.position(t) for t in (b2, a3)] == [1, 2]
 
 
+async def test_places_follow_every_change_of_the_queue():
+    queue = FairQueue()
+    policy = GuildPolicy(member_concurrent=1, guild_concurrent=1, member_waiting=5)
+    running = queue.join(1, 100, policy)
+    a2, a3 = queue.join(1, 100, policy), queue.join(1, 100, policy)
+    b1, b2 = queue.join(1, 200, policy), queue.join(1, 200, policy)
+    assert [queue.position(t) for t in (b1, a2, b2, a3)] == [1, 2, 3, 4]
+    queue.leave(a2)  # a waiting job is cancelled: everyone behind it moves up
+    assert [queue.position(t) for t in (b1, a3, b2)] == [1, 2, 3]
+    c1 = queue.join(1, 300, policy)  # a newcomer goes before the member served last, and anyone's second
+    assert [queue.position(t) for t in (b1, c1, a3, b2)] == [1, 2, 3, 4]
+    queue.leave(running)  # b1 is admitted; c1 has not been served yet, so it comes first
+    assert b1.admitted.done() and queue.position(b1) is None
+    assert [queue.position(t) for t in (c1, a3, b2)] == [1, 2, 3]
+
+
 async def test_a_member_cannot_pile_up_more_waiting_jobs_than_allowed():
     queue = FairQueue()
     policy = GuildPolicy(member_concurrent=1, member_waiting=1)
