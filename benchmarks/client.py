@@ -124,7 +124,9 @@ def prepare(name: str, meter: DecodeMeter) -> Runner:
         importlib.import_module("aiohttp")
         for module in ("config", "errors", "params", "presets", "runpod"):
             importlib.import_module(f"bot.{module}")
-        engine, images = importlib.import_module("bot.engine"), importlib.import_module("bot.images")
+        import bot.engine as engine
+        import bot.images as images
+
         engine.find_images = meter.wrap(engine.find_images)  # base64, in a thread
         images.decode_image = meter.wrap(images.decode_image)  # Pillow, in a thread
         return lambda config, rows: asyncio.run(run_ours(config, rows))

@@ -198,7 +198,7 @@ async def run_round(spec: RoundSpec, *, startup: float, timeout: float, grace: f
             await burst
     finally:
         await double.close()
-    reports = {}
+    reports: dict[str, dict[str, Any]] = {}
     for (client, (process, _)), result in zip(processes.items(), results, strict=True):
         if isinstance(result, TimeoutError):  # it could not even stop: nothing it did can be counted
             rows = [[job.index, None, None, "killed: it did not stop at the deadline"] for job in spec.jobs]
@@ -422,12 +422,12 @@ def round_table(results: Sequence[ClientResult]) -> str:
                 number(r.lag_max),
                 f"{number(r.seen_p50)} + {number(r.handled_p50)}",
                 number(r.status_per_job, 1),
-                _ratio(r.status_per_job, official and official.status_per_job),
+                _ratio(r.status_per_job, official.status_per_job if official else None),
                 str(r.peak_status_per_window),
                 number(r.cpu_ms_per_job, 1),
-                _ratio(r.cpu_ms_per_job, official and official.cpu_ms_per_job),
+                _ratio(r.cpu_ms_per_job, official.cpu_ms_per_job if official else None),
                 number(r.wait_cpu_ms_per_job, 1),
-                _ratio(r.wait_cpu_ms_per_job, official and official.wait_cpu_ms_per_job),
+                _ratio(r.wait_cpu_ms_per_job, official.wait_cpu_ms_per_job if official else None),
                 number(r.peak_rss_mb, 0),
             ]
         )
