@@ -44,8 +44,8 @@ def decode_first(output: Any) -> tuple[int, int]:
 
 
 def run_official(config: dict[str, Any], rows: Rows) -> None:
-    import runpod  # type: ignore[import-untyped]  # only this process pays for importing it
-    from runpod.http_client import AsyncClientSession  # type: ignore[import-untyped]
+    import runpod  # type: ignore[import-untyped, import-not-found]  # only this process pays for importing it
+    from runpod.http_client import AsyncClientSession  # type: ignore[import-untyped, import-not-found]
 
     runpod.api_key = config["api_key"]
     runpod.endpoint_url_base = config["api_url"]  # read by AsyncioEndpoint and AsyncioJob when made
@@ -75,7 +75,7 @@ def run_official(config: dict[str, Any], rows: Rows) -> None:
 
 
 def run_original(config: dict[str, Any], rows: Rows) -> None:
-    import requests
+    import requests  # type: ignore[import-untyped, import-not-found]
 
     headers = {"Authorization": f"Bearer {config['api_key']}"}
 
