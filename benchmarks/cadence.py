@@ -4,10 +4,11 @@
 For tuning `PollPolicy` before spending minutes on `benchmarks.polling`. Each job of
 `benchmarks.workload` is followed by `bot.engine.Cadence` exactly as `follow_job` does (the `/run`
 answer stands for the first poll; every job of an endpoint shares its `EndpointStats`, which learns from
-each finished job), but RunPod's answers are computed from the job's script instead of fetched, a poll
-takes `--rtt` and a finished picture `--handle` seconds. No sockets, no pictures, no CPU contention: it
-measures the schedule only. On 2026-11-23 it came within 3 % of the real benchmark's status requests per
-job and within 0.01 s of its lag p50 and p99, at N = 100 and 1000.
+each finished job), but RunPod's answers are the loopback double's (`tests.doubles.runpod.Job.view`) at
+the virtual moment instead of fetched, a poll takes `--rtt` and a finished picture `--handle` seconds.
+No sockets, no pictures, no CPU contention: it measures the schedule only. On 2026-11-23 it came within
+3 % of the real benchmark's status requests per job and within 0.01 s of its lag p50 and p99, at N = 100
+and 1000.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from benchmarks.report import number, quantile, table
 from benchmarks.workload import ENDPOINTS, JobSpec, Workload, make_workload
 from bot.engine import Cadence, EndpointStats, PollPolicy
-from bot.runpod import JobState, JobStatus
+from bot.runpod import parse_status
+from tests.doubles.runpod import Job, Script
 
 
 @dataclass(frozen=True)
@@ -33,15 +35,10 @@ class CadenceResult:
     status_per_job_by_endpoint: dict[str, float]
 
 
-def status_at(job: JobSpec, at: float) -> JobStatus:
-    """What RunPod answers about `job` at `at` (seconds after the round's start), as the double would."""
-    start = job.arrival_s + job.queue_s
-    job_id, delay_ms = str(job.index), round(job.queue_s * 1000)
-    if at < start:
-        return JobStatus(job_id, JobState.IN_QUEUE)
-    if at < start + job.run_s:
-        return JobStatus(job_id, JobState.IN_PROGRESS, delay_ms=delay_ms, worker_id="w")
-    return JobStatus(job_id, JobState.COMPLETED, delay_ms=delay_ms, execution_ms=round(job.run_s * 1000))
+def double_job(job: JobSpec) -> Job:
+    """The RunPod double's own job for this script, submitted when the workload says."""
+    script = Script(queue_s=job.queue_s, run_s=job.run_s)
+    return Job(str(job.index), "bench", {}, None, None, "", script, submitted_at=job.arrival_s)
 
 
 def simulate(
@@ -53,6 +50,7 @@ def simulate(
             for run_s in workload.history[spec.name]:
                 endpoint_stats.record(run_s=run_s)
     jobs = workload.jobs
+    doubles = [double_job(job) for job in jobs]
     cadences = [Cadence(policy, stats[job.endpoint], None) for job in jobs]
     views: list[object] = [None] * len(jobs)
     unchanged = [0] * len(jobs)
@@ -66,10 +64,12 @@ def simulate(
         job = jobs[index]
         received = sent + rtt if is_poll else sent
         polls[index] += is_poll
-        status = status_at(job, sent)
-        if status.state is JobState.COMPLETED:
+        double = doubles[index]
+        status = parse_status(double.view(sent), "status")
+        finished = double.finished_at(sent)
+        if finished is not None:
             stats[job.endpoint].record_status(status)
-            lags.append(received + handle - (job.arrival_s + job.queue_s + job.run_s))
+            lags.append(received + handle - finished)
             continue
         cadence = cadences[index]
         cadence.observe(status, sent, received)

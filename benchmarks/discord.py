@@ -33,11 +33,19 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import machine, number, peak_in_window, quantile, table
+from benchmarks.report import (
+    command_line,
+    describe_machine,
+    machine,
+    now_utc,
+    number,
+    peak_in_window,
+    quantile,
+    table,
+)
 from benchmarks.workload import job_index, make_png, prompt_for, worker_output
 from bot.jobs import RunnerOptions
 from bot.policy import GuildPolicy
@@ -323,9 +331,9 @@ async def benchmark(args: argparse.Namespace) -> Run:
         "rate_limits": limits,
     }
     report = Report(
-        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        date=now_utc(),
         machine=machine(),
-        command=" ".join(["python -m benchmarks.discord", *args.argv]),
+        command=command_line("benchmarks.discord", args.argv),
         settings=settings,
         scenarios=[round_.scenario for round_ in rounds],
         duration_s=time.monotonic() - begun,
@@ -446,15 +454,14 @@ def _title(scenario: Scenario, jobs: int) -> str:
 
 
 def markdown(report: Report) -> str:
-    m, s = report.machine, report.settings
+    s = report.settings
     limits: RateLimits = s["rate_limits"]
     parts = [
         "# Discord benchmark: latest results",
         "",
         f"Run on {report.date} by `{report.command}` ({report.duration_s:.0f} s).",
         "",
-        f"Machine: {m['cpus']} CPUs ({m['cpu_model'] or 'unknown model'}), `uname -m` {m['machine']}, "
-        f"{m['system']}, Python {m['python']}.",
+        describe_machine(report.machine),
         "",
         f"Workload: {s['jobs']} members send `/imagine` in one channel at the same moment; each job queues "
         f"{s['queue_s'][0]:g}-{s['queue_s'][1]:g} s and runs {s['run_s'][0]:g}-{s['run_s'][1]:g} s on the RunPod "

@@ -37,12 +37,20 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from benchmarks import peers
-from benchmarks.report import machine, number, peak_in_window, quantile, table
+from benchmarks.report import (
+    command_line,
+    describe_machine,
+    machine,
+    now_utc,
+    number,
+    peak_in_window,
+    quantile,
+    table,
+)
 from benchmarks.workload import (
     ENDPOINTS,
     EndpointSpec,
@@ -382,9 +390,9 @@ async def benchmark(args: argparse.Namespace) -> Report:
         outcome = await run_round(spec, startup=startup, timeout=window[1] + 120)
         burst = [burst_result(outcome, client, window) for client in clients]
     return Report(
-        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        date=now_utc(),
         machine=machine(),
-        command=" ".join(["python -m benchmarks.polling", *args.argv]),
+        command=command_line("benchmarks.polling", args.argv),
         settings={
             "jobs": args.jobs,
             "spread": args.spread,
@@ -518,15 +526,13 @@ def targets(report: Report) -> list[tuple[str, bool]]:
 
 
 def markdown(report: Report) -> str:
-    m = report.machine
     s = report.settings
     parts = [
         "# Polling benchmark: latest results",
         "",
         f"Run on {report.date} by `{report.command}` ({report.duration_s / 60:.1f} min).",
         "",
-        f"Machine: {m['cpus']} CPUs ({m['cpu_model'] or 'unknown model'}), `uname -m` {m['machine']}, "
-        f"{m['system']}, Python {m['python']}.",
+        describe_machine(report.machine),
         "",
         f"Workload: {', '.join(map(str, s['jobs']))} jobs over four endpoints (runs centred on "
         f"{', '.join(f'{e.typical_run_s:g}' for e in ENDPOINTS)} s, log-normal sigma {s['spread']}), 25 % cold "

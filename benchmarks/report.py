@@ -1,10 +1,11 @@
-"""What both benchmarks measure and print with: quantiles, busiest windows, the machine, Markdown tables."""
+"""What the benchmarks measure and print with: quantiles, busiest windows, when and where they ran, tables."""
 
 from __future__ import annotations
 
 import os
 import platform
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,23 @@ def machine() -> dict[str, Any]:
         "machine": platform.machine(),
         "system": f"{platform.system()} {platform.release()}",
     }
+
+
+def describe_machine(machine: dict[str, Any]) -> str:
+    """`machine()`'s answer as the results files print it."""
+    return (
+        f"Machine: {machine['cpus']} CPUs ({machine['cpu_model'] or 'unknown model'}), `uname -m` "
+        f"{machine['machine']}, {machine['system']}, Python {machine['python']}."
+    )
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def command_line(module: str, argv: Sequence[str]) -> str:
+    """How to run it again."""
+    return " ".join([f"python -m {module}", *argv])
 
 
 def number(value: float | None, digits: int = 2) -> str:

@@ -116,7 +116,7 @@ RUNPOD_RATE_LIMITS: Mapping[str, RateLimit] = {
 
 
 class RateLimiters:
-    """One `RateLimiter` per (API root, endpoint, operation), shared by every client that uses this registry.
+    """One `RateLimiter` per (endpoint, operation), shared by every client that uses this registry.
 
     `headroom` and `slack` keep us under RunPod's own count: 10 % fewer requests, in a window half a second
     longer, so that network jitter between our clock and RunPod's cannot squeeze two bursts into one window."""
@@ -133,13 +133,14 @@ class RateLimiters:
         self._headroom = headroom
         self._slack = slack
         self._clock = clock
-        self._limiters: dict[tuple[str, str, str], RateLimiter] = {}
+        self._limiters: dict[tuple[str, str], RateLimiter] = {}
 
-    def get(self, api_url: str, endpoint_id: str, operation: str) -> RateLimiter | None:
+    def get(self, endpoint_url: str, operation: str) -> RateLimiter | None:
+        """`endpoint_url` as `endpoint_url()` makes it: the same endpoint under any spelling of its API root."""
         rule = self._limits.get(operation)
         if rule is None:
             return None
-        key = (api_url.rstrip("/"), endpoint_id, operation)
+        key = (endpoint_url, operation)
         limiter = self._limiters.get(key)
         if limiter is None:
             limit = max(1, int(rule.requests * self._headroom))
@@ -169,7 +170,6 @@ class RunPodClient:
         self.endpoint_id = endpoint_id
         self._session = session
         self._api_key = api_key
-        self._api_url = api_url.rstrip("/")
         self._base = endpoint_url(api_url, endpoint_id)
         self._limiters = SHARED_RATE_LIMITERS if limiters is None else limiters
         self._retry = retry or RetryPolicy()
@@ -181,7 +181,6 @@ class RunPodClient:
 
     @property
     def endpoint_url(self) -> str:
-        """The endpoint's API root: what identifies "the same endpoint" for limits and learned timings."""
         return self._base
 
     async def run(self, job_input: dict[str, Any], *, policy: dict[str, Any] | None = None) -> JobStatus:
@@ -189,15 +188,15 @@ class RunPodClient:
         if policy:
             body["policy"] = policy
         data = await self._request("POST", "run", body=body, retry_ambiguous=False)
-        return _parse_status(data, "run")
+        return parse_status(data, "run")
 
     async def status(self, job_id: str, *, admit: Admit | None = None) -> JobStatus:
         data = await self._request("GET", f"status/{_job_path(job_id)}", job_id=job_id, admit=admit)
-        return _parse_status(data, "status")
+        return parse_status(data, "status")
 
     async def cancel(self, job_id: str) -> JobStatus:
         data = await self._request("POST", f"cancel/{_job_path(job_id)}", job_id=job_id)
-        return _parse_status(data, "cancel")
+        return parse_status(data, "cancel")
 
     async def health(self) -> Health:
         data = await self._request("GET", "health")
@@ -230,7 +229,7 @@ class RunPodClient:
         those are retried only after a 429 or a failure to connect, when RunPod surely did nothing."""
         operation = path.split("/")[0]
         headers = {"Authorization": f"Bearer {self._api_key.reveal()}"}
-        limiter = self._limiters.get(self._api_url, self.endpoint_id, operation)
+        limiter = self._limiters.get(self._base, operation)
         failure: RunPodError = RunPodUnavailable("RunPod could not be reached.")
         for attempt in range(self._retry.attempts):
             delay = self._retry.backoff(attempt)
@@ -306,7 +305,8 @@ def _parse_json(payload: bytes, operation: str) -> dict[str, Any]:
     return data
 
 
-def _parse_status(data: dict[str, Any], operation: str) -> JobStatus:
+def parse_status(data: dict[str, Any], operation: str) -> JobStatus:
+    """A job's status from RunPod's JSON answer to `operation`."""
     job_id, raw_state = data.get("id"), data.get("status")
     if raw_state == "RUNNING":  # documented but never sent; accept it as its real name
         raw_state = "IN_PROGRESS"

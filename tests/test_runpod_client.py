@@ -24,6 +24,7 @@ from bot.runpod import (
     RateLimiters,
     RetryPolicy,
     RunPodClient,
+    endpoint_url,
 )
 from tests.conftest import API_KEY, ENDPOINT, FAST_RETRY
 from tests.doubles.runpod import Script
@@ -256,14 +257,14 @@ def test_the_limiter_grants_slots_again_once_the_window_has_passed():
 
 def test_one_limiter_per_endpoint_and_operation_whatever_the_client():
     limiters = RateLimiters()
-    status = limiters.get("https://api.runpod.ai/v2/", "ep1", "status")
-    assert status is limiters.get("https://api.runpod.ai/v2", "ep1", "status")
-    assert status is not limiters.get("https://api.runpod.ai/v2", "ep2", "status")
-    assert status is not limiters.get("https://api.runpod.ai/v2", "ep1", "cancel")
-    assert limiters.get("https://api.runpod.ai/v2", "ep1", "webhook") is None
+    status = limiters.get(endpoint_url("https://api.runpod.ai/v2/", "ep1"), "status")
+    assert status is limiters.get(endpoint_url("https://api.runpod.ai/v2", "ep1"), "status")
+    assert status is not limiters.get(endpoint_url("https://api.runpod.ai/v2", "ep2"), "status")
+    assert status is not limiters.get(endpoint_url("https://api.runpod.ai/v2", "ep1"), "cancel")
+    assert limiters.get(endpoint_url("https://api.runpod.ai/v2", "ep1"), "webhook") is None
     # RunPod's documented 2000 /status per 10 s, kept 10 % below and in a window half a second longer.
     assert (status.limit, status.window) == (1800, 10.5)
-    assert limiters.get("https://api.runpod.ai/v2", "ep1", "cancel").limit == 90
+    assert limiters.get(endpoint_url("https://api.runpod.ai/v2", "ep1"), "cancel").limit == 90
 
 
 def test_clients_share_the_default_limiters(session):
