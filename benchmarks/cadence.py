@@ -2,9 +2,9 @@
 `python -m benchmarks.cadence`.
 
 For tuning `PollPolicy` before spending minutes on `benchmarks.polling`. Each job of
-`benchmarks.workload` is followed by `bot.engine.Cadence` exactly as `follow_job` does (the `/run`
+`benchmarks.workload` is followed by `bot.polling.Cadence` exactly as `follow_job` does (the `/run`
 answer stands for the first poll; every job of an endpoint shares its `EndpointStats`, which learns from
-each finished job), but RunPod's answers are the loopback double's (`tests.doubles.runpod.Job.view`) at
+each finished job), but RunPod's answers are the loopback double's (`doubles.runpod.Job.view`) at
 the virtual moment instead of fetched, a poll takes `--rtt` and a finished picture `--handle` seconds.
 No sockets, no pictures, no CPU contention: it measures the schedule only. On 2026-11-23 it came within
 3 % of the real benchmark's status requests per job and within 0.01 s of its lag p50 and p99, at N = 100
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from benchmarks.report import number, quantile, table
 from benchmarks.workload import ENDPOINTS, JobSpec, Workload, make_workload
-from bot.engine import Cadence, EndpointStats, PollPolicy
+from bot.polling import Cadence, EndpointStats, PollPolicy
 from bot.runpod import parse_status
-from tests.doubles.runpod import Job, Script
+from doubles.runpod import Job, Script
 
 
 @dataclass(frozen=True)

@@ -50,37 +50,34 @@ async def sleep_until(moment: float) -> None:
 
 
 async def run_ours(config: dict[str, Any], rows: Rows) -> None:
-    """The bot's own path: `submit_job`, then `follow_job` with the shared `ImageFetcher`."""
+    """The bot's own path: `submit_job`, then `follow_job`, all jobs sharing one `RunPodContext`."""
     import aiohttp
 
     from bot.config import Secret
-    from bot.engine import JobResult, endpoint_stats, follow_job, submit_job
+    from bot.engine import JobResult, RunPodContext, follow_job, submit_job
     from bot.errors import BotError
     from bot.images import ImageFetcher
     from bot.params import GenerationParams
     from bot.presets import PRESETS
-    from bot.runpod import RunPodClient
 
-    key, api_url, endpoints = Secret(config["api_key"]), config["api_url"], config["endpoints"]
+    key, endpoints = Secret(config["api_key"]), config["endpoints"]
     async with aiohttp.ClientSession() as session, ImageFetcher() as fetcher:
-
-        def client_for(endpoint: str) -> RunPodClient:
-            return RunPodClient(session, api_key=key, endpoint_id=endpoint, api_url=api_url)
+        context = RunPodContext(session, fetcher, api_url=config["api_url"])
 
         # A bot that has run before knows its endpoints' run times (e.g. from its job ledger).
         for position, runs in enumerate(config.get("history") or []):
-            stats = endpoint_stats(client_for(endpoints[position]))
+            stats = context.stats(endpoints[position])
             for run_s in runs:
                 stats.record(run_s=run_s)
 
         async def one(spec: JobSpec) -> None:
             await sleep_until(config["t0"] + spec.arrival_s)
-            client, row = client_for(endpoints[spec.endpoint]), rows[spec.index]
+            client, row = context.client(key, endpoints[spec.endpoint]), rows[spec.index]
             try:
                 params = GenerationParams(prompt_for(spec.index), seed=spec.index)
                 submitted = await submit_job(client, params, PRESETS["sdxl"])
                 row[1] = submitted.id
-                async for event in follow_job(client, row[1], fetcher, timeout=config["timeout"], submitted=submitted):
+                async for event in follow_job(context, client, row[1], timeout=config["timeout"], submitted=submitted):
                     if isinstance(event, JobResult):
                         row[2:] = [time.monotonic(), None]
                         return

@@ -2,7 +2,7 @@
 
 The real bot (`tests.harness.running_bot`: the real discord.py client, the bot's real runner options) runs
 in this process against both loopback doubles. The Discord double enforces Discord's rate limits
-(`tests.doubles.discord.RateLimits`: 50 requests/s per bot token, 5 per 2 s per interaction token, 5 per
+(`doubles.discord.RateLimits`: 50 requests/s per bot token, 5 per 2 s per interaction token, 5 per
 5 s per channel for channel messages, 30 per 60 s per channel for webhook messages) and the 3 s deadline
 for answering an interaction; the RunPod double plays the workers.
 
@@ -49,8 +49,7 @@ from benchmarks.report import (
 from benchmarks.workload import job_index, make_png, prompt_for, worker_output
 from bot.jobs import RunnerOptions
 from bot.policy import GuildPolicy
-from tests.conftest import API_KEY, ENDPOINT
-from tests.doubles.discord import (
+from doubles.discord import (
     DEFAULT_GUILD_ID,
     DEFAULT_USER_ID,
     DiscordDouble,
@@ -60,7 +59,8 @@ from tests.doubles.discord import (
     Recorded,
     UserSpec,
 )
-from tests.doubles.runpod import RunPodDouble, Script
+from doubles.runpod import RunPodDouble, Script
+from tests.conftest import API_KEY, ENDPOINT
 from tests.harness import Harness, running_bot
 
 DONE_TITLE = "✅ Done"
@@ -270,7 +270,7 @@ async def run_scenario(
         # running_bot installs the tests' default worker; these jobs bring their own.
         runpod.default_script = lambda job_input: replace(scripts[job_index(job_input)])
         policy = GuildPolicy(guild_concurrent=concurrent, member_concurrent=1, member_waiting=1)
-        await harness.bot.runner.storage.save_guild_policy(DEFAULT_GUILD_ID, policy.to_json())
+        await harness.bot.storage.save_guild_policy(DEFAULT_GUILD_ID, policy.to_json())
         before = len(discord_double.calls)
         interactions = [
             discord_double.slash("imagine", {"prompt": prompt_for(plan.index)}, user=member(plan.index))

@@ -1,6 +1,6 @@
 """How soon, and how cheaply, each client gets a finished picture: `python -m benchmarks.polling`.
 
-The loopback RunPod double (`tests.doubles.runpod`) runs in this process; every client runs in its own
+The loopback RunPod double (`doubles.runpod`) runs in this process; every client runs in its own
 subprocess (`benchmarks.client`), so the CPU time and peak RSS it reports are its own. Clients:
 
 - `ours`: `bot.engine.submit_job` + `follow_job` + `bot.images.ImageFetcher`, as the bot runs them;
@@ -62,7 +62,7 @@ from benchmarks.workload import (
     worker_output,
 )
 from bot.runpod import RUNPOD_RATE_LIMITS
-from tests.doubles.runpod import RecordedRequest, RunPodDouble, Script
+from doubles.runpod import RecordedRequest, RunPodDouble, Script
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key"

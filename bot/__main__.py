@@ -13,6 +13,7 @@ import discord
 
 from bot import generate
 from bot.config import Settings, configure_logging, load_settings
+from bot.engine import RunPodContext
 from bot.errors import BotError, ConfigError
 from bot.images import ImageFetcher
 from bot.storage import Storage
@@ -41,7 +42,8 @@ async def run_bot(settings: Settings, *, sync_only: bool = False) -> None:
     token = settings.require_discord_token()
     storage = await Storage.open(settings.database_url.reveal())
     async with aiohttp.ClientSession() as session, ImageFetcher() as fetcher:
-        bot = make_bot(settings, storage=storage, session=session, fetcher=fetcher)
+        runpod = RunPodContext(session, fetcher, api_url=settings.runpod_api_url)
+        bot = make_bot(settings, storage=storage, runpod=runpod)
         loop = asyncio.get_running_loop()
         closing: set[asyncio.Task[None]] = set()
 
@@ -77,13 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         return check.main()
     try:
         settings = load_settings()
-        secrets = (settings.discord_token, settings.runpod_api_key, settings.database_url, *settings.encryption_keys)
         if args.command == "generate":
-            configure_logging(settings.log_level, sys.stderr, secrets)  # stdout carries the saved paths
+            configure_logging(settings.log_level, sys.stderr, settings.secrets)  # stdout carries the saved paths
             for path in asyncio.run(generate.generate(args, settings)):
                 print(path)
             return 0
-        configure_logging(settings.log_level, sys.stdout, secrets)
+        configure_logging(settings.log_level, sys.stdout, settings.secrets)
         asyncio.run(run_bot(settings, sync_only=args.command == "sync"))
         return 0
     except ConfigError as error:

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 from typing import Any
 
-import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.buttons import JobButton
 from bot.config import Settings
-from bot.images import ImageFetcher
+from bot.crypto import Vault
+from bot.endpoints import Endpoints
+from bot.engine import RunPodContext
 from bot.jobs import JobRunner, RunnerOptions
 from bot.replies import explain, reply_privately
 from bot.storage import Storage
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.runpod")
+EXTENSIONS = ("cogs.imagine", "cogs.admin")
 
 
 class ImagineTree(app_commands.CommandTree["ImagineBot"]):
@@ -40,8 +41,7 @@ class ImagineBot(commands.Bot):
         settings: Settings,
         *,
         storage: Storage,
-        session: aiohttp.ClientSession,
-        fetcher: ImageFetcher,
+        runpod: RunPodContext,
         runner_options: RunnerOptions | None = None,
         **options: Any,
     ) -> None:
@@ -54,13 +54,19 @@ class ImagineBot(commands.Bot):
             **options,
         )
         self.settings = settings
-        self.runner = JobRunner(self, settings, storage, session, fetcher, runner_options)
+        self.storage = storage
+        vault = Vault(settings.encryption_keys)
+        self.endpoints = Endpoints(settings, storage, vault, runpod)
+        self.runner = JobRunner(self, settings, storage, vault, runpod, self.endpoints, runner_options)
         self._closing: asyncio.Task[None] | None = None
         self._resuming: asyncio.Task[None] | None = None
         self._sweeping: asyncio.Task[None] | None = None
 
+    def now(self) -> datetime:
+        """The bot's one idea of now (tests move it): quotas and usage count days by it."""
+        return self.runner.options.clock()
+
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(JobButton)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         for guild_id in self.settings.guild_ids:
@@ -75,8 +81,8 @@ class ImagineBot(commands.Bot):
     async def connect(self, *, reconnect: bool = True) -> None:
         # Only a bot that goes online resumes jobs (`python -m bot sync` logs in and leaves). REST works
         # before the gateway is up, so jobs from before a restart resume at once.
-        await self.runner.rotate_keys()
-        await self.runner.recall_run_times()
+        await self.endpoints.rotate_keys()
+        await self.endpoints.recall_run_times()
         self._resuming = asyncio.create_task(self.runner.resume_all(), name="resume jobs")
         self._sweeping = asyncio.create_task(self.runner.sweep_forever(), name="sweep stale jobs")
         await super().connect(reconnect=reconnect)

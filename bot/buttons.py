@@ -1,54 +1,61 @@
-"""Buttons that outlive the process: the custom_id carries the action word and the job's ledger id
-(the request's interaction id, which exists before RunPod's job id does), and a click is resolved from
-the ledger, so a message posted before a restart still works."""
+"""Buttons that outlive the process: the custom_id carries the action and the job's ledger id (the
+request's interaction id, which exists before RunPod's job id does), so a message posted before a
+restart still works.
+
+A click is handed on as the `job_button` event; `cogs/imagine.py` listens for it and acts. Views are
+built here, so the job runner can show buttons without knowing what they do.
+"""
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from enum import StrEnum
+from typing import Any
 
 import discord
 
-from bot.replies import explain, reply_privately
 
-if TYPE_CHECKING:
-    from bot.bot import ImagineBot
+class ButtonAction(StrEnum):
+    CANCEL = "cancel"
+    REROLL = "reroll"
+    EDIT = "edit"
+    INFO = "info"
+    DELETE = "delete"
 
-_STYLES = {
-    "cancel": ("Cancel", discord.ButtonStyle.secondary),
-    "reroll": ("Reroll", discord.ButtonStyle.primary),
-    "edit": ("Edit", discord.ButtonStyle.secondary),
-    "info": ("Info", discord.ButtonStyle.secondary),
-    "delete": ("Delete", discord.ButtonStyle.danger),
+
+RESULT_ACTIONS = (ButtonAction.REROLL, ButtonAction.EDIT, ButtonAction.INFO, ButtonAction.DELETE)
+
+_LOOKS = {
+    ButtonAction.CANCEL: ("Cancel", discord.ButtonStyle.secondary),
+    ButtonAction.REROLL: ("Reroll", discord.ButtonStyle.primary),
+    ButtonAction.EDIT: ("Edit", discord.ButtonStyle.secondary),
+    ButtonAction.INFO: ("Info", discord.ButtonStyle.secondary),
+    ButtonAction.DELETE: ("Delete", discord.ButtonStyle.danger),
 }
 
 
 class JobButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"imagine:(?P<action>cancel|reroll|edit|info|delete):(?P<job_id>[\w-]{1,80})",
+    template=rf"imagine:(?P<action>{'|'.join(ButtonAction)}):(?P<key>[\w-]{{1,80}})",
 ):
-    def __init__(self, action: str, job_id: str) -> None:
-        label, style = _STYLES[action]
-        super().__init__(discord.ui.Button(label=label, style=style, custom_id=f"imagine:{action}:{job_id}"))
+    def __init__(self, action: ButtonAction, key: str) -> None:
+        label, style = _LOOKS[action]
+        super().__init__(discord.ui.Button(label=label, style=style, custom_id=f"imagine:{action}:{key}"))
         self.action = action
-        self.job_id = job_id
+        self.key = key
 
     @classmethod
     async def from_custom_id(
         cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
     ) -> JobButton:
-        return cls(match["action"], match["job_id"])
+        return cls(ButtonAction(match["action"]), match["key"])
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        bot: ImagineBot = interaction.client
-        try:
-            await bot.runner.on_button(interaction, self.action, self.job_id)
-        except Exception as error:  # a button has no command tree to report to
-            await reply_privately(interaction, explain(interaction, error))
+        interaction.client.dispatch("job_button", interaction, self.action, self.key)
 
 
-def job_view(job_id: str, *actions: str) -> discord.ui.View:
+def job_view(key: str, *actions: ButtonAction) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for action in actions:
-        view.add_item(JobButton(action, job_id))
+        view.add_item(JobButton(action, key))
     return view

@@ -26,8 +26,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bot.config import Secret, Settings, configure_logging, load_settings
+from bot.config import SECRET_VARIABLES, Secret, Settings, configure_logging, load_settings, normalise_database_url
 from bot.crypto import UndecryptableSecret, Vault
+from bot.engine import RunPodContext
 from bot.errors import (
     ConfigError,
     RunPodAuthError,
@@ -144,7 +145,8 @@ async def check_discord(settings: Settings) -> DiscordResult:
     placeholder = Storage(create_async_engine("sqlite+aiosqlite://"))
     try:
         async with aiohttp.ClientSession() as session, ImageFetcher() as fetcher:
-            bot = inspector_class()(settings, storage=placeholder, session=session, fetcher=fetcher)
+            runpod = RunPodContext(session, fetcher, api_url=settings.runpod_api_url)
+            bot = inspector_class()(settings, storage=placeholder, runpod=runpod)
             async with bot:
                 failure = await _login(bot, settings.discord_token)
                 if failure is not None:
@@ -217,7 +219,7 @@ async def _commands_line(bot: ImagineBot, settings: Settings) -> Line:
 
 def _describe_database(url: str) -> tuple[str, Path | None]:
     """Where the database is, without user or password; and the SQLite file, if it is one."""
-    parsed = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
+    parsed = make_url(normalise_database_url(url))
     if parsed.get_backend_name() == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
             return "SQLite in memory", None
@@ -469,13 +471,10 @@ def summary(lines: Iterable[Line]) -> str:
 def _secrets(settings: Settings | None) -> list[str]:
     if settings is None:
         # Nothing loaded: scrub whatever the environment holds under the secret names.
-        names = ("DISCORD_TOKEN", "RUNPOD_API_KEY", "RUNPOD_KEY", "BOT_ENCRYPTION_KEY")
-        values = [os.environ.get(name, "") for name in names]
-        values += os.environ.get("BOT_ENCRYPTION_KEY", "").split(",")
+        values = [part for name in SECRET_VARIABLES for part in os.environ.get(name, "").split(",")]
         database = os.environ.get("DATABASE_URL", "")
     else:
-        values = [secret.reveal() for secret in (settings.discord_token, settings.runpod_api_key) if secret]
-        values += [key.reveal() for key in settings.encryption_keys]
+        values = [secret.reveal() for secret in settings.secrets if secret is not settings.database_url]
         database = settings.database_url.reveal()
     with contextlib.suppress(Exception):  # a URL that does not parse has no password to hide
         values.append(make_url(database).password or "")
@@ -499,11 +498,7 @@ def main(out: TextIO | None = None) -> int:
         lines.insert(0, Line(OK, "configuration", "every variable is well-formed"))
         # Library chatter would drown the report: below WARNING only when asked for DEBUG. On stderr, scrubbed.
         level = "WARNING" if settings.log_level == "INFO" else settings.log_level
-        configure_logging(
-            level,
-            sys.stderr,
-            (settings.discord_token, settings.runpod_api_key, settings.database_url, *settings.encryption_keys),
-        )
+        configure_logging(level, sys.stderr, settings.secrets)
         # discord.client warns about voice support (never used) and the interactions URL (a line of its own).
         logging.getLogger("discord.client").setLevel(logging.ERROR)
         lines += asyncio.run(run_checks(settings))

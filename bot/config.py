@@ -25,6 +25,9 @@ DEFAULT_RUNPOD_API_URL = "https://api.runpod.ai/v2"
 DEFAULT_DATABASE_URL = "sqlite:///data/bot.db"
 _DATABASE_SCHEMES = ("sqlite", "postgres", "postgresql")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The variables whose values are secrets: never in a log line or in `python -m bot check`'s report.
+# BOT_ENCRYPTION_KEY may list several keys; of DATABASE_URL, the password is what matters.
+SECRET_VARIABLES = ("DISCORD_TOKEN", "RUNPOD_API_KEY", "RUNPOD_KEY", "BOT_ENCRYPTION_KEY", "DATABASE_URL")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,12 @@ class Settings:
     shard_count: int | None = None  # sharded over several processes when set
     shard_ids: tuple[int, ...] | None = None  # this process's shards; all of them when unset
     log_level: str = "INFO"
+
+    @property
+    def secrets(self) -> tuple[Secret, ...]:
+        """The values of SECRET_VARIABLES, as loaded."""
+        loaded = (self.discord_token, self.runpod_api_key, self.database_url, *self.encryption_keys)
+        return tuple(secret for secret in loaded if secret is not None)
 
     def owns_guild(self, guild_id: int | None) -> bool:
         """Whether this process's shards receive that guild's events (DMs go to shard 0)."""
@@ -143,6 +152,11 @@ def _endpoint_id(value: str | None) -> str | None:
     if not value.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"RUNPOD_ENDPOINT_ID must be an endpoint id such as 'abc123xyz', not {value!r}")
     return value
+
+
+def normalise_database_url(url: str) -> str:
+    """Heroku's `postgres://` is SQLAlchemy's `postgresql://`; every other URL is kept as written."""
+    return url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url
 
 
 def _database_url(value: str) -> str:

@@ -2,14 +2,13 @@
 
 `follow_job` yields a `JobUpdate` whenever something a person would notice changes (state, worker,
 progress) and finally a `JobResult` with the decoded pictures; every other ending raises a `JobError`
-whose message says what happened.
+whose message says what happened. How often it polls is `bot.polling`'s business.
 
-Polling adapts to the endpoint. `EndpointStats` (one per endpoint, shared by all its jobs) learns from
-finished jobs how long they ran. A job's start is known precisely from `delayTime` (submission + queue
-time), so the engine does not poll while the job cannot be done yet, polls every `near` seconds while it
-may be, and every `dense` seconds once it is among the last to finish. Until an endpoint has taught
-anything, `PollPolicy.delay`'s plain backoff is used. Finished pictures are read and checked a few at a
-time per process (`_picture_turns`), so a flood of finishes queues fairly instead of filling the memory.
+Everything jobs share on RunPod lives in one `RunPodContext`, built once by `python -m bot` and by
+`generate` (tests build their own): the HTTP session, the API root, the rate limiters, what each
+endpoint's jobs taught about their timing, and the turns for checking pictures. Finished pictures are read
+and checked a few at a time (`RunPodContext.picture_turns`), so a flood of finishes queues fairly instead
+of filling the memory.
 """
 
 from __future__ import annotations
@@ -19,14 +18,14 @@ import json
 import logging
 import os
 import re
-import statistics
 import time
-import weakref
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeGuard
 
+import aiohttp
+
+from bot.config import DEFAULT_RUNPOD_API_URL, Secret
 from bot.errors import (
     JobCancelled,
     JobExpired,
@@ -41,8 +40,9 @@ from bot.errors import (
 )
 from bot.images import DecodedImage, ImageFetcher, find_images
 from bot.params import GenerationParams
+from bot.polling import Cadence, EndpointStats, PollPolicy
 from bot.presets import WorkerPreset
-from bot.runpod import JobState, JobStatus, RunPodClient
+from bot.runpod import JobState, JobStatus, RateLimiters, RetryPolicy, RunPodClient, endpoint_url
 
 log = logging.getLogger(__name__)
 
@@ -79,203 +79,55 @@ class JobResult:
     worker_id: str | None = None
 
 
-@dataclass(frozen=True)
-class PollPolicy:
-    """How often to poll.
-
-    Before the endpoint's run times are known: quickly after a change, then back off while nothing moves
-    (`queued`, `running`: first and longest interval; a running job is polled about once a second, as the
-    official client does). Once they are known: not at all while the job cannot be finished yet, every
-    `near` s while it may be, and every `dense` s once it has run longer than all but the last
-    `dense_share` of past runs (both intervals capped by `running[1]`, so fast test policies stay fast).
-    No wait is ever longer than `longest`."""
-
-    queued: tuple[float, float] = (1.0, 4.0)  # first and longest interval while IN_QUEUE
-    running: tuple[float, float] = (0.5, 1.0)
-    growth: float = 1.5
-    max_failures: int = 6  # consecutive failed polls (each already retried by the client) before giving up
-    # Only jobs still running pay for dense polls, and late finishes are the likeliest among those still
-    # running: dense for the last finishes only (tuned with benchmarks/cadence.py, confirmed by
-    # benchmarks/polling.py: see RESULTS.md).
-    near: float = 0.85
-    dense: float = 0.2
-    dense_share: float = 0.4
-    progress_every: float = 2.0  # a worker that reports progress gets its bar moved at least this often
-    sparse_factor: float = 4.0  # learned waits are at most this many times the plain backoff's longest
-
-    def delay(self, state: JobState, unchanged_polls: int) -> float:
-        first, longest = self.queued if state is JobState.IN_QUEUE else self.running
-        # The exponent is capped: a job unchanged for hours must not overflow the float.
-        return min(longest, first * self.growth ** min(unchanged_polls, 64))
-
-    @property
-    def near_interval(self) -> float:
-        return min(self.near, self.running[1])
-
-    @property
-    def dense_interval(self) -> float:
-        return min(self.dense, self.near_interval)
-
-    @property
-    def longest(self) -> float:
-        return self.sparse_factor * max(self.queued[1], self.running[1])
-
-
-@dataclass(frozen=True)
-class RunBand:
-    """When a job of this endpoint finishes, in seconds after it starts running."""
-
-    low: float  # none has finished sooner (less a margin)
-    dense_from: float  # the last `PollPolicy.dense_share` of runs ended after this
-    high: float  # none has run longer (plus a margin)
-
-
-def _quantile(ordered: list[float], q: float) -> float:
-    position = (len(ordered) - 1) * min(1.0, max(0.0, q))
-    below = int(position)
-    above = min(below + 1, len(ordered) - 1)
-    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
-
-
-class EndpointStats:
-    """Queue and run times of one endpoint's recently completed jobs. Shared by all its jobs; no Discord."""
-
-    def __init__(self, size: int = 64) -> None:
-        self._runs: deque[float] = deque(maxlen=size)
-        self._waits: deque[float] = deque(maxlen=size)
-        self._bands: dict[float, RunBand] = {}
-
-    def record(self, *, run_s: float | None = None, wait_s: float | None = None) -> None:
-        if run_s is not None and run_s >= 0:
-            self._runs.append(run_s)
-            self._bands.clear()
-        if wait_s is not None and wait_s >= 0:
-            self._waits.append(wait_s)
-
-    def record_status(self, status: JobStatus) -> None:
-        """Learn from a COMPLETED job (failures end early and would teach the wrong run time)."""
-        if status.state is JobState.COMPLETED:
-            self.record(
-                run_s=status.execution_ms / 1000 if status.execution_ms is not None else None,
-                wait_s=status.delay_ms / 1000 if status.delay_ms is not None else None,
-            )
-
-    @property
-    def runs(self) -> int:
-        return len(self._runs)
-
-    @property
-    def typical_run(self) -> float | None:
-        return _median(self._runs)
-
-    @property
-    def typical_wait(self) -> float | None:
-        return _median(self._waits)
-
-    def band(self, policy: PollPolicy | None = None) -> RunBand | None:
-        """None until a run was seen. The margins shrink as runs accumulate: one run says little about the
-        next, least of all how much quicker it may be (the first few may all have been slow ones)."""
-        if not self._runs:
-            return None
-        share = (policy or PollPolicy()).dense_share
-        band = self._bands.get(share)
-        if band is None:
-            runs = sorted(self._runs)
-            quicker, slower = min(0.9, 0.05 + 1 / len(runs)), 0.05 + 0.3 / len(runs)
-            band = RunBand(runs[0] * (1 - quicker), _quantile(runs, 1 - share), runs[-1] * (1 + slower))
-            self._bands[share] = band
-        return band
-
-
-_STATS: dict[str, EndpointStats] = {}
-
-
-def endpoint_stats(client: RunPodClient) -> EndpointStats:
-    """The stats every job of this client's endpoint shares (kept for the life of the process)."""
-    return endpoint_stats_at(client.endpoint_url)
-
-
-def endpoint_stats_at(endpoint_url: str) -> EndpointStats:
-    stats = _STATS.get(endpoint_url)
-    if stats is None:
-        stats = _STATS[endpoint_url] = EndpointStats()
-    return stats
-
-
-def _median(values: deque[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-class Cadence:
-    """One job's polling schedule: where its run started, and so how soon it can finish."""
-
-    def __init__(self, policy: PollPolicy, stats: EndpointStats, submitted_at: float | None) -> None:
-        self.policy = policy
-        self.stats = stats
-        self.submitted_at = submitted_at
-        self.queued_at: float | None = None  # when a poll last found it queued
-        self.started_at: float | None = None  # estimated start of its run
-        self.progress = False
-
-    def observe(self, status: JobStatus, sent: float, received: float) -> None:
-        if self.submitted_at is None:
-            # Followed as soon as it is submitted (how the bot and the CLI do it); resuming callers pass it.
-            self.submitted_at = sent
-        if status.state is JobState.IN_QUEUE:
-            self.queued_at = sent
-            return
-        self.progress = status.has_output
-        if status.execution_ms is not None:
-            # Progress answers carry executionTime: the start, exactly (`sent` errs early, the safe side).
-            self.started_at = sent - status.execution_ms / 1000
-        elif self.started_at is None and status.delay_ms is not None:
-            start = min(self.submitted_at + status.delay_ms / 1000, received)
-            self.started_at = max(start, self.queued_at) if self.queued_at is not None else start
-
-    def delay(self, now: float, state: JobState, unchanged: int) -> float:
-        policy = self.policy
-        fallback = policy.delay(state, unchanged)
-        near, dense = policy.near_interval, policy.dense_interval
-        band = self.stats.band(policy)
-        if band is None:
-            return fallback
-        if state is JobState.IN_QUEUE:
-            # It may start any moment: polled as one that started just now, but not faster than the plain
-            # backoff would (an endpoint with sub-second runs must not be hammered while it queues).
-            elapsed = 0.0
-        elif self.started_at is None:
-            return fallback
-        else:
-            elapsed = now - self.started_at
-        if elapsed >= band.high:  # longer than any run seen: back off gently, then in proportion to the overrun
-            overrun = elapsed - band.high
-            wait = max(min(near, dense + overrun / 2), overrun / 4)
-        else:
-            # Nothing can end before `low`; a finish after it is caught within `near`, or within `dense`
-            # once among the last runs (no wait is shorter: a dense stretch a hair away has as good as begun).
-            soonest = max(elapsed, band.low)
-            wait = max(dense, min(soonest + near, max(soonest, band.dense_from)) - elapsed)
-        if state is JobState.IN_QUEUE:
-            wait = max(wait, min(fallback, near))
-        elif self.progress:
-            wait = min(wait, policy.progress_every)
-        return max(0.0, min(wait, policy.longest))
-
-
 _LARGE_ANSWER = 256 * 1024  # bytes; status answers without a picture are a few hundred
-_PICTURE_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
-def _picture_turns() -> asyncio.Semaphore:
-    """How many answers carrying pictures this process reads and checks at once (one per CPU, at least two).
+class RunPodContext:
+    """What every job of this process shares on RunPod. Clients are cheap and made per job; through this
+    context they share one rate limiter per endpoint and operation, and one `EndpointStats` per endpoint.
 
-    An answer is megabytes; when more jobs finish at once than the CPUs can take, the others wait for a turn,
-    first come first served, with their answers still unread in their sockets rather than in memory."""
-    loop = asyncio.get_running_loop()
-    turns = _PICTURE_TURNS.get(loop)
-    if turns is None:
-        turns = _PICTURE_TURNS[loop] = asyncio.Semaphore(max(2, os.cpu_count() or 1))
-    return turns
+    `picture_turns` is how many answers carrying pictures are read and checked at once (one per CPU, at
+    least two): an answer is megabytes, so when more jobs finish at once than the CPUs can take, the others
+    wait for a turn, first come first served, with their answers still unread in their sockets."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        fetcher: ImageFetcher,
+        *,
+        api_url: str = DEFAULT_RUNPOD_API_URL,
+        limiters: RateLimiters | None = None,
+        picture_turns: int | None = None,
+        retry: RetryPolicy | None = None,
+        request_timeout: float = 20.0,
+    ) -> None:
+        self.session = session
+        self.fetcher = fetcher
+        self.api_url = api_url
+        self.limiters = limiters or RateLimiters()
+        self.picture_turns = asyncio.Semaphore(picture_turns or max(2, os.cpu_count() or 1))
+        self._retry = retry
+        self._request_timeout = request_timeout
+        self._stats: dict[str, EndpointStats] = {}
+
+    def client(self, api_key: Secret, endpoint_id: str) -> RunPodClient:
+        return RunPodClient(
+            self.session,
+            api_key=api_key,
+            endpoint_id=endpoint_id,
+            api_url=self.api_url,
+            retry=self._retry,
+            request_timeout=self._request_timeout,
+            limiters=self.limiters,
+        )
+
+    def stats(self, endpoint_id: str) -> EndpointStats:
+        """What this endpoint's finished jobs taught (kept for the life of the context)."""
+        url = endpoint_url(self.api_url, endpoint_id)
+        stats = self._stats.get(url)
+        if stats is None:
+            stats = self._stats[url] = EndpointStats()
+        return stats
 
 
 class _Turn:
@@ -314,9 +166,9 @@ async def submit_job(
 
 
 async def follow_job(
+    context: RunPodContext,
     client: RunPodClient,
     job_id: str,
-    fetcher: ImageFetcher,
     *,
     timeout: float | None = None,
     poll: PollPolicy | None = None,
@@ -329,13 +181,12 @@ async def follow_job(
     """Poll one job until it ends. With `timeout`, a job still unfinished then is cancelled on RunPod.
 
     `submitted` is RunPod's answer to `/run`, just received: it stands for the first poll, so the job is
-    not asked at once what it has just said. `stats` defaults to the endpoint's shared `endpoint_stats`.
+    not asked at once what it has just said. `stats` defaults to what the context learned of the endpoint.
     `submitted_at` (on `clock`) matters when resuming a job submitted a while ago; by default the first poll
     is taken as its submission."""
     poll = poll or PollPolicy()
-    cadence = Cadence(poll, endpoint_stats(client) if stats is None else stats, submitted_at)
+    cadence = Cadence(poll, context.stats(client.endpoint_id) if stats is None else stats, submitted_at)
     deadline = clock() + timeout if timeout is not None else None
-    turns = _picture_turns()
     last: JobUpdate | None = None
     unchanged = failures = 0
     in_hand = submitted
@@ -343,7 +194,7 @@ async def follow_job(
         if in_hand is not None:
             status, sent, in_hand = in_hand, clock(), None
         else:
-            turn = _Turn(turns)
+            turn = _Turn(context.picture_turns)
             try:
                 sent = clock()
                 try:
@@ -363,7 +214,7 @@ async def follow_job(
                 result = None
                 if status is not None and status.state.is_terminal:
                     cadence.stats.record_status(status)
-                    result = await _finish(status, fetcher)
+                    result = await _finish(status, context.fetcher)
             finally:
                 turn.release()
             if result is not None:

@@ -13,12 +13,12 @@ from typing import TextIO
 import aiohttp
 
 from bot.config import Settings
-from bot.engine import JobResult, JobUpdate, follow_job, submit_job
+from bot.engine import JobResult, JobUpdate, RunPodContext, follow_job, submit_job
 from bot.errors import BotError
 from bot.images import ImageFetcher
 from bot.params import ASPECT_RATIOS, params_from_request
 from bot.presets import PRESETS, parse_workflow
-from bot.runpod import JobState, RunPodClient
+from bot.runpod import JobState
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +43,8 @@ async def generate(args: argparse.Namespace, settings: Settings, out: TextIO = s
     api_key, endpoint_id = settings.require_runpod()
     display = _ProgressLine(out)
     async with aiohttp.ClientSession() as session, ImageFetcher() as fetcher:
-        client = RunPodClient(session, api_key=api_key, endpoint_id=endpoint_id, api_url=settings.runpod_api_url)
+        runpod = RunPodContext(session, fetcher, api_url=settings.runpod_api_url)
+        client = runpod.client(api_key, endpoint_id)
         job_id, submitted = args.job_id, None
         if job_id is None:
             preset = PRESETS[args.worker or settings.runpod_worker]
@@ -61,7 +62,7 @@ async def generate(args: argparse.Namespace, settings: Settings, out: TextIO = s
             job_id = submitted.id
             display.note(f"job {job_id} submitted (seed {params.seed})")
         try:
-            async for event in follow_job(client, job_id, fetcher, timeout=args.timeout, submitted=submitted):
+            async for event in follow_job(runpod, client, job_id, timeout=args.timeout, submitted=submitted):
                 if isinstance(event, JobResult):
                     display.done()
                     return save_images(event, args.outdir)

@@ -1,9 +1,9 @@
 """Find the pictures in a worker's output, whatever its shape, and prove they are pictures.
 
-Shapes (reference/runpod-api.md section 5): worker-sdxl `{image_url, images[], seed}`, worker-comfyui 5.x
-`{images: [{type: base64|s3_url, data}]}` and older `{status, message}`, A1111 `{images: [b64], info}`,
-SD v1 `[{image, seed}]`, public endpoints `{image_url: https://...}`, and bare strings. Each entry may be a
-`data:image/...;base64,` URI, raw base64 or an https URL.
+Shapes (docs/runpod-api.md, Output shapes of image workers): worker-sdxl `{image_url, images[], seed}`,
+worker-comfyui 5.x `{images: [{type: base64|s3_url, data}]}` and older `{status, message}`, A1111
+`{images: [b64], info}`, SD v1 `[{image, seed}]`, public endpoints `{image_url: https://...}`, and bare
+strings. Each entry may be a `data:image/...;base64,` URI, raw base64 or an https URL.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""Runs `/imagine` jobs for Discord: record, submit, follow with a live status, deliver exactly once.
+"""One job's life on Discord: record it, wait for its turn, submit it, follow it with a live status, and
+deliver it (or explain its end) exactly once; after a restart, pick it up again.
 
-The engine (`bot.engine`) knows nothing of Discord; this module is the glue, and the cogs only parse
-and hand over. Every job is in the ledger (`bot.storage`) before it is submitted and after every
-transition, so a restarted bot resumes every job it had and delivers each one once.
+The engine (`bot.engine`) knows nothing of Discord; this module is the glue. The cogs decide what runs
+(`cogs/imagine.py` checks a request with `bot.admission` first) and hand over an `Origin` and an
+`Admission`. Every job is in the ledger (`bot.storage`) before it is submitted and after every transition,
+so a restarted bot resumes every job it had and delivers each one once.
 """
 
 from __future__ import annotations
@@ -17,64 +19,30 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
 import discord
 
 from bot import render
-from bot.buttons import job_view
+from bot.admission import Admission
+from bot.buttons import RESULT_ACTIONS, ButtonAction, job_view
 from bot.config import Secret, Settings
 from bot.crypto import Vault
 from bot.delivery import fit_for_upload
-from bot.engine import JobResult, PollPolicy, endpoint_stats, endpoint_stats_at, follow_job, submit_job
+from bot.endpoints import Endpoint, Endpoints
+from bot.engine import JobResult, RunPodContext, follow_job, submit_job
 from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut, RunPodError
-from bot.images import ImageFetcher
 from bot.live import Address, LiveMessage
 from bot.params import GenerationParams
-from bot.policy import (
-    COUNTED_STATES,
-    FairQueue,
-    GuildPolicy,
-    Refused,
-    Ticket,
-    Usage,
-    check_quota,
-    check_size,
-    moderate,
-    start_of_day,
-    start_of_month,
-)
-from bot.presets import PRESETS, WorkerPreset, parse_workflow
+from bot.policy import FairQueue, GuildPolicy, Ticket
+from bot.polling import PollPolicy
+from bot.presets import PRESETS
 from bot.ratelimit import RateLimit, RateLimiter
-from bot.replies import explain, reply_privately
-from bot.runpod import JobState, JobStatus, RunPodClient, endpoint_url
-from bot.storage import JobRecord, Storage
+from bot.runpod import JobState, JobStatus, RunPodClient
+from bot.storage import JobRecord, LedgerState, Storage
 
 log = logging.getLogger(__name__)
 
-RESULT_ACTIONS = ("reroll", "edit", "info", "delete")
-NEEDED_PERMISSIONS = ("send_messages", "attach_files", "embed_links")
-
-
-class NotConfigured(BotError):
-    def __init__(self) -> None:
-        super().__init__("No RunPod endpoint is set up for this server.")
-
-    advice = "A server admin must run /runpod setup first."
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a guild's jobs run, and with whose key."""
-
-    api_key: Secret = field(repr=False)
-    endpoint_id: str
-    preset: WorkerPreset
-    workflow: Any = None
-    source: str = "default"  # "guild": the guild's own key; "default": the operator's
-    model: str | None = None  # the guild's name for it
-
-
-# Pings are new messages in the channel: Discord has quoted 30 webhook messages a minute per channel.
+# Pings are new messages in the channel: Discord has quoted 30 webhook messages a minute per channel
+# (docs/discord-notes.md, Rate limits).
 PING_PACE = RateLimit(25, 60.0)
 
 
@@ -86,16 +54,22 @@ class RunnerOptions:
     pings_per_channel: RateLimit = PING_PACE
     expiry_margin: timedelta = timedelta(seconds=60)
     sweep_interval: float = 60.0
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # the runner's only idea of now
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # the bot's only idea of now
 
 
 @dataclass(frozen=True)
-class Admission:
-    """A request that passed every check: what to run, where, under which rules."""
+class Origin:
+    """The request a job answers, in plain values: what a restarted bot can rebuild from the ledger."""
 
-    params: GenerationParams
-    endpoint: Endpoint
-    policy: GuildPolicy
+    request_id: int  # the interaction's id: the job's key in the ledger and on its buttons
+    guild_id: int | None
+    channel_id: int
+    user_id: int
+    user_name: str
+    token: str = field(repr=False)  # the interaction's, for editing its reply
+    token_expires_at: datetime
+    message_id: int | None  # the interaction's reply, once Discord has it
+    filesize_limit: int | None = None  # this interaction's upload limit
 
 
 @dataclass
@@ -132,131 +106,76 @@ class JobRunner:
         client: discord.Client,
         settings: Settings,
         storage: Storage,
-        session: aiohttp.ClientSession,
-        fetcher: ImageFetcher,
+        vault: Vault,
+        runpod: RunPodContext,
+        endpoints: Endpoints,
         options: RunnerOptions | None = None,
     ) -> None:
         self._discord = client
         self._settings = settings
-        self.storage = storage
-        self.vault = Vault(settings.encryption_keys)
-        self._session = session
-        self._fetcher = fetcher
+        self._storage = storage
+        self._vault = vault
+        self._runpod = runpod
+        self._endpoints = endpoints
         self.options = options or RunnerOptions()
         self.live: dict[int, LiveJob] = {}  # by ledger id
         self.queue = FairQueue()
         self._pings: dict[int, RateLimiter] = {}  # by channel id
-        self._accepting = True
-
-    # --- where jobs run, under which rules ---------------------------------------------------------
-
-    async def endpoint_for(self, guild_id: int | None, model: str | None = None) -> Endpoint:
-        """The guild's model (its default when unnamed), else the operator's default endpoint."""
-        if guild_id is not None:
-            saved = await self.storage.guild_endpoint(guild_id, model)
-            if saved is not None:
-                workflow = parse_workflow(saved.workflow) if saved.workflow else None
-                key = self.vault.decrypt(saved.api_key_encrypted)
-                preset = PRESETS[saved.worker]
-                return Endpoint(key, saved.endpoint_id, preset, workflow, source="guild", model=saved.name)
-            if model is not None:
-                raise BotError(f"This server has no model called “{model}”. Pick one from the list.")
-        settings = self._settings
-        if settings.runpod_api_key is None or settings.runpod_endpoint_id is None:
-            raise NotConfigured()
-        return Endpoint(settings.runpod_api_key, settings.runpod_endpoint_id, PRESETS[settings.runpod_worker])
-
-    async def _endpoint_of(self, record: JobRecord) -> Endpoint:
-        """The endpoint a recorded job ran on, never another guild's or a newer one."""
-        guild_id = record.guild_id if record.key_source == "guild" else None
-        endpoint = await self.endpoint_for(guild_id, record.model if guild_id is not None else None)
-        if endpoint.endpoint_id != record.endpoint_id or endpoint.source != record.key_source:
-            raise BotError("This server's RunPod endpoint changed while the job ran, so it can no longer be followed.")
-        return endpoint
-
-    async def policy_for(self, guild_id: int | None) -> GuildPolicy:
-        saved = await self.storage.guild_policy(guild_id) if guild_id is not None else None
-        return GuildPolicy.from_json(saved)
-
-    def client_for(self, endpoint: Endpoint) -> RunPodClient:
-        return self.client_for_key(endpoint.api_key, endpoint.endpoint_id)
-
-    def client_for_key(self, api_key: Secret, endpoint_id: str) -> RunPodClient:
-        return RunPodClient(
-            self._session, api_key=api_key, endpoint_id=endpoint_id, api_url=self._settings.runpod_api_url
-        )
+        self.accepting = True
 
     # --- a new job ---------------------------------------------------------------------------------
 
-    async def preflight(
-        self, interaction: discord.Interaction[Any], params: GenerationParams, model: str | None = None
-    ) -> Admission:
-        """Everything checked before any GPU time is paid for, fast enough to answer before the defer:
-        an endpoint, the channel, the guild's limits and moderation, the member's quota."""
-        if not self._accepting:
-            raise BotError("The bot is restarting; try again in a minute.")
-        endpoint = await self.endpoint_for(interaction.guild_id, model)
-        policy = await self.policy_for(interaction.guild_id)
-        missing = [name for name in NEEDED_PERMISSIONS if not getattr(interaction.app_permissions, name)]
-        if missing:
-            names = ", ".join(name.replace("_", " ").title() for name in missing)
-            raise Refused(f"I cannot post pictures in this channel: I am missing {names}. Ask an admin to allow it.")
-        check_size(policy, params)
-        moderate(policy, params, nsfw_channel=_is_nsfw(interaction.channel))
-        endpoint.preset.build_input(params.with_seed(), endpoint.workflow)
-        if interaction.guild_id is not None:
-            now = self.options.clock()
-            check_quota(policy, await self._usage(interaction.guild_id, interaction.user.id, now), now)
-        return Admission(params, endpoint, policy)
-
-    async def _usage(self, guild_id: int, member_id: int, now: datetime) -> Usage:
-        today, month = start_of_day(now), start_of_month(now)
-        counted = [job for job in await self.storage.guild_jobs_since(guild_id, month) if job.state in COUNTED_STATES]
-        todays = [job for job in counted if job.created_at and job.created_at >= today]
-        return Usage(
-            member_today=sum(job.user_id == member_id for job in todays),
-            guild_today=len(todays),
-            guild_month=len(counted),
-            gpu_seconds_today=sum((job.execution_ms or 0) for job in todays) / 1000,
-            gpu_seconds_month=sum((job.execution_ms or 0) for job in counted) / 1000,
-        )
-
-    async def start(self, interaction: discord.Interaction[Any], admission: Admission) -> None:
-        """Called right after the defer: record the job, wait for its turn, submit it, follow it."""
+    async def start(self, origin: Origin, admission: Admission) -> None:
+        """Called right after the defer: record the job, then wait for its turn, submit it, follow it."""
         params, endpoint = admission.params.with_seed(), admission.endpoint
-        try:
-            message_id: int | None = (await interaction.original_response()).id
-        except discord.HTTPException:
-            message_id = None
         record = JobRecord(
-            request_id=interaction.id,
-            guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id or 0,
-            user_id=interaction.user.id,
-            user_name=interaction.user.display_name[:100],
+            request_id=origin.request_id,
+            guild_id=origin.guild_id,
+            channel_id=origin.channel_id,
+            user_id=origin.user_id,
+            user_name=origin.user_name[:100],
             params=dataclasses.asdict(params),
             endpoint_id=endpoint.endpoint_id,
             worker=endpoint.preset.name,
             key_source=endpoint.source,
             model=endpoint.model,
-            token_encrypted=self.vault.encrypt(interaction.token) if self.vault.available else None,
-            token_expires_at=interaction.expires_at,
-            message_id=message_id,
-            state="waiting",
+            token_encrypted=self._vault.encrypt(origin.token) if self._vault.available else None,
+            token_expires_at=origin.token_expires_at,
+            message_id=origin.message_id,
+            state=LedgerState.WAITING,
             created_at=self.options.clock(),
         )
-        if not await self.storage.record_job(record):
-            log.warning("interaction %s arrived twice; its job is already recorded, not paying again", interaction.id)
+        if not await self._storage.record_job(record):
+            log.warning("request %s arrived twice; its job is already recorded, not paying again", origin.request_id)
             return
-        job = self._live_job(record, params, endpoint, interaction.token, admission.policy)
-        job.filesize_limit = interaction.filesize_limit
+        job = self._live_job(record, params, endpoint, origin.token, admission.policy)
+        job.filesize_limit = origin.filesize_limit
         self._spawn(job)
+
+    def is_live(self, request_id: int) -> bool:
+        """Whether this job is still being followed here, and not already ending."""
+        job = self.live.get(request_id)
+        return job is not None and not job.ending
+
+    async def cancel(self, request_id: int, by: str) -> None:
+        """Take the job out of the queue, or cancel it on RunPod so it stops billing. Raises what RunPod said
+        when it refused; the job then goes on."""
+        job = self.live.get(request_id)
+        if job is None or job.ending:
+            raise BotError("This job has already finished.")
+        job.cancelled_by = by
+        if job.record.runpod_job_id is not None:
+            try:
+                await self._endpoints.client(job.endpoint).cancel(job.record.runpod_job_id)
+            except BotError:
+                job.cancelled_by = None
+                raise
 
     def _live_job(
         self, record: JobRecord, params: GenerationParams, endpoint: Endpoint, token: str | None, policy: GuildPolicy
     ) -> LiveJob:
         async def remember_channel_message(message_id: int) -> None:
-            await self.storage.update_job(record.request_id, channel_message_id=message_id)
+            await self._storage.update_job(record.request_id, channel_message_id=message_id)
 
         address = Address(
             channel_id=record.channel_id,
@@ -299,12 +218,12 @@ class JobRunner:
                 job.ticket = self.queue.occupy(guild_id, job.record.user_id, job.policy)
             await self._follow(job, submitted)
         except BotError as error:  # refused by the queue, or cancelled while waiting
-            await self._end(job, error, state=_STATES.get(type(error), "failed"))
+            await self._end(job, error)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("%s: unexpected error", job.context)
-            await self._end(job, BotError("Something went wrong on our side; it has been logged. Try again."), "failed")
+            await self._end(job, BotError("Something went wrong on our side; it has been logged. Try again."))
         finally:
             self._leave_queue(job)
             self.live.pop(job.record.request_id, None)
@@ -322,35 +241,35 @@ class JobRunner:
                 shown = position
                 running = self.queue.running(job.record.guild_id or 0, job.record.user_id)
                 embed = render.waiting_embed(job.params, job.record.user_name, position=position, running=running)
-                job.message.show(embed, job_view(job.key, "cancel"))
+                job.message.show(embed, job_view(job.key, ButtonAction.CANCEL))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(job.ticket.admitted), 1.0)
 
     async def _submit(self, job: LiveJob) -> JobStatus | None:
         """RunPod's answer to `/run`, or None when the job has ended here already."""
-        await self.storage.update_job(job.record.request_id, state="pending")
+        await self._storage.update_job(job.record.request_id, state=LedgerState.PENDING)
         try:
             submitted = await submit_job(
-                self.client_for(job.endpoint), job.params, job.endpoint.preset, workflow=job.endpoint.workflow
+                self._endpoints.client(job.endpoint), job.params, job.endpoint.preset, workflow=job.endpoint.workflow
             )
         except BotError as error:
-            await self._end(job, error, state="failed")
+            await self._end(job, error)
             return None
-        job.record = dataclasses.replace(job.record, runpod_job_id=submitted.id, state="queued")
-        await self.storage.update_job(job.record.request_id, runpod_job_id=submitted.id, state="queued")
+        job.record = dataclasses.replace(job.record, runpod_job_id=submitted.id, state=LedgerState.QUEUED)
+        await self._storage.update_job(job.record.request_id, runpod_job_id=submitted.id, state=LedgerState.QUEUED)
         job.message.context = job.context
         log.info("%s: submitted for request %s", job.context, job.record.request_id)
         return submitted
 
     async def _follow(self, job: LiveJob, submitted: JobStatus | None = None) -> None:
-        client = self.client_for(job.endpoint)
+        client = self._endpoints.client(job.endpoint)
         queue = render.QueueInfo()
         state = job.record.state
         try:
             async for event in follow_job(
+                self._runpod,
                 client,
                 job.job_id,
-                self._fetcher,
                 timeout=self._remaining(job),
                 poll=self.options.poll,
                 submitted=submitted,
@@ -360,19 +279,20 @@ class JobRunner:
                     return
                 if event.state is JobState.IN_QUEUE and queue.health is None:
                     queue = await self._queue_info(client, job)
-                new_state = "queued" if event.state is JobState.IN_QUEUE else "running"
+                new_state = LedgerState.QUEUED if event.state is JobState.IN_QUEUE else LedgerState.RUNNING
                 if new_state != state:
                     state = new_state
                     log.info("%s: %s on RunPod (worker %s)", job.context, state, event.worker_id or "-")
-                    await self.storage.update_job(job.record.request_id, state=state, delay_ms=event.delay_ms)
+                    await self._storage.update_job(job.record.request_id, state=state, delay_ms=event.delay_ms)
                 embed = render.status_embed(event, job.params, job.record.user_name, started=job.started, queue=queue)
-                job.message.show(embed, job_view(job.key, "cancel"))
+                job.message.show(embed, job_view(job.key, ButtonAction.CANCEL))
         except JobError as failure:
             # Say who cancelled, rather than RunPod's plain "cancelled".
-            ended = failure if job.cancelled_by is None else JobCancelled(f"Cancelled by {job.cancelled_by}.")
-            await self._end(job, ended, state=_STATES.get(type(ended), "failed"))
+            await self._end(
+                job, failure if job.cancelled_by is None else JobCancelled(f"Cancelled by {job.cancelled_by}.")
+            )
         except BotError as error:  # RunPod itself failed us (key, endpoint, outage)
-            await self._end(job, error, state="failed")
+            await self._end(job, error)
 
     def _remaining(self, job: LiveJob) -> float:
         """The guild's maximum wall time counts from the request, across restarts."""
@@ -385,21 +305,26 @@ class JobRunner:
         except RunPodError as error:
             log.info("%s: /health failed: %s", job.context, error)
             return render.QueueInfo()
-        typical = endpoint_stats(client).typical_wait
+        typical = self._runpod.stats(client.endpoint_id).typical_wait
         eta = job.started + timedelta(seconds=typical) if typical is not None else None
         return render.QueueInfo(health, eta)
 
+    # --- the end of a job ----------------------------------------------------------------------------
+
     async def _deliver(self, job: LiveJob, result: JobResult) -> None:
         job.ending = True
-        await self.storage.update_job(
-            job.record.request_id, state="completed", delay_ms=result.delay_ms, execution_ms=result.execution_ms
+        await self._storage.update_job(
+            job.record.request_id,
+            state=LedgerState.COMPLETED,
+            delay_ms=result.delay_ms,
+            execution_ms=result.execution_ms,
         )
         channel = self._discord.get_channel(job.record.channel_id)
-        spoiler = job.policy.spoiler_outside_nsfw and not _is_nsfw(channel)
+        spoiler = job.policy.spoiler_outside_nsfw and not is_nsfw(channel)
         uploads = await asyncio.to_thread(
             fit_for_upload,
             [image.png for image in result.images],
-            per_file_limit=self._discord_filesize_limit(job),
+            per_file_limit=self._filesize_limit(job),
             stem=("SPOILER_" if spoiler else "") + _file_stem(job.params),
         )
         seconds = (self.options.clock() - job.started).total_seconds()
@@ -417,7 +342,7 @@ class JobRunner:
         if not await job.message.final(embed, job_view(job.key, *RESULT_ACTIONS), uploads):
             log.error("%s: finished but could not be posted anywhere; left undelivered", job.context)
             return
-        if not await self.storage.claim_delivery(job.record.request_id):
+        if not await self._storage.claim_delivery(job.record.request_id):
             return
         log.info("%s: delivered %d image(s) after %.1f s", job.context, len(uploads), seconds)
         if seconds >= self.options.notify_after or job.message.in_channel:
@@ -426,6 +351,15 @@ class JobRunner:
             link = job.message.message.jump_url if job.message.message else "above"
             user = discord.Object(job.record.user_id)
             await job.message.notify(f"<@{job.record.user_id}> your picture is ready: {link}", user)
+
+    async def _end(self, job: LiveJob, error: BotError) -> None:
+        state = _ENDINGS.get(type(error), LedgerState.FAILED)
+        log.info("%s: %s: %s", job.context, state, error)
+        job.ending = True
+        await self._storage.update_job(job.record.request_id, state=state, notice=error.explanation)
+        embed = render.failure_embed(error, job.params, job.record.user_name, job.record.runpod_job_id)
+        if await job.message.final(embed):
+            await self._storage.claim_delivery(job.record.request_id)
 
     def _leave_queue(self, job: LiveJob) -> None:
         if job.ticket is not None:
@@ -439,44 +373,17 @@ class JobRunner:
             pace = self._pings[channel_id] = RateLimiter(limit.requests, limit.per)
         return pace
 
-    def _discord_filesize_limit(self, job: LiveJob) -> int:
+    def _filesize_limit(self, job: LiveJob) -> int:
         if job.filesize_limit is not None:
             return job.filesize_limit
         guild = self._discord.get_guild(job.record.guild_id or 0)
         return guild.filesize_limit if guild else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
 
-    async def _end(self, job: LiveJob, error: BotError, state: str) -> None:
-        log.info("%s: %s: %s", job.context, state, error)
-        job.ending = True
-        await self.storage.update_job(job.record.request_id, state=state, notice=error.explanation)
-        embed = render.failure_embed(error, job.params, job.record.user_name, job.record.runpod_job_id)
-        if await job.message.final(embed):
-            await self.storage.claim_delivery(job.record.request_id)
-
     # --- after a restart, and stale jobs -----------------------------------------------------------
-
-    async def rotate_keys(self) -> None:
-        """With several BOT_ENCRYPTION_KEYs, re-encrypt stored server keys under the first one, so the
-        operator can drop the old key after one restart."""
-        if len(self._settings.encryption_keys) < 2:
-            return
-        try:
-            count = await self.storage.rewrite_keys(self.vault.rotate)
-        except BotError as error:
-            log.error("key rotation stopped: %s", error)
-            return
-        log.info("re-encrypted %d stored server key(s) under the first BOT_ENCRYPTION_KEY", count)
-
-    async def recall_run_times(self) -> None:
-        """Teach each endpoint's polling the queue and run times the ledger remembers, so that a restarted
-        bot polls as sparingly and finds finished jobs as soon as before."""
-        for endpoint_id, delay_ms, execution_ms in await self.storage.recent_run_times():
-            stats = endpoint_stats_at(endpoint_url(self._settings.runpod_api_url, endpoint_id))
-            stats.record(run_s=execution_ms / 1000, wait_s=delay_ms / 1000 if delay_ms is not None else None)
 
     async def resume_all(self) -> None:
         """Pick up every job an earlier run left undelivered: follow it, deliver it, or explain."""
-        records = [job for job in await self.storage.undelivered_jobs() if self._settings.owns_guild(job.guild_id)]
+        records = [job for job in await self._storage.undelivered_jobs() if self._settings.owns_guild(job.guild_id)]
         if records:
             log.info("resuming %d undelivered job(s)", len(records))
         for record in records:
@@ -488,21 +395,20 @@ class JobRunner:
     async def resume(self, record: JobRecord) -> None:
         if record.request_id in self.live:
             return
-        params = GenerationParams(**record.params)
-        token = self.vault.decrypt(record.token_encrypted).reveal() if record.token_encrypted else None
-        policy = await self.policy_for(record.guild_id)
+        params, token = GenerationParams(**record.params), self._token(record)
+        policy = await self._endpoints.policy(record.guild_id)
         try:
-            endpoint = await self._endpoint_of(record)
+            endpoint = await self._endpoints.of_record(record)
         except BotError as error:
             placeholder = Endpoint(Secret(""), record.endpoint_id, PRESETS[record.worker], source=record.key_source)
-            await self._end(self._live_job(record, params, placeholder, token, policy), error, "failed")
+            await self._end(self._live_job(record, params, placeholder, token, policy), error)
             return
         job = self._live_job(record, params, endpoint, token, policy)
-        if record.runpod_job_id is None and record.state != "waiting":
+        if record.runpod_job_id is None and record.state is not LedgerState.WAITING:
             # Killed between "pending" and RunPod's answer: RunPod may or may not have the job.
             unsure = BotError("The bot restarted while sending this job to RunPod, so it may not have started.")
             unsure.advice = "Run /imagine again."
-            await self._end(job, unsure, "failed")
+            await self._end(job, unsure)
             return
         self._spawn(job)
 
@@ -510,19 +416,17 @@ class JobRunner:
         """Cancel, on RunPod, jobs past their guild's maximum wall time that nobody is following
         (their follower died, or resuming them failed), so they stop billing; tell the requester."""
         now = self.options.clock()
-        for record in await self.storage.undelivered_jobs():
+        for record in await self._storage.undelivered_jobs():
             if record.request_id in self.live or record.runpod_job_id is None or record.created_at is None:
                 continue
             if not self._settings.owns_guild(record.guild_id):  # another process's shards: its jobs
                 continue
-            policy = await self.policy_for(record.guild_id)
+            policy = await self._endpoints.policy(record.guild_id)
             if (now - record.created_at).total_seconds() < policy.max_wall_seconds:
                 continue
-            params = GenerationParams(**record.params)
-            token = self.vault.decrypt(record.token_encrypted).reveal() if record.token_encrypted else None
             try:
-                endpoint = await self._endpoint_of(record)
-                await self.client_for(endpoint).cancel(record.runpod_job_id)
+                endpoint = await self._endpoints.of_record(record)
+                await self._endpoints.client(endpoint).cancel(record.runpod_job_id)
             except BotError as error:
                 log.warning("job %s: sweeper could not cancel it: %s", record.runpod_job_id, error)
                 continue
@@ -532,7 +436,8 @@ class JobRunner:
                 record.runpod_job_id,
             )
             log.info("job %s: swept after %g minutes", record.runpod_job_id, minutes)
-            await self._end(self._live_job(record, params, endpoint, token, policy), stale, "timed_out")
+            params, token = GenerationParams(**record.params), self._token(record)
+            await self._end(self._live_job(record, params, endpoint, token, policy), stale)
 
     async def sweep_forever(self) -> None:
         while True:
@@ -542,67 +447,14 @@ class JobRunner:
             except Exception:
                 log.exception("the stale-job sweeper failed; it will try again")
 
-    # --- buttons -----------------------------------------------------------------------------------
-
-    async def on_button(self, interaction: discord.Interaction[Any], action: str, key: str) -> None:
-        record = await self.storage.job(int(key)) if key.isdigit() else None
-        if record is None or record.guild_id != interaction.guild_id:
-            await interaction.response.send_message("I have no record of this job any more.", ephemeral=True)
-            return
-        if action == "info":
-            policy = await self.policy_for(record.guild_id)
-            embed = render.info_embed(record, policy.cost(record.execution_ms))
-            await interaction.response.send_message(embed=embed, ephemeral=True)
-            return
-        if action in ("cancel", "delete") and not _may_moderate(interaction, record):
-            await interaction.response.send_message(
-                f"Only the member who asked for this picture, or a moderator, can {action} it.", ephemeral=True
-            )
-            return
-        params = GenerationParams(**record.params)
-        if action == "cancel":
-            await self._cancel(interaction, record)
-        elif action == "delete":
-            await interaction.response.defer()
-            await interaction.delete_original_response()
-            log.info("job %s: result deleted by user %s", record.runpod_job_id, interaction.user.id)
-        elif action == "reroll":
-            await self.run_new(interaction, dataclasses.replace(params, seed=None), record.model)
-        elif action == "edit":
-            await interaction.response.send_modal(EditModal(self, params, record.model))
-
-    async def run_new(
-        self, interaction: discord.Interaction[Any], params: GenerationParams, model: str | None = None
-    ) -> None:
-        """A new job from a command, a button or a modal: the same preflight and limits for all."""
-        admission = await self.preflight(interaction, params, model)
-        await interaction.response.defer(thinking=True)
-        await self.start(interaction, admission)
-
-    async def _cancel(self, interaction: discord.Interaction[Any], record: JobRecord) -> None:
-        job = self.live.get(record.request_id)
-        if record.delivered_at is not None or job is None or job.ending:
-            await interaction.response.send_message("This job has already finished.", ephemeral=True)
-            return
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        job.cancelled_by = interaction.user.display_name
-        if record.runpod_job_id is not None:
-            try:
-                await self.client_for(job.endpoint).cancel(record.runpod_job_id)
-            except BotError as error:
-                job.cancelled_by = None
-                await interaction.followup.send(f"Could not cancel: {error.explanation}", ephemeral=True)
-                return
-        log.info(
-            "job %s (request %s): cancelled by user %s", record.runpod_job_id, record.request_id, interaction.user.id
-        )
-        await interaction.followup.send("Cancelled.", ephemeral=True)
+    def _token(self, record: JobRecord) -> str | None:
+        return self._vault.decrypt(record.token_encrypted).reveal() if record.token_encrypted else None
 
     # --- shutdown ----------------------------------------------------------------------------------
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Stop taking jobs and following; tell every waiting member their job goes on. Within `grace`."""
-        self._accepting = False
+        self.accepting = False
         ending = [job.task for job in self.live.values() if job.ending and job.task]
         waiting = [job for job in self.live.values() if not job.ending]
         for job in waiting:
@@ -619,40 +471,16 @@ class JobRunner:
             )
 
 
-class EditModal(discord.ui.Modal, title="Edit and run again"):
-    """The prompt, prefilled: change it and the job runs again with the other parameters kept."""
-
-    def __init__(self, runner: JobRunner, params: GenerationParams, model: str | None) -> None:
-        super().__init__(timeout=600)
-        self._runner = runner
-        self._params = params
-        self._model = model
-        self.prompt: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
-            label="Prompt",
-            custom_id="prompt",
-            style=discord.TextStyle.paragraph,
-            default=params.prompt,
-            max_length=1000,
-        )
-        self.add_item(self.prompt)
-
-    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:  # type: ignore[override]
-        params = dataclasses.replace(self._params, prompt=self.prompt.value, seed=None)
-        await self._runner.run_new(interaction, params, self._model)
-
-    async def on_error(self, interaction: discord.Interaction[Any], error: Exception) -> None:  # type: ignore[override]
-        await reply_privately(interaction, explain(interaction, error))
+# How a job that ended without pictures is recorded: failures of every other kind are "failed".
+_ENDINGS: dict[type[BotError], LedgerState] = {
+    JobCancelled: LedgerState.CANCELLED,
+    JobTimedOut: LedgerState.TIMED_OUT,
+    JobExpired: LedgerState.EXPIRED,
+}
 
 
-_STATES: dict[type[BotError], str] = {JobCancelled: "cancelled", JobTimedOut: "timed_out", JobExpired: "expired"}
-
-
-def _is_nsfw(channel: Any) -> bool:
+def is_nsfw(channel: Any) -> bool:
     return bool(getattr(channel, "nsfw", False))
-
-
-def _may_moderate(interaction: discord.Interaction[Any], record: JobRecord) -> bool:
-    return interaction.user.id == record.user_id or interaction.permissions.manage_messages
 
 
 def _file_stem(params: GenerationParams) -> str:

@@ -17,8 +17,6 @@ from typing import Any
 from bot.errors import BotError
 from bot.params import GenerationParams
 
-COUNTED_STATES = ("waiting", "pending", "queued", "running", "completed")  # failures and cancellations are free
-
 
 class Refused(BotError):
     """A job this guild's rules do not allow; the message says why and when to try again."""

@@ -1,10 +1,11 @@
-"""Typed async client for RunPod's serverless HTTP API (reference/runpod-api.md).
+"""Typed async client for RunPod's serverless HTTP API (docs/runpod-api.md).
 
 One `aiohttp.ClientSession` is shared by every client; a client is cheap and bound to one key and
 endpoint. Errors are the domain errors of `bot.errors`; transient failures are retried with capped,
 jittered exponential backoff, and a `POST /run` is only retried when RunPod provably did not take it.
-Every request first takes a slot from a per-endpoint, per-operation `RateLimiter` shared by all clients,
-so however many jobs are followed at once, RunPod's limits (reference section 3) are never exceeded.
+Every request first takes a slot from a per-endpoint, per-operation `RateLimiter` shared by all clients
+of one `RateLimiters` registry, so however many jobs are followed at once, RunPod's limits
+(docs/runpod-api.md, Rate limits) are never exceeded.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class RetryPolicy:
 Admit = Callable[[int], Awaitable[None]]
 
 
-# RunPod's per-endpoint limits by operation (reference section 3). /health is not in RunPod's table;
+# RunPod's per-endpoint limits by operation (docs/runpod-api.md, Rate limits). /health is not in RunPod's table;
 # it is given the /status limit so that a flood of queue-info lookups is still metered.
 RUNPOD_RATE_LIMITS: Mapping[str, RateLimit] = {
     "run": RateLimit(1000, 10.0),
@@ -148,10 +149,6 @@ class RateLimiters:
         return limiter
 
 
-# Clients are made per job; this default registry is what makes them share one limiter per endpoint.
-SHARED_RATE_LIMITERS = RateLimiters()
-
-
 class RunPodClient:
     def __init__(
         self,
@@ -171,7 +168,8 @@ class RunPodClient:
         self._session = session
         self._api_key = api_key
         self._base = endpoint_url(api_url, endpoint_id)
-        self._limiters = SHARED_RATE_LIMITERS if limiters is None else limiters
+        # Clients are made per job: `bot.engine.RunPodContext` hands them one registry to share.
+        self._limiters = RateLimiters() if limiters is None else limiters
         self._retry = retry or RetryPolicy()
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._sleep = sleep

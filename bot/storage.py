@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -23,6 +24,7 @@ from alembic.config import Config
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from bot.config import normalise_database_url
 from bot.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,37 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 metadata = sa.MetaData()
+
+
+class LedgerState(StrEnum):
+    """Where a job is in its life, as the ledger records it (stored as these very strings)."""
+
+    WAITING = "waiting"  # in the server's fair queue: nothing sent to RunPod, nothing paid
+    PENDING = "pending"  # being sent: RunPod may or may not have it
+    QUEUED = "queued"  # on RunPod, waiting for a worker
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    EXPIRED = "expired"  # gone from RunPod before it was delivered
+
+    @property
+    def counted(self) -> bool:
+        """Whether it counts against quotas and in usage: failures and cancellations are free."""
+        return self in _COUNTED
+
+
+_COUNTED = frozenset(
+    {LedgerState.WAITING, LedgerState.PENDING, LedgerState.QUEUED, LedgerState.RUNNING, LedgerState.COMPLETED}
+)
+
+
+class KeySource(StrEnum):
+    """Whose RunPod key pays for a job."""
+
+    GUILD = "guild"  # the guild's own, connected with /runpod setup
+    DEFAULT = "default"  # the operator's RUNPOD_API_KEY
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -78,13 +111,13 @@ jobs = sa.Table(
     sa.Column("params", sa.JSON, nullable=False),
     sa.Column("endpoint_id", sa.String(128), nullable=False),
     sa.Column("worker", sa.String(16), nullable=False),
-    sa.Column("key_source", sa.String(8), nullable=False),  # "guild" or "default": whose key pays
+    sa.Column("key_source", sa.String(8), nullable=False),  # a KeySource
     sa.Column("model", sa.String(32)),  # the guild's model name, when it was the guild's key
     sa.Column("token_encrypted", sa.Text),
     sa.Column("token_expires_at", UTCDateTime()),
     sa.Column("message_id", sa.BigInteger),  # the interaction's reply
     sa.Column("channel_message_id", sa.BigInteger),  # the status continued in the channel
-    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # a LedgerState
     sa.Column("notice", sa.Text),
     sa.Column("delay_ms", sa.Integer),
     sa.Column("execution_ms", sa.Integer),
@@ -116,7 +149,7 @@ class JobRecord:
     params: dict[str, Any]
     endpoint_id: str
     worker: str
-    key_source: str
+    key_source: KeySource
     model: str | None = None
     guild_id: int | None = None
     runpod_job_id: str | None = None
@@ -124,7 +157,7 @@ class JobRecord:
     token_expires_at: datetime | None = None
     message_id: int | None = None
     channel_message_id: int | None = None
-    state: str = "pending"
+    state: LedgerState = LedgerState.PENDING
     notice: str | None = None
     delay_ms: int | None = None
     execution_ms: int | None = None
@@ -135,7 +168,7 @@ class JobRecord:
 
 def async_url(url: str) -> str:
     """DATABASE_URL as the operator writes it (Heroku's postgres:// included) -> a SQLAlchemy async URL."""
-    parsed = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
+    parsed = make_url(normalise_database_url(url))
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -346,7 +379,7 @@ class Storage:
             rows = await connection.execute(
                 sa.select(jobs).where(jobs.c.delivered_at.is_(None)).order_by(jobs.c.created_at)
             )
-        return [JobRecord(**row._mapping) for row in rows]
+        return [_job_record(row) for row in rows]
 
     @_uninterruptible
     async def recent_run_times(self, limit: int = 2000) -> list[tuple[str, int | None, int]]:
@@ -354,7 +387,7 @@ class Storage:
         async with self.engine.connect() as connection:
             rows = await connection.execute(
                 sa.select(jobs.c.endpoint_id, jobs.c.delay_ms, jobs.c.execution_ms)
-                .where(jobs.c.state == "completed", jobs.c.execution_ms.is_not(None))
+                .where(jobs.c.state == LedgerState.COMPLETED, jobs.c.execution_ms.is_not(None))
                 .order_by(jobs.c.updated_at.desc(), jobs.c.request_id.desc())
                 .limit(limit)
             )
@@ -369,13 +402,18 @@ class Storage:
                 .where(jobs.c.guild_id == guild_id, jobs.c.created_at >= since)
                 .order_by(jobs.c.created_at)
             )
-        return [JobRecord(**row._mapping) for row in rows]
+        return [_job_record(row) for row in rows]
 
     @_uninterruptible
     async def _one(self, condition: sa.ColumnElement[bool]) -> JobRecord | None:
         async with self.engine.connect() as connection:
             row = (await connection.execute(sa.select(jobs).where(condition))).first()
-        return JobRecord(**row._mapping) if row else None
+        return _job_record(row) if row else None
+
+
+def _job_record(row: sa.Row[Any]) -> JobRecord:
+    values = dict(row._mapping)
+    return JobRecord(**values | {"state": LedgerState(row.state), "key_source": KeySource(row.key_source)})
 
 
 def _now() -> datetime:

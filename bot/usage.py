@@ -9,7 +9,7 @@ from io import BytesIO
 
 from PIL import Image, ImageDraw, ImageFont
 
-from bot.policy import COUNTED_STATES, GuildPolicy
+from bot.policy import GuildPolicy
 from bot.storage import JobRecord
 
 DAYS = 30
@@ -57,7 +57,7 @@ def build_report(records: list[JobRecord], now: datetime, policy: GuildPolicy) -
     for record in records:
         if record.created_at is None or record.created_at.date() < first:
             continue
-        if record.state not in COUNTED_STATES:
+        if not record.state.counted:
             not_counted += 1
             continue
         day, gpu = record.created_at.date(), (record.execution_ms or 0) / 1000

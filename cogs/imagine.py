@@ -1,13 +1,25 @@
-"""`/imagine`: parse the options, refuse privately what cannot run, defer, and hand over to the runner."""
+"""`/imagine` and everything a member clicks on its messages.
+
+A new job (from the command, Reroll or the Edit form) is parsed, checked privately (`bot.admission`),
+deferred, and handed to the job runner. Clicks on a job's buttons (`bot.buttons`) arrive here as the
+`job_button` event and are resolved from the ledger, so buttons posted before a restart still work.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import render
+from bot.admission import NEEDED_PERMISSIONS, Request, preflight
+from bot.buttons import ButtonAction, JobButton
+from bot.errors import BotError
+from bot.jobs import Origin, is_nsfw
 from bot.params import (
     ASPECT_RATIOS,
     MAX_COUNT,
@@ -15,16 +27,27 @@ from bot.params import (
     MAX_PROMPT_LENGTH,
     MAX_SEED,
     MAX_STEPS,
+    GenerationParams,
     params_from_request,
 )
+from bot.replies import explain, reply_privately
+from bot.storage import JobRecord
 
 if TYPE_CHECKING:
     from bot.bot import ImagineBot
+
+log = logging.getLogger(__name__)
 
 
 class Imagine(commands.Cog):
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(JobButton)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(JobButton)
 
     @app_commands.command(name="imagine", description="Paint a picture from a prompt on this server's RunPod endpoint")
     @app_commands.guild_only()
@@ -51,8 +74,6 @@ class Imagine(commands.Cog):
         count: app_commands.Range[int, 1, MAX_COUNT] = 1,
         model: app_commands.Range[str, 1, 32] | None = None,
     ) -> None:
-        # Parsing and the preflight are quick (memory and a few small queries), so a refusal can still be
-        # private; everything slow happens after the defer.
         params = params_from_request(
             prompt,
             negative_prompt=negative_prompt,
@@ -62,7 +83,7 @@ class Imagine(commands.Cog):
             guidance=guidance,
             count=count,
         )
-        await self.bot.runner.run_new(interaction, params, model)
+        await self.run_new(interaction, params, model)
 
     @imagine.autocomplete("model")
     async def model_names(
@@ -70,12 +91,125 @@ class Imagine(commands.Cog):
     ) -> list[app_commands.Choice[str]]:
         if interaction.guild_id is None:
             return []
-        models = await self.bot.runner.storage.guild_endpoints(interaction.guild_id)
+        models = await self.bot.endpoints.models(interaction.guild_id)
         return [
             app_commands.Choice(name=f"{model.name} ({model.worker})", value=model.name)
             for model in models
             if current.lower() in model.name.lower()
         ][:25]
+
+    async def run_new(
+        self, interaction: discord.Interaction[Any], params: GenerationParams, model: str | None = None
+    ) -> None:
+        """A new job from a command, a button or a form: the same checks and limits for all. The checks are
+        quick (memory and a few small queries), so a refusal can still be private; the rest follows the defer."""
+        if not self.bot.runner.accepting:
+            raise BotError("The bot is restarting; try again in a minute.")
+        permissions = interaction.app_permissions
+        request = Request(
+            guild_id=interaction.guild_id,
+            member_id=interaction.user.id,
+            nsfw_channel=is_nsfw(interaction.channel),
+            missing_permissions=tuple(name for name in NEEDED_PERMISSIONS if not getattr(permissions, name)),
+        )
+        admission = await preflight(self.bot.endpoints, self.bot.storage, request, params, model, self.bot.now())
+        await interaction.response.defer(thinking=True)
+        try:
+            message_id: int | None = (await interaction.original_response()).id
+        except discord.HTTPException:
+            message_id = None
+        origin = Origin(
+            request_id=interaction.id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id or 0,
+            user_id=interaction.user.id,
+            user_name=interaction.user.display_name,
+            token=interaction.token,
+            token_expires_at=interaction.expires_at,
+            message_id=message_id,
+            filesize_limit=interaction.filesize_limit,
+        )
+        await self.bot.runner.start(origin, admission)
+
+    # --- a job's buttons -----------------------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_job_button(self, interaction: discord.Interaction[ImagineBot], action: ButtonAction, key: str) -> None:
+        try:
+            await self._on_button(interaction, action, key)
+        except Exception as error:  # a button has no command tree to report to
+            await reply_privately(interaction, explain(interaction, error))
+
+    async def _on_button(self, interaction: discord.Interaction[ImagineBot], action: ButtonAction, key: str) -> None:
+        record = await self.bot.storage.job(int(key)) if key.isdigit() else None
+        if record is None or record.guild_id != interaction.guild_id:
+            await interaction.response.send_message("I have no record of this job any more.", ephemeral=True)
+            return
+        if action is ButtonAction.INFO:
+            policy = await self.bot.endpoints.policy(record.guild_id)
+            embed = render.info_embed(record, policy.cost(record.execution_ms))
+            await interaction.response.send_message(embed=embed, ephemeral=True)
+            return
+        if action in (ButtonAction.CANCEL, ButtonAction.DELETE) and not _may_moderate(interaction, record):
+            await interaction.response.send_message(
+                f"Only the member who asked for this picture, or a moderator, can {action} it.", ephemeral=True
+            )
+            return
+        params = GenerationParams(**record.params)
+        if action is ButtonAction.CANCEL:
+            await self._cancel(interaction, record)
+        elif action is ButtonAction.DELETE:
+            await interaction.response.defer()
+            await interaction.delete_original_response()
+            log.info("job %s: result deleted by user %s", record.runpod_job_id, interaction.user.id)
+        elif action is ButtonAction.REROLL:
+            await self.run_new(interaction, dataclasses.replace(params, seed=None), record.model)
+        elif action is ButtonAction.EDIT:
+            await interaction.response.send_modal(EditModal(self, params, record.model))
+
+    async def _cancel(self, interaction: discord.Interaction[ImagineBot], record: JobRecord) -> None:
+        if record.delivered_at is not None or not self.bot.runner.is_live(record.request_id):
+            await interaction.response.send_message("This job has already finished.", ephemeral=True)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            await self.bot.runner.cancel(record.request_id, by=interaction.user.display_name)
+        except BotError as error:
+            await interaction.followup.send(f"Could not cancel: {error.explanation}", ephemeral=True)
+            return
+        log.info(
+            "job %s (request %s): cancelled by user %s", record.runpod_job_id, record.request_id, interaction.user.id
+        )
+        await interaction.followup.send("Cancelled.", ephemeral=True)
+
+
+class EditModal(discord.ui.Modal, title="Edit and run again"):
+    """The prompt, prefilled: change it and the job runs again with the other parameters kept."""
+
+    def __init__(self, cog: Imagine, params: GenerationParams, model: str | None) -> None:
+        super().__init__(timeout=600)
+        self._cog = cog
+        self._params = params
+        self._model = model
+        self.prompt: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
+            label="Prompt",
+            custom_id="prompt",
+            style=discord.TextStyle.paragraph,
+            default=params.prompt,
+            max_length=1000,
+        )
+        self.add_item(self.prompt)
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:  # type: ignore[override]
+        params = dataclasses.replace(self._params, prompt=self.prompt.value, seed=None)
+        await self._cog.run_new(interaction, params, self._model)
+
+    async def on_error(self, interaction: discord.Interaction[Any], error: Exception) -> None:  # type: ignore[override]
+        await reply_privately(interaction, explain(interaction, error))
+
+
+def _may_moderate(interaction: discord.Interaction[Any], record: JobRecord) -> bool:
+    return interaction.user.id == record.user_id or interaction.permissions.manage_messages
 
 
 async def setup(bot: ImagineBot) -> None:

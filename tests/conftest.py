@@ -10,12 +10,13 @@ import pytest
 import sqlalchemy as sa
 
 from bot.config import Secret
-from bot.engine import PollPolicy
+from bot.engine import RunPodContext
 from bot.images import ImageFetcher
+from bot.polling import PollPolicy
 from bot.runpod import RetryPolicy, RunPodClient
 from bot.storage import Storage
-from tests.doubles.discord import DiscordDouble
-from tests.doubles.runpod import RunPodDouble
+from doubles.discord import DiscordDouble
+from doubles.runpod import RunPodDouble
 
 API_KEY = "rp_test_key_0123456789"
 ENDPOINT = "test-endpoint"
@@ -36,21 +37,20 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-def client(runpod: RunPodDouble, session: aiohttp.ClientSession) -> RunPodClient:
-    return RunPodClient(
-        session,
-        api_key=Secret(API_KEY),
-        endpoint_id=ENDPOINT,
-        api_url=runpod.api_url,
-        retry=FAST_RETRY,
-        request_timeout=2.0,
-    )
-
-
-@pytest.fixture
 async def fetcher() -> AsyncIterator[ImageFetcher]:
     async with ImageFetcher() as image_fetcher:
         yield image_fetcher
+
+
+@pytest.fixture
+def context(runpod: RunPodDouble, session: aiohttp.ClientSession, fetcher: ImageFetcher) -> RunPodContext:
+    """This test's own RunPod context: nothing learned or rate-limited leaks in from another test."""
+    return RunPodContext(session, fetcher, api_url=runpod.api_url, retry=FAST_RETRY, request_timeout=2.0)
+
+
+@pytest.fixture
+def client(context: RunPodContext) -> RunPodClient:
+    return context.client(Secret(API_KEY), ENDPOINT)
 
 
 @pytest.fixture

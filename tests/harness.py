@@ -14,14 +14,15 @@ import aiohttp
 
 from bot.bot import ImagineBot
 from bot.config import Secret, Settings
-from bot.engine import PollPolicy
+from bot.engine import RunPodContext
 from bot.images import ImageFetcher
 from bot.jobs import RunnerOptions
+from bot.polling import PollPolicy
 from bot.storage import Storage
+from doubles import outputs
+from doubles.discord import DiscordDouble, Interaction, Message, Recorded, run_bot
+from doubles.runpod import RunPodDouble, Script
 from tests.conftest import API_KEY, ENDPOINT
-from tests.doubles import outputs
-from tests.doubles.discord import DiscordDouble, Interaction, Message, Recorded, run_bot
-from tests.doubles.runpod import RunPodDouble, Script
 
 TEST_ENCRYPTION_KEY = Secret("q0Yq2c1w7m0v8x1o4Kk0l9v1Xc2wq3bQ5d6e7f8g9h0=")
 FINAL_TITLES = ("✅ Done", "⚠️ No picture this time", "🚫 Cancelled", "🔄 Bot restarting")
@@ -64,6 +65,7 @@ class Harness:
     discord: DiscordDouble
     runpod: RunPodDouble
     bot: ImagineBot
+    context: RunPodContext  # the bot's side of RunPod
     sent: list[Interaction] = field(default_factory=list)
 
     async def imagine(self, prompt: str = "a lighthouse at dusk", **options: Any) -> Interaction:
@@ -162,13 +164,14 @@ async def running_bot(
             database_url = f"sqlite:///{folder}/bot.db"
         storage = await Storage.open(database_url)
         stack.push_async_callback(storage.close)
+        settings = settings or settings_for(runpod)
+        context = RunPodContext(session, fetcher, api_url=settings.runpod_api_url)
         bot = ImagineBot(
-            settings or settings_for(runpod),
+            settings,
             storage=storage,
-            session=session,
-            fetcher=fetcher,
+            runpod=context,
             runner_options=options or fast_options(),
             guild_ready_timeout=0.05,
         )
         await stack.enter_async_context(run_bot(bot, discord_double))
-        yield Harness(discord_double, runpod, bot)
+        yield Harness(discord_double, runpod, bot, context)

@@ -49,7 +49,7 @@ async def start_bot(tmp_path, discord_double, runpod, *args: str, **env: str) ->
         "LOG_LEVEL": "DEBUG",
     } | env
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.doubles.launch", *args,
+        sys.executable, "-m", "doubles.launch", *args,
         cwd=tmp_path, env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     output: list[str] = []

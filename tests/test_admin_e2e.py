@@ -7,9 +7,8 @@ import sqlite3
 import pytest
 
 from bot.config import Secret
-from tests.conftest import API_KEY, ENDPOINT
-from tests.doubles import outputs
-from tests.doubles.discord import (
+from doubles import outputs
+from doubles.discord import (
     DEFAULT_CHANNEL_ID,
     DEFAULT_GUILD_ID,
     ChannelSpec,
@@ -17,7 +16,8 @@ from tests.doubles.discord import (
     GuildSpec,
     UserSpec,
 )
-from tests.doubles.runpod import Script
+from doubles.runpod import Script
+from tests.conftest import API_KEY, ENDPOINT
 from tests.harness import png_for, running_bot, settings_for
 
 GUILD_KEY = "rpa_GUILD_OWN_KEY_0123456789"
@@ -108,7 +108,7 @@ async def test_an_admin_who_lost_manage_server_before_submitting_saves_nothing(h
     reply = await submit(harness, {"api_key": GUILD_KEY, "endpoint_id": GUILD_ENDPOINT}, permissions=0)
     assert reply == "You need the Manage Guild permission for this."
     assert harness.runpod.requests == []
-    assert await harness.bot.runner.storage.guild_endpoint(DEFAULT_GUILD_ID) is None
+    assert await harness.bot.storage.guild_endpoint(DEFAULT_GUILD_ID) is None
 
 
 @pytest.mark.parametrize(
@@ -124,7 +124,7 @@ async def test_a_bad_key_or_endpoint_is_refused_before_saving(harness, values, m
     reply = await submit(harness, values)
     assert message in reply
     assert "Nothing was saved" in reply
-    assert await harness.bot.runner.storage.guild_endpoint(DEFAULT_GUILD_ID) is None
+    assert await harness.bot.storage.guild_endpoint(DEFAULT_GUILD_ID) is None
 
 
 async def test_comfyui_setup_takes_a_workflow_and_uses_it(harness):
@@ -197,7 +197,7 @@ async def test_rotating_the_encryption_key_reencrypts_stored_keys_at_start(runpo
     async with running_bot(runpod, database_url=url, settings=settings_for(runpod, encryption_keys=(new, old))) as h:
         final = await h.finished(await h.imagine("after rotation"))
         assert final.embeds[0]["title"] == "✅ Done"
-        rotated = (await h.bot.runner.storage.guild_endpoint(DEFAULT_GUILD_ID)).api_key_encrypted
+        rotated = (await h.bot.storage.guild_endpoint(DEFAULT_GUILD_ID)).api_key_encrypted
     assert rotated != stored
     assert Vault((new,)).decrypt(rotated).reveal() == GUILD_KEY  # the old key can now be dropped
     (job,) = runpod.jobs.values()

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from benchmarks.cadence import main, simulate
 from benchmarks.workload import make_workload
-from bot.engine import PollPolicy
+from bot.polling import PollPolicy
 
 RTT, HANDLE = 0.01, 0.02
 

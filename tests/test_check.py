@@ -11,10 +11,11 @@ import aiohttp
 
 from bot.check import inspector_class
 from bot.config import Secret
+from bot.engine import RunPodContext
 from bot.images import ImageFetcher
 from bot.storage import Storage
+from doubles.discord import APP_ID
 from tests.conftest import API_KEY
-from tests.doubles.discord import APP_ID
 from tests.harness import TEST_ENCRYPTION_KEY, settings_for
 from tests.processes import start_bot
 
@@ -63,7 +64,8 @@ async def quickly_synced(tmp_path, discord_double, runpod) -> None:
     storage = await Storage.open(settings.database_url.reveal())  # migrates
     try:
         async with aiohttp.ClientSession() as session, ImageFetcher() as fetcher:
-            bot = inspector_class()(settings, storage=storage, session=session, fetcher=fetcher)
+            runpod_context = RunPodContext(session, fetcher, api_url=settings.runpod_api_url)
+            bot = inspector_class()(settings, storage=storage, runpod=runpod_context)
             with discord_double.patch_discord():
                 async with bot:
                     await bot.login(discord_double.token)

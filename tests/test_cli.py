@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from doubles import outputs
+from doubles.outputs import make_png, pixels
+from doubles.runpod import Script
 from tests.conftest import API_KEY, ENDPOINT
-from tests.doubles import outputs
-from tests.doubles.outputs import make_png, pixels
-from tests.doubles.runpod import Script
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from bot import delivery
 from bot.delivery import fit_for_upload
-from tests.doubles.outputs import make_png
+from doubles.outputs import make_png
 
 
 def test_pictures_that_fit_are_sent_untouched():

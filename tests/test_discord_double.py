@@ -15,7 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 from PIL import Image
 
-from tests.doubles.discord import (
+from doubles.discord import (
     APP_ID,
     BOT_USER_ID,
     DEFAULT_CHANNEL_ID,

@@ -10,34 +10,26 @@ from dataclasses import replace
 import pytest
 
 from bot.config import Secret
-from bot.engine import (
-    EndpointStats,
-    JobResult,
-    JobUpdate,
-    PollPolicy,
-    endpoint_stats,
-    follow_job,
-    parse_progress,
-    submit_job,
-)
+from bot.engine import JobResult, JobUpdate, RunPodContext, follow_job, parse_progress, submit_job
 from bot.errors import JobCancelled, JobExpired, JobFailed, JobTimedOut, OutputError, RunPodUnavailable
 from bot.images import ImageFetcher
 from bot.params import GenerationParams
+from bot.polling import EndpointStats, PollPolicy
 from bot.presets import PRESETS
 from bot.runpod import JobState, JobStatus, RunPodClient
+from doubles import outputs
+from doubles.outputs import make_png
+from doubles.runpod import RunPodDouble, Script
 from tests.conftest import API_KEY, ENDPOINT, FAST_POLL
-from tests.doubles import outputs
-from tests.doubles.outputs import make_png
-from tests.doubles.runpod import RunPodDouble, Script
 
 
-async def run_job(client, fetcher, *, timeout=None, poll=FAST_POLL, job_input=None):
+async def run_job(context, client, *, timeout=None, poll=FAST_POLL, job_input=None):
     job = await client.run(job_input or {"prompt": "a lighthouse"})
-    events = [event async for event in follow_job(client, job.id, fetcher, timeout=timeout, poll=poll)]
+    events = [event async for event in follow_job(context, client, job.id, timeout=timeout, poll=poll)]
     return job.id, events
 
 
-async def test_a_job_is_followed_from_queue_through_progress_to_pictures(client, runpod, fetcher):
+async def test_a_job_is_followed_from_queue_through_progress_to_pictures(client, runpod, context):
     png = make_png(48, 32, seed=9)
     runpod.script_next(
         Script(
@@ -47,7 +39,7 @@ async def test_a_job_is_followed_from_queue_through_progress_to_pictures(client,
             output=outputs.sdxl(png, seed=42),
         )
     )
-    job_id, events = await run_job(client, fetcher)
+    job_id, events = await run_job(context, client)
     *updates, result = events
     assert [update.state for update in updates][0] is JobState.IN_QUEUE
     running = [update for update in updates if update.state is JobState.IN_PROGRESS]
@@ -61,11 +53,11 @@ async def test_a_job_is_followed_from_queue_through_progress_to_pictures(client,
     assert result.execution_ms is not None
 
 
-async def test_the_run_answer_stands_for_the_first_poll(client, runpod, fetcher):
+async def test_the_run_answer_stands_for_the_first_poll(client, runpod, context):
     png = make_png(16, 16, seed=3)
     runpod.script_next(Script(queue_s=0.2, run_s=0.2, output=outputs.sdxl(png)))
     job = await client.run({"prompt": "a lighthouse"})
-    events = follow_job(client, job.id, fetcher, poll=FAST_POLL, submitted=job)
+    events = follow_job(context, client, job.id, poll=FAST_POLL, submitted=job)
     first = await anext(events)
     assert first.state is JobState.IN_QUEUE and first.job_id == job.id
     assert runpod.requests_for("status") == []  # the person sees "in queue" without RunPod being asked again
@@ -74,17 +66,17 @@ async def test_the_run_answer_stands_for_the_first_poll(client, runpod, fetcher)
     assert runpod.requests_for("status")
 
 
-async def test_progress_output_that_looks_like_an_image_is_never_taken_for_one(client, runpod, fetcher):
+async def test_progress_output_that_looks_like_an_image_is_never_taken_for_one(client, runpod, context):
     decoy, final = make_png(8, 8, seed=1), make_png(16, 16, seed=2)
     runpod.script_next(Script(run_s=0.2, progress=[(0.0, outputs.sdxl(decoy))], output=outputs.sdxl(final)))
-    _, events = await run_job(client, fetcher)
+    _, events = await run_job(context, client)
     assert [image.png for image in events[-1].images] == [final]
 
 
-async def test_worker_error_message_is_shown_without_its_traceback(client, runpod, fetcher):
+async def test_worker_error_message_is_shown_without_its_traceback(client, runpod, context):
     runpod.script_next(Script(run_s=0.05, outcome="FAILED", error=outputs.RUNPOD_PYTHON_ERROR))
     with pytest.raises(JobFailed) as caught:
-        await run_job(client, fetcher)
+        await run_job(context, client)
     message = str(caught.value)
     assert "CUDA out of memory. Tried to allocate 2.00 GiB" in message
     assert "Traceback" not in message and "handler.py" not in message
@@ -101,71 +93,71 @@ async def test_worker_error_message_is_shown_without_its_traceback(client, runpo
         ("x" * 5000, None, "…"),
     ],
 )
-async def test_every_failure_payload_gives_a_short_clear_message(client, runpod, fetcher, error, output, expected):
+async def test_every_failure_payload_gives_a_short_clear_message(client, runpod, context, error, output, expected):
     script = Script(outcome="FAILED", error=error)
     if output is not None:
         script.output = output
     runpod.script_next(script)
     with pytest.raises(JobFailed, match=expected) as caught:
-        await run_job(client, fetcher)
+        await run_job(context, client)
     assert len(str(caught.value)) < 400
     assert "Traceback" not in str(caught.value)
 
 
-async def test_cancelled_and_timed_out_jobs_say_so(client, runpod, fetcher):
+async def test_cancelled_and_timed_out_jobs_say_so(client, runpod, context):
     runpod.script_next(Script(run_s=0.05, outcome="CANCELLED"), Script(run_s=0.05, outcome="TIMED_OUT"))
     with pytest.raises(JobCancelled, match="cancelled"):
-        await run_job(client, fetcher)
+        await run_job(context, client)
     with pytest.raises(JobTimedOut, match="timed the job out"):
-        await run_job(client, fetcher)
+        await run_job(context, client)
 
 
-async def test_execution_timeout_from_the_policy_ends_timed_out(client, runpod, fetcher):
+async def test_execution_timeout_from_the_policy_ends_timed_out(client, runpod, context):
     runpod.script_next(Script(run_s=30))
     job = await submit_job(client, GenerationParams("x", seed=1), PRESETS["sdxl"], execution_timeout_s=0.1)
     assert runpod.jobs[job.id].policy == {"executionTimeout": 100}
     with pytest.raises(JobTimedOut):
-        async for _ in follow_job(client, job.id, fetcher, poll=FAST_POLL):
+        async for _ in follow_job(context, client, job.id, poll=FAST_POLL):
             pass
 
 
-async def test_our_deadline_cancels_the_job_on_runpod(client, runpod, fetcher):
+async def test_our_deadline_cancels_the_job_on_runpod(client, runpod, context):
     runpod.script_next(Script(queue_s=60))
     with pytest.raises(JobTimedOut, match="cancelled on RunPod") as caught:
-        await run_job(client, fetcher, timeout=0.2)
+        await run_job(context, client, timeout=0.2)
     job_id = caught.value.job_id
     assert [request.job_id for request in runpod.requests_for("cancel")] == [job_id]
     assert runpod.jobs[job_id].status(runpod.clock()) == "CANCELLED"
 
 
-async def test_stuck_in_progress_job_is_cancelled_at_the_deadline(client, runpod, fetcher):
+async def test_stuck_in_progress_job_is_cancelled_at_the_deadline(client, runpod, context):
     runpod.script_next(Script(run_s=0.05, stuck=True, progress=[(0.0, "finishing")], output=outputs.sdxl(make_png())))
     with pytest.raises(JobTimedOut):
-        await run_job(client, fetcher, timeout=0.3)
+        await run_job(context, client, timeout=0.3)
     assert len(runpod.requests_for("cancel")) == 1
 
 
-async def test_deadline_when_cancel_also_fails_says_the_job_may_still_run(client, runpod, fetcher):
+async def test_deadline_when_cancel_also_fails_says_the_job_may_still_run(client, runpod, context):
     runpod.script_next(Script(queue_s=60))
     runpod.fail_next("cancel", 503, count=10)
     with pytest.raises(JobTimedOut, match="may still run"):
-        await run_job(client, fetcher, timeout=0.1)
+        await run_job(context, client, timeout=0.1)
 
 
-async def test_result_past_retention_is_expired(client, runpod, fetcher):
+async def test_result_past_retention_is_expired(client, runpod, context):
     runpod.script_next(Script(queue_s=60))
     job = await client.run({"prompt": "x"})
     runpod.expire(job.id)
     with pytest.raises(JobExpired, match="30 minutes"):
-        async for _ in follow_job(client, job.id, fetcher, poll=FAST_POLL):
+        async for _ in follow_job(context, client, job.id, poll=FAST_POLL):
             pass
 
 
-async def test_completed_with_no_output_or_no_image_is_an_output_error(client, runpod, fetcher):
+async def test_completed_with_no_output_or_no_image_is_an_output_error(client, runpod, context):
     runpod.script_next(Script(), Script(output=outputs.NO_IMAGES), Script(output={"images": ["bm90IGFuIGltYWdl"]}))
     for expected in ("no output", "SaveImage", "not a PNG"):
         with pytest.raises(OutputError, match=expected) as caught:
-            await run_job(client, fetcher)
+            await run_job(context, client)
         assert caught.value.job_id
 
 
@@ -180,26 +172,26 @@ async def test_completed_with_no_output_or_no_image_is_an_output_error(client, r
     ],
     ids=["sdxl", "comfyui", "comfyui-legacy", "a1111", "sd-v1"],
 )
-async def test_every_worker_shape_through_the_engine(client, runpod, fetcher, output):
+async def test_every_worker_shape_through_the_engine(client, runpod, context, output):
     runpod.script_next(Script(output=output))
-    _, events = await run_job(client, fetcher)
+    _, events = await run_job(context, client)
     assert [image.png for image in events[-1].images] == [make_png(seed=3)]
 
 
-async def test_polling_rides_out_a_short_outage(client, runpod, fetcher):
+async def test_polling_rides_out_a_short_outage(client, runpod, context):
     runpod.script_next(Script(run_s=0.2, output=outputs.sdxl(make_png())))
     runpod.fail_next("status", 503, count=6)  # more than one call's retries, fewer than the engine's patience
-    _, events = await run_job(client, fetcher)
+    _, events = await run_job(context, client)
     assert isinstance(events[-1], JobResult)
 
 
-async def test_polling_gives_up_when_runpod_stays_down(client, runpod, fetcher):
+async def test_polling_gives_up_when_runpod_stays_down(client, runpod, context):
     runpod.script_next(Script(queue_s=60))
     job = await client.run({"prompt": "x"})
     runpod.fail_next("status", 503, count=1000)
     with pytest.raises(RunPodUnavailable):
         async for _ in follow_job(
-            client, job.id, fetcher, poll=PollPolicy((0.001, 0.001), (0.001, 0.001), max_failures=3)
+            context, client, job.id, poll=PollPolicy((0.001, 0.001), (0.001, 0.001), max_failures=3)
         ):
             pass
 
@@ -210,9 +202,9 @@ async def test_poll_cadence_backs_off_while_nothing_changes():
     assert [policy.delay(JobState.IN_PROGRESS, n) for n in range(4)] == [0.5, 1.0, 2.0, 2.0]
 
 
-async def test_a_long_queue_is_not_polled_every_tick(client, runpod, fetcher):
+async def test_a_long_queue_is_not_polled_every_tick(client, runpod, context):
     runpod.script_next(Script(queue_s=0.6, output=outputs.sdxl(make_png())))
-    await run_job(client, fetcher, poll=PollPolicy(queued=(0.02, 0.2), running=(0.02, 0.2)))
+    await run_job(context, client, poll=PollPolicy(queued=(0.02, 0.2), running=(0.02, 0.2)))
     assert len(runpod.requests_for("status")) < 0.6 / 0.02 / 2
 
 
@@ -290,6 +282,7 @@ def learned(*runs: float) -> EndpointStats:
 
 
 async def follow_virtually(virtual, session, fetcher, script, *, stats, poll=None, submitted_at=None, late=0.0):
+    context = RunPodContext(session, fetcher, api_url=virtual[1].api_url)
     """Submit one scripted job, optionally start following it `late` s after, and return the poll times
     (seconds after submission) and the events."""
     clock, double = virtual
@@ -301,7 +294,7 @@ async def follow_virtually(virtual, session, fetcher, script, *, stats, poll=Non
     events = [
         event
         async for event in follow_job(
-            client, job.id, fetcher, clock=clock, sleep=clock.sleep, stats=stats, poll=poll, submitted_at=submitted_at
+            context, client, job.id, clock=clock, sleep=clock.sleep, stats=stats, poll=poll, submitted_at=submitted_at
         )
     ]
     return [request.at - submitted for request in double.requests_for("status")], events
@@ -435,16 +428,17 @@ def test_the_band_tightens_as_runs_accumulate():
     assert few.band().low < many.band().low < 10.0 < many.band().high < few.band().high
 
 
-async def test_jobs_of_one_endpoint_share_what_it_taught(client, session, runpod, fetcher):
+async def test_jobs_of_one_endpoint_share_what_it_taught(client, runpod, context):
     runpod.script_next(Script(run_s=0.2, output=outputs.sdxl(make_png())))
-    before = endpoint_stats(client).runs
-    await run_job(client, fetcher)
-    other = RunPodClient(session, api_key=Secret(API_KEY), endpoint_id=ENDPOINT, api_url=runpod.api_url)
-    assert endpoint_stats(other) is endpoint_stats(client)
-    assert endpoint_stats(other).runs == before + 1
+    assert context.stats(ENDPOINT).runs == 0  # a context of its own: nothing leaks in from other tests
+    await run_job(context, client)
+    other = context.client(Secret("another-key"), ENDPOINT)
+    assert context.stats(other.endpoint_id) is context.stats(client.endpoint_id)
+    assert context.stats(ENDPOINT).runs == 1
+    assert context.stats("other-endpoint").runs == 0
 
 
-async def test_many_pictures_finishing_at_once_are_decoded_a_few_at_a_time(client, runpod):
+async def test_many_pictures_finishing_at_once_are_decoded_a_few_at_a_time(client, runpod, session):
     """Large answers are read and decoded a few at a time; the rest wait or are fetched again, and all arrive."""
     png = make_png(300, 300, seed=4)  # well over the size that counts as large once base64-encoded
     assert len(outputs.b64(png)) > 256 * 1024
@@ -466,8 +460,9 @@ async def test_many_pictures_finishing_at_once_are_decoded_a_few_at_a_time(clien
         runpod.script_next(Script(run_s=0.2, output=outputs.sdxl(png)))
         jobs.append((await client.run({"prompt": "x"})).id)
     async with CountingFetcher() as fetcher:
+        context = RunPodContext(session, fetcher, api_url=runpod.api_url)
         results = await asyncio.gather(
-            *(_last(follow_job(client, job_id, fetcher, poll=FAST_POLL, stats=EndpointStats())) for job_id in jobs)
+            *(_last(follow_job(context, client, job_id, poll=FAST_POLL, stats=EndpointStats())) for job_id in jobs)
         )
     assert all(isinstance(result, JobResult) and result.images[0].png == png for result in results)
     assert CountingFetcher.peak <= max(2, os.cpu_count() or 1)

@@ -10,9 +10,8 @@ import discord
 import pytest
 from PIL import Image
 
-from tests.conftest import API_KEY, ENDPOINT
-from tests.doubles import outputs
-from tests.doubles.discord import (
+from doubles import outputs
+from doubles.discord import (
     APP_PERMISSIONS,
     DEFAULT_CHANNEL_ID,
     DEFAULT_GUILD_ID,
@@ -21,7 +20,8 @@ from tests.doubles.discord import (
     GuildSpec,
     UserSpec,
 )
-from tests.doubles.runpod import Script
+from doubles.runpod import Script
+from tests.conftest import API_KEY, ENDPOINT
 from tests.harness import button, fast_options, field_value, png_for, running_bot
 
 NSFW_CHANNEL_ID = DEFAULT_CHANNEL_ID + 7
@@ -47,7 +47,7 @@ async def harness(runpod):
 
 
 async def set_policy(harness, **policy):
-    await harness.bot.runner.storage.save_guild_policy(DEFAULT_GUILD_ID, policy)
+    await harness.bot.storage.save_guild_policy(DEFAULT_GUILD_ID, policy)
 
 
 async def refused(harness, interaction) -> str:
@@ -198,21 +198,20 @@ async def test_the_sweeper_cancels_a_stale_job_nobody_follows(harness, client):
     await set_policy(harness, max_wall_seconds=60)
     harness.runpod.default_script = lambda job_input: Script(queue_s=600)
     job = await client.run({"prompt": "orphan"})
-    runner = harness.bot.runner
-    from bot.storage import JobRecord
+    from bot.storage import JobRecord, KeySource, LedgerState
 
-    await runner.storage.record_job(
+    await harness.bot.storage.record_job(
         JobRecord(
             request_id=42, guild_id=DEFAULT_GUILD_ID, channel_id=DEFAULT_CHANNEL_ID, user_id=DEFAULT_USER_ID,
             user_name="Member", params={"prompt": "orphan", "seed": 1}, endpoint_id=ENDPOINT, worker="sdxl",
-            key_source="default", runpod_job_id=job.id, state="queued",
+            key_source=KeySource.DEFAULT, runpod_job_id=job.id, state=LedgerState.QUEUED,
             created_at=datetime.now(UTC) - timedelta(minutes=5),
         )
     )  # fmt: skip
-    await runner.sweep()
+    await harness.bot.runner.sweep()
     assert [request.job_id for request in harness.runpod.requests_for("cancel")] == [job.id]
     assert harness.runpod.requests_for("cancel")[0].headers["Authorization"] == f"Bearer {API_KEY}"
-    record = await runner.storage.job(42)
+    record = await harness.bot.storage.job(42)
     assert record.state == "timed_out"
     assert "cancelled on RunPod to stop the billing" in record.notice
     notice = harness.discord.calls_for("channel_message")[-1].json
@@ -296,7 +295,7 @@ async def test_usage_chart_is_a_png_whose_numbers_match_the_ledger(harness):
     with Image.open(BytesIO(chart.data)) as image:
         assert (image.format, image.size) == ("PNG", (900, 560))
 
-    records = await harness.bot.runner.storage.guild_jobs_since(DEFAULT_GUILD_ID, datetime.now(UTC) - timedelta(days=1))
+    records = await harness.bot.storage.guild_jobs_since(DEFAULT_GUILD_ID, datetime.now(UTC) - timedelta(days=1))
     counted = [r for r in records if r.state == "completed"]
     gpu = sum(r.execution_ms for r in counted) / 1000
     text = reply.json["content"]
@@ -329,7 +328,7 @@ async def test_limits_and_moderation_commands_show_and_change_the_rules(harness)
     await harness.discord.send(moderation)
     await harness.discord.wait_for(lambda: harness.private_replies(moderation))
     assert "Refused words: `dragon`" in harness.private_replies(moderation)[0]
-    policy = await harness.bot.runner.policy_for(DEFAULT_GUILD_ID)
+    policy = await harness.bot.endpoints.policy(DEFAULT_GUILD_ID)
     assert (policy.member_daily, policy.max_wall_seconds, policy.banned_words) == (5, 600, ("dragon",))
     member_try = harness.discord.slash("runpod", {"member_daily": 0}, subcommand="limits", permissions=0)
     await harness.discord.send(member_try)

@@ -18,8 +18,8 @@ from PIL import Image
 
 from bot.errors import BotError, OutputError
 from bot.images import ImageFetcher, ImageSource, decode_image, find_images, is_public_address
-from tests.doubles import outputs
-from tests.doubles.outputs import make_jpeg, make_png, pixels
+from doubles import outputs
+from doubles.outputs import make_jpeg, make_png, pixels
 
 PNG_A, PNG_B = make_png(32, 24, seed=1), make_png(24, 32, seed=2)
 

@@ -10,11 +10,11 @@ import pytest
 
 from bot.config import Secret
 from bot.ratelimit import RateLimit
+from doubles import outputs
+from doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID, DEFAULT_USER_ID, Limit, RateLimits, UserSpec
+from doubles.outputs import make_png, pixels
+from doubles.runpod import Script
 from tests.conftest import API_KEY
-from tests.doubles import outputs
-from tests.doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID, DEFAULT_USER_ID, Limit, RateLimits, UserSpec
-from tests.doubles.outputs import make_png, pixels
-from tests.doubles.runpod import Script
 from tests.harness import button, fast_options, field_value, png_for, running_bot, settings_for
 
 
@@ -152,7 +152,7 @@ async def test_every_job_failure_ends_with_a_clear_message(harness, script, expe
 
 async def test_oversized_output_is_refused_clearly(runpod):
     async with running_bot(runpod) as harness:
-        harness.bot.runner._fetcher.max_pixels = 100
+        harness.context.fetcher.max_pixels = 100
         final = await harness.finished(await harness.imagine())
     assert "over the 100 allowed; refused" in field_value(final, "What happened")
 
@@ -314,7 +314,7 @@ async def test_pings_into_one_channel_keep_under_its_webhook_limit_and_all_arriv
     options = fast_options(notify_after=0.0, pings_per_channel=RateLimit(2, 1.2))
     limits = RateLimits(webhook_channel=Limit(2, 1.0))
     async with running_bot(runpod, options=options, rate_limits=limits) as harness:
-        await harness.bot.runner.storage.save_guild_policy(DEFAULT_GUILD_ID, {"member_concurrent": 5})
+        await harness.bot.storage.save_guild_policy(DEFAULT_GUILD_ID, {"member_concurrent": 5})
         interactions = await asyncio.gather(*(harness.imagine(f"lighthouse {n}") for n in range(5)))
         for interaction in interactions:
             await harness.finished(interaction)
@@ -329,9 +329,7 @@ async def test_pings_into_one_channel_keep_under_its_webhook_limit_and_all_arriv
 
 
 async def test_twenty_concurrent_jobs_from_five_members_reach_the_right_people(harness):
-    await harness.bot.runner.storage.save_guild_policy(
-        DEFAULT_GUILD_ID, {"member_concurrent": 4, "guild_concurrent": 20}
-    )
+    await harness.bot.storage.save_guild_policy(DEFAULT_GUILD_ID, {"member_concurrent": 4, "guild_concurrent": 20})
     users = [UserSpec(id=DEFAULT_USER_ID + n, username=f"user{n}", global_name=f"User {n}") for n in range(5)]
     harness.runpod.default_script = lambda job_input: Script(
         queue_s=0.1, run_s=0.2, output=outputs.sdxl(png_for(job_input["prompt"]))

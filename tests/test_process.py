@@ -5,10 +5,10 @@ from __future__ import annotations
 import signal
 import time
 
+from doubles import outputs
+from doubles.discord import DEFAULT_GUILD_ID
+from doubles.runpod import Script
 from tests.conftest import API_KEY
-from tests.doubles import outputs
-from tests.doubles.discord import DEFAULT_GUILD_ID
-from tests.doubles.runpod import Script
 from tests.processes import ready, start_bot
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from tests.doubles import outputs
-from tests.doubles.discord import DEFAULT_GUILD_ID
-from tests.doubles.runpod import Script
+from doubles import outputs
+from doubles.discord import DEFAULT_GUILD_ID
+from doubles.runpod import Script
 from tests.harness import button, field_value, png_for
 from tests.processes import ready, set_policy, start_bot
 

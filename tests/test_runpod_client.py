@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks.report import peak_in_window
 from bot.config import Secret
+from bot.engine import RunPodContext
 from bot.errors import (
     RunPodAuthError,
     RunPodBadResponse,
@@ -19,15 +20,14 @@ from bot.errors import (
 )
 from bot.ratelimit import RateLimit, RateLimiter
 from bot.runpod import (
-    SHARED_RATE_LIMITERS,
     JobState,
     RateLimiters,
     RetryPolicy,
     RunPodClient,
     endpoint_url,
 )
+from doubles.runpod import Script
 from tests.conftest import API_KEY, ENDPOINT, FAST_RETRY
-from tests.doubles.runpod import Script
 
 
 def recording_client(runpod, session, delays, **kwargs):
@@ -267,10 +267,11 @@ def test_one_limiter_per_endpoint_and_operation_whatever_the_client():
     assert limiters.get(endpoint_url("https://api.runpod.ai/v2", "ep1"), "cancel").limit == 90
 
 
-def test_clients_share_the_default_limiters(session):
-    first = RunPodClient(session, api_key=Secret("k"), endpoint_id="ep", api_url="https://api.runpod.ai/v2")
-    second = RunPodClient(session, api_key=Secret("k"), endpoint_id="ep", api_url="https://api.runpod.ai/v2")
-    assert first._limiters is second._limiters is SHARED_RATE_LIMITERS
+async def test_clients_of_one_context_share_its_limiters_and_no_others(context, session):
+    first, second = context.client(Secret("k"), "ep"), context.client(Secret("other"), "ep")
+    assert first._limiters is second._limiters is context.limiters
+    elsewhere = RunPodContext(session, context.fetcher, api_url=context.api_url)
+    assert elsewhere.client(Secret("k"), "ep")._limiters is not context.limiters
 
 
 async def test_many_concurrent_jobs_never_exceed_the_endpoints_limit(runpod, session):

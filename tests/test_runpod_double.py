@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.doubles.runpod import RunPodDouble, Script
+from doubles.runpod import RunPodDouble, Script
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

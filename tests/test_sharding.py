@@ -7,9 +7,9 @@ import signal
 
 import pytest
 
-from tests.doubles import outputs
-from tests.doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID, ChannelSpec, DiscordDouble, GuildSpec
-from tests.doubles.runpod import Script
+from doubles import outputs
+from doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID, ChannelSpec, DiscordDouble, GuildSpec
+from doubles.runpod import Script
 from tests.harness import png_for
 from tests.processes import ready, start_bot
 from tests.test_restart import assert_delivered_once, deliveries, title

@@ -1,9 +1,5 @@
-"""A loopback fake of Discord (REST API v10 + gateway) that the real discord.py client can be driven against.
-
-Start a :class:`DiscordDouble`, run a bot with :func:`run_bot`, push interactions with ``slash``/``click``/
-``submit_modal`` + ``send``, then assert on ``calls`` (every REST request) and ``messages`` (what members see).
-Pass ``rate_limits=RateLimits()`` to enforce Discord's rate-limit buckets; every 429 sent is in ``rate_limit_hits``.
-"""
+"""The Discord double's HTTP server: :class:`DiscordDouble` (REST API v10, gateway and attachment CDN on
+loopback), the interactions it builds and sends, and :func:`run_bot`."""
 
 from __future__ import annotations
 
@@ -16,8 +12,8 @@ import mimetypes
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, TypeVar
 
 import aiohttp
@@ -27,39 +23,34 @@ import discord.http
 import yarl
 from aiohttp import web
 
-APP_ID = 1_300_000_000_000_000_001
-# Deliberately not APP_ID (modern apps share the id) so code mixing up user and application ids fails.
-BOT_USER_ID = 1_300_000_000_000_000_002
-DEFAULT_GUILD_ID = 1_100_000_000_000_000_001
-DEFAULT_CHANNEL_ID = 1_100_000_000_000_000_101
-DEFAULT_USER_ID = 1_200_000_000_000_000_001
+from . import ratelimits
+from .model import (
+    _WEBHOOK_ROUTES,
+    APP_ID,
+    APP_PERMISSIONS,
+    BOT_USER,
+    DEFAULT_CHANNEL_ID,
+    DEFAULT_FILE_LIMIT,
+    DEFAULT_GUILD_ID,
+    DEFAULT_USER,
+    EPHEMERAL,
+    LOADING,
+    MEMBER_PERMISSIONS,
+    ApiError,
+    Attachment,
+    ChannelSpec,
+    GatewayConnection,
+    GuildSpec,
+    Interaction,
+    Message,
+    Recorded,
+    UserSpec,
+    _now,
+)
+from .ratelimits import RateLimitHit, RateLimits, _BucketRef, _Window
 
-MEMBER_PERMISSIONS = discord.Permissions(
-    view_channel=True, send_messages=True, read_message_history=True, embed_links=True, attach_files=True,
-    add_reactions=True, use_application_commands=True, use_external_emojis=True, send_messages_in_threads=True,
-).value  # fmt: skip
-APP_PERMISSIONS = (discord.Permissions.text() | discord.Permissions(view_channel=True)).value
-EPHEMERAL, LOADING = 1 << 6, 1 << 7
-DEFAULT_FILE_LIMIT = 10 * 1024 * 1024
 ClientT = TypeVar("ClientT", bound=discord.Client)
 
-_ERRORS = {
-    0: "General error",
-    10003: "Unknown Channel",
-    10008: "Unknown Message",
-    10015: "Unknown Webhook",
-    10062: "Unknown interaction",
-    40005: "Request entity too large",
-    40060: "Interaction has already been acknowledged.",
-    50013: "Missing Permissions",
-    50027: "Invalid Webhook Token",
-    50035: "Invalid Form Body",
-}
-_DEFAULT_CODES = {401: 50027, 403: 50013, 400: 50035, 413: 40005}
-_WEBHOOK_ROUTES = frozenset(
-    {"edit_original", "get_original", "delete_original", "followup", "edit_followup", "get_followup",
-     "delete_followup"}
-)  # fmt: skip
 _W = r"/webhooks/(?P<app>\d+)/(?P<token>[^/]+)"
 _APP = r"/applications/(?P<app>\d+)"
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
@@ -88,193 +79,6 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 ]
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass
-class UserSpec:
-    id: int = DEFAULT_USER_ID
-    username: str = "member"
-    global_name: str | None = "Member"
-    bot: bool = False
-
-    def payload(self) -> dict[str, Any]:
-        return {"id": str(self.id), "username": self.username, "discriminator": "0",
-                "global_name": self.global_name, "avatar": None, "bot": self.bot}  # fmt: skip
-
-
-@dataclass
-class ChannelSpec:
-    id: int = DEFAULT_CHANNEL_ID
-    name: str = "general"
-    type: int = 0
-    nsfw: bool = False
-    position: int = 0
-
-
-@dataclass
-class GuildSpec:
-    id: int = DEFAULT_GUILD_ID
-    name: str = "Test Guild"
-    channels: list[ChannelSpec] = field(default_factory=lambda: [ChannelSpec()])
-    owner_id: int = DEFAULT_USER_ID
-    everyone_permissions: int = MEMBER_PERMISSIONS
-    member_count: int = 2
-
-
-DEFAULT_USER = UserSpec()
-BOT_USER = UserSpec(id=BOT_USER_ID, username="imagine-bot", global_name=None, bot=True)
-
-
-@dataclass(frozen=True)
-class Limit:
-    requests: int
-    per: float  # seconds
-
-
-@dataclass(frozen=True)
-class RateLimits:
-    """Discord's rate-limit buckets. Discord publishes no numbers and tells clients to read the headers; these
-    are the ones the reference quotes (shared/reference/discord-platform.md, B2), order of magnitude only.
-
-    Windows are fixed, as Discord's are: a bucket opens on its first request and resets ``per`` seconds later.
-    Refused requests use up nothing, so a client that waits out ``retry_after`` gets through.
-    """
-
-    # Every request made with the bot token. Interaction routes are authorised by their own token and
-    # "are not bound to the bot's Global Rate Limit".
-    bot_global: Limit = Limit(50, 1.0)
-    # Per interaction token, across @original and followups: interaction webhooks have webhook limits.
-    interaction: Limit = Limit(5, 2.0)
-    callback: Limit = Limit(5, 2.0)  # per interaction, its callback route
-    channel_message: Limit = Limit(5, 5.0)  # POST /channels/{id}/messages, per channel
-    channel_message_edit: Limit = Limit(5, 5.0)  # PATCH or DELETE of a channel's message, per channel
-    webhook_channel: Limit = Limit(30, 60.0)  # messages webhooks (followups included) post into one channel
-    # Every other route: no number was ever quoted, so nothing tighter than the global limit.
-    other_route: Limit = Limit(50, 1.0)
-
-
-@dataclass(frozen=True)
-class RateLimitHit:
-    """One 429 the double sent."""
-
-    at: float  # the double's clock
-    route: str
-    bucket: str  # "global" for the bot-wide limit
-    scope: str  # X-RateLimit-Scope: "global", "user" (this bot's per-route limit) or "shared" (the resource's)
-    key: str  # what the bucket is per: a token, a channel id
-    retry_after: float
-    token: str | None
-    channel_id: int | None
-
-
-@dataclass
-class _Window:
-    limit: Limit
-    opened: float = -math.inf
-    used: int = 0
-
-    def roll(self, now: float) -> None:
-        if now >= self.opened + self.limit.per:
-            self.opened, self.used = now, 0
-
-    @property
-    def full(self) -> bool:
-        return self.used >= self.limit.requests
-
-    def reset_after(self, now: float) -> float:
-        return max(0.0, self.opened + self.limit.per - now)
-
-
-@dataclass(frozen=True)
-class _BucketRef:
-    name: str  # what X-RateLimit-Bucket says: the same for every token or channel, as Discord's hashes are
-    key: str
-    limit: Limit
-    scope: str = "user"
-
-
-@dataclass
-class Attachment:
-    filename: str
-    data: bytes
-    content_type: str | None
-    id: int = 0  # the files[n] index while in a request, a snowflake once stored on a message
-
-
-@dataclass
-class Recorded:
-    """One REST call the bot made."""
-
-    method: str
-    path: str
-    route: str
-    token: str | None
-    channel_id: int | None
-    message_id: int | None
-    json: Any
-    files: list[Attachment]
-    status: int
-    at: float  # when the request reached the double (its headers; the body is read after)
-    query: dict[str, str] = field(default_factory=dict)
-    bucket: str | None = None  # its rate-limit bucket, when rate limits are on
-
-
-@dataclass
-class Message:
-    """A message as the double holds it: the state a member would see right now."""
-
-    id: int
-    channel_id: int
-    content: str | None
-    embeds: list[dict[str, Any]]
-    components: list[dict[str, Any]]
-    attachments: list[Attachment]
-    flags: int
-    interaction_token: str | None
-    deleted: bool = False
-    interaction_id: int | None = None
-    created_at: datetime = field(default_factory=_now)
-    edited_at: datetime | None = None
-
-    @property
-    def loading(self) -> bool:
-        return bool(self.flags & LOADING)
-
-    @property
-    def ephemeral(self) -> bool:
-        return bool(self.flags & EPHEMERAL)
-
-
-@dataclass
-class Interaction:
-    id: int
-    token: str
-    payload: dict[str, Any]
-    callback_type: int | None = None  # set once the bot has answered the callback
-
-    @property
-    def guild_id(self) -> int | None:
-        gid = self.payload.get("guild_id")
-        return int(gid) if gid else None
-
-
-@dataclass
-class GatewayConnection:
-    """One websocket client (a shard); kept after it closes so tests can inspect what it was sent."""
-
-    ws: web.WebSocketResponse
-    shard: tuple[int, int] = (0, 1)
-    session_id: str = ""
-    seq: int = 0
-    identify: dict[str, Any] | None = None
-    ready: bool = False  # identified or resumed, so it may receive dispatches
-    guild_ids: list[int] = field(default_factory=list)
-    events: list[tuple[str, Any]] = field(default_factory=list)  # (t, d) of every dispatch sent
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
 @dataclass
 class _Fault:
     route: str
@@ -283,13 +87,6 @@ class _Fault:
     code: int | None
     retry_after: float | None
     token: str | None
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: int | None = None, message: str | None = None) -> None:
-        self.status, self.code = status, code if code is not None else _DEFAULT_CODES.get(status, 0)
-        self.message = message or _ERRORS.get(self.code, f"{status}: error")
-        super().__init__(f"{self.status} {self.code} {self.message}")
 
 
 def _json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -708,60 +505,26 @@ class DiscordDouble:
         return response
 
     # rate limits ----------------------------------------------------------------------------------------
-    def _route_buckets(self, rec: Recorded, limits: RateLimits) -> list[_BucketRef]:
-        """The route's buckets; the first is the one its answers report in their headers."""
-        if rec.route == "callback":
-            return [_BucketRef("interaction-callback", rec.path.split("/")[2], limits.callback)]
-        if rec.route in _WEBHOOK_ROUTES:
-            buckets = [_BucketRef("interaction-webhook", rec.token or "", limits.interaction)]
-            inter = self.interactions.get(rec.token or "")
-            if rec.route == "followup" and inter is not None:
-                channel = str(inter.payload["channel_id"])
-                buckets.append(_BucketRef("webhook-channel", channel, limits.webhook_channel, "shared"))
-            return buckets
-        if rec.route == "channel_message":
-            return [_BucketRef("channel-message-create", str(rec.channel_id), limits.channel_message)]
-        if rec.route in ("edit_channel_message", "delete_channel_message"):
-            return [_BucketRef("channel-message-edit", str(rec.channel_id), limits.channel_message_edit)]
-        # Discord keys a route's bucket by its top-level resource: the path up to the first id.
-        major = re.match(r"/\D*\d+", rec.path)
-        return [_BucketRef(f"route-{rec.route}", major[0] if major else rec.path, limits.other_route)]
-
-    def _window(self, bucket: _BucketRef, now: float) -> _Window:
-        window = self._windows.setdefault((bucket.name, bucket.key), _Window(bucket.limit))
-        window.roll(now)
-        return window
-
     def _rate_limit(
         self, rec: Recorded, request: web.Request, limits: RateLimits
     ) -> tuple[web.Response | None, dict[str, str]]:
         """(a 429, or None when every bucket the request needs has room, and then the headers of the route's
         bucket after using it, which let a client pace itself before it is ever refused)."""
         now = self.clock()
-        route_buckets = self._route_buckets(rec, limits)
+        route_buckets = ratelimits.route_buckets(rec, limits, self.interactions)
         rec.bucket = route_buckets[0].name
-        checked = [(bucket, self._window(bucket, now)) for bucket in route_buckets]
+        checked = [(bucket, ratelimits.current_window(self._windows, bucket, now)) for bucket in route_buckets]
         route_bucket, route_window = checked[0]
         if request.headers.get("Authorization") == f"Bot {self.token}":
             bot = _BucketRef("global", "bot", limits.bot_global, "global")
-            checked.insert(0, (bot, self._window(bot, now)))  # checked first: a global 429 says so
+            # checked first: a global 429 says so
+            checked.insert(0, (bot, ratelimits.current_window(self._windows, bot, now)))
         for bucket, window in checked:
             if window.full:
                 return self._too_many(rec, bucket, window, route_bucket, route_window, now), {}
         for _, window in checked:
             window.used += 1
-        return None, {"Via": "1.1 google", **self._limit_headers(route_bucket, route_window, now)}
-
-    @staticmethod
-    def _limit_headers(bucket: _BucketRef, window: _Window, now: float) -> dict[str, str]:
-        after = window.reset_after(now)
-        return {
-            "X-RateLimit-Limit": str(bucket.limit.requests),
-            "X-RateLimit-Remaining": str(max(0, bucket.limit.requests - window.used)),
-            "X-RateLimit-Reset": f"{time.time() + after:.3f}",
-            "X-RateLimit-Reset-After": f"{after:.3f}",
-            "X-RateLimit-Bucket": bucket.name,
-        }
+        return None, {"Via": "1.1 google", **ratelimits.limit_headers(route_bucket, route_window, now)}
 
     def _too_many(
         self, rec: Recorded, bucket: _BucketRef, window: _Window, route_bucket: _BucketRef, route_window: _Window,
@@ -775,7 +538,7 @@ class DiscordDouble:
             # Cloudflare ban and gives up instead of waiting.
             "Via": "1.1 google",
             "Retry-After": str(max(1, math.ceil(wait))),
-            **self._limit_headers(route_bucket, route_window, now),
+            **ratelimits.limit_headers(route_bucket, route_window, now),
             "X-RateLimit-Scope": bucket.scope,
         }
         if is_global:

@@ -1,6 +1,6 @@
 """A fake RunPod serverless API (``/v2/{endpoint}/...``) for offline, clock-driven tests.
 
-See ``/work/shared/reference/runpod-api.md`` (section 7) for the behaviour it reproduces.  Every job's
+See docs/runpod-api.md, What a test double must reproduce, for the behaviour it reproduces.  Every job's
 life is computed from an injectable clock and a :class:`Script`, so a test can pass a fake clock and jump
 through minutes of cold start without waiting.
 """

@@ -1,4 +1,4 @@
-"""`python -m tests.doubles.launch [run|sync]`: the real `python -m bot`, pointed at the Discord double.
+"""`python -m doubles.launch [run|sync]`: the real `python -m bot`, pointed at the Discord double.
 
 The double's addresses come from DISCORD_DOUBLE_REST and DISCORD_DOUBLE_GATEWAY; nothing else changes,
 so a test can SIGTERM or SIGKILL a real bot process.

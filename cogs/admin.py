@@ -1,4 +1,5 @@
-"""`/runpod setup|status|remove`: a server admin connects the server's own RunPod endpoint and key.
+"""`/runpod setup|status|remove|limits|moderation|usage`: a server admin connects the server's own RunPod
+endpoint and key, and sets its rules.
 
 Manage Server is enforced here, not only by Discord's default permissions (which an admin may
 loosen in the server settings). The key is typed into a modal, so it never appears in the command,
@@ -19,12 +20,12 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Secret
+from bot.endpoints import DEFAULT_MODEL
 from bot.errors import BotError, RunPodAuthError, RunPodNotFound, RunPodRejected
 from bot.policy import GuildPolicy, check_pattern
-from bot.presets import PRESETS, parse_workflow
+from bot.presets import PRESETS
 from bot.replies import explain, reply_privately
 from bot.runpod import Health
-from bot.storage import GuildEndpoint
 from bot.usage import DAYS, build_report, render_chart
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class SetupModal(discord.ui.Modal):
         max_length=128,
     )
 
-    def __init__(self, worker: str, name: str = "default") -> None:
+    def __init__(self, worker: str, name: str = DEFAULT_MODEL) -> None:
         super().__init__(title=f"Connect RunPod ({worker})", custom_id=f"runpod:setup:{worker}", timeout=600)
         self.worker = worker
         self.name = name
@@ -93,32 +94,19 @@ async def connect(
     workflow: str | None,
 ) -> str:
     """Check the key against RunPod, then save it encrypted. Returns what to tell the admin."""
-    runner = interaction.client.runner
     assert interaction.guild_id is not None
-    if workflow is not None:
-        parse_workflow(workflow)
     key = Secret(api_key)
     try:
-        client = runner.client_for_key(key, endpoint_id)
-        health = await client.health()
+        health = await interaction.client.endpoints.connect(
+            interaction.guild_id, name, key, endpoint_id, worker, workflow, by=interaction.user.id
+        )
     except RunPodAuthError:
         return "❌ RunPod refused that API key (401). Nothing was saved. Check the key in RunPod → Settings → API Keys."
     except RunPodNotFound:
         return f"❌ RunPod has no endpoint `{endpoint_id}` for that key (404). Nothing was saved."
     except RunPodRejected as error:
         return f"❌ {error} Nothing was saved."
-    await runner.storage.save_guild_endpoint(
-        GuildEndpoint(
-            guild_id=interaction.guild_id,
-            name=name,
-            endpoint_id=endpoint_id,
-            api_key_encrypted=runner.vault.encrypt(api_key),
-            worker=worker,
-            workflow=workflow,
-            updated_by=interaction.user.id,
-        )
-    )
-    model = "" if name == "default" else f" as model “{name}”"
+    model = "" if name == DEFAULT_MODEL else f" as model “{name}”"
     return (
         f"✅ Connected endpoint `{endpoint_id}` ({worker}){model} with key `{key.masked}`.\n"
         f"{describe_health(health)}\nMembers can use /imagine now."
@@ -154,9 +142,9 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
         self,
         interaction: discord.Interaction[ImagineBot],
         worker: str = "sdxl",
-        name: app_commands.Range[str, 1, 32] = "default",
+        name: app_commands.Range[str, 1, 32] = DEFAULT_MODEL,
     ) -> None:
-        if not self.bot.runner.vault.available:
+        if not self.bot.endpoints.can_store_keys:
             raise BotError(
                 "The bot cannot store keys yet: its operator has not set BOT_ENCRYPTION_KEY. Ask them to set it "
                 "(see .env.example for how to make one) and restart the bot."
@@ -168,13 +156,13 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
     @app_commands.command(name="status", description="Show this server's RunPod connection and its health")
     async def status(self, interaction: discord.Interaction[ImagineBot]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        runner = self.bot.runner
+        endpoints = self.bot.endpoints
         assert interaction.guild_id is not None
-        models: list[str | None] = [saved.name for saved in await runner.storage.guild_endpoints(interaction.guild_id)]
+        models: list[str | None] = [saved.name for saved in await endpoints.models(interaction.guild_id)]
         lines = []
         for model in models or [None]:  # None: the operator's default endpoint
             try:
-                endpoint = await runner.endpoint_for(interaction.guild_id, model)
+                endpoint = await endpoints.for_guild(interaction.guild_id, model)
             except BotError as error:
                 await interaction.followup.send(error.explanation, ephemeral=True)
                 return
@@ -184,16 +172,16 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
                 f"key `{endpoint.api_key.masked}`."
             )
             try:
-                lines.append(describe_health(await runner.client_for(endpoint).health()))
+                lines.append(describe_health(await endpoints.client(endpoint).health()))
             except BotError as error:
                 lines.append(f"RunPod health check failed: {error.explanation}")
         await interaction.followup.send("\n".join(lines), ephemeral=True)
 
     @app_commands.command(name="remove", description="Disconnect this server's RunPod endpoint and forget its key")
     @app_commands.describe(name="Which model to remove (default: default)")
-    async def remove(self, interaction: discord.Interaction[ImagineBot], name: str = "default") -> None:
+    async def remove(self, interaction: discord.Interaction[ImagineBot], name: str = DEFAULT_MODEL) -> None:
         assert interaction.guild_id is not None
-        removed = await self.bot.runner.storage.delete_guild_endpoint(interaction.guild_id, name.lower())
+        removed = await self.bot.endpoints.remove(interaction.guild_id, name.lower())
         text = "Removed: the key is forgotten." if removed else f"This server has no model “{name}”."
         await interaction.response.send_message(text, ephemeral=True)
 
@@ -267,7 +255,7 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
         spoiler: bool | None = None,
     ) -> None:
         assert interaction.guild_id is not None
-        policy = await self.bot.runner.policy_for(interaction.guild_id)
+        policy = await self.bot.endpoints.policy(interaction.guild_id)
         changes: dict[str, Any] = {}
         if ban:
             changes["banned_words"] = (*policy.banned_words, ban.strip().lower())
@@ -288,10 +276,9 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
     async def usage(self, interaction: discord.Interaction[ImagineBot]) -> None:
         assert interaction.guild_id is not None
         await interaction.response.defer(ephemeral=True, thinking=True)
-        runner = self.bot.runner
-        now = runner.options.clock()
-        records = await runner.storage.guild_jobs_since(interaction.guild_id, now - timedelta(days=DAYS))
-        report = build_report(records, now, await runner.policy_for(interaction.guild_id))
+        now = self.bot.now()
+        records = await self.bot.storage.guild_jobs_since(interaction.guild_id, now - timedelta(days=DAYS))
+        report = build_report(records, now, await self.bot.endpoints.policy(interaction.guild_id))
         chart = await asyncio.to_thread(render_chart, report)
         await interaction.followup.send(
             report.summary(), file=discord.File(BytesIO(chart), filename="usage.png"), ephemeral=True
@@ -301,11 +288,11 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
         self, interaction: discord.Interaction[ImagineBot], changes: dict[str, Any]
     ) -> GuildPolicy:
         assert interaction.guild_id is not None
-        runner = self.bot.runner
-        policy = await runner.policy_for(interaction.guild_id)
+        endpoints = self.bot.endpoints
+        policy = await endpoints.policy(interaction.guild_id)
         if changes:
             policy = dataclasses.replace(policy, **changes)
-            await runner.storage.save_guild_policy(interaction.guild_id, policy.to_json())
+            await endpoints.save_policy(interaction.guild_id, policy)
         return policy
 
 

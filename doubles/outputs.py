@@ -1,4 +1,5 @@
-"""Real pictures and the output shapes real RunPod image workers wrap them in (reference section 5)."""
+"""Real pictures and the output shapes real RunPod image workers wrap them in (docs/runpod-api.md, Output shapes
+of image workers)."""
 
 from __future__ import annotations
 
