@@ -1,6 +1,6 @@
 """What 50 `/imagine` jobs at once in one channel cost on Discord's side: `python -m benchmarks.discord`.
 
-The real bot (`tests.harness.running_bot`: the real discord.py client, the bot's real runner options) runs
+The real bot (`doubles.harness.running_bot`: the real discord.py client, the bot's real runner options) runs
 in this process against both loopback doubles. The Discord double enforces Discord's rate limits
 (`doubles.discord.RateLimits`: 50 requests/s per bot token, 5 per 2 s per interaction token, 5 per
 5 s per channel for channel messages, 30 per 60 s per channel for webhook messages) and the 3 s deadline
@@ -59,9 +59,8 @@ from doubles.discord import (
     Recorded,
     UserSpec,
 )
+from doubles.harness import API_KEY, ENDPOINT, Harness, running_bot
 from doubles.runpod import RunPodDouble, Script
-from tests.conftest import API_KEY, ENDPOINT
-from tests.harness import Harness, running_bot
 
 DONE_TITLE = "✅ Done"
 ACK_DEADLINE_S = 3.0
@@ -469,7 +468,7 @@ def markdown(report: Report) -> str:
         f"own {s['picture']} (worker-sdxl). The real bot, with its real runner options (at most one status edit "
         f"per {s['edit_interval_s']:g} s and only on change; a ping for jobs that took over "
         f"{s['notify_after_s']:g} s), runs the real discord.py client against the Discord double, which enforces "
-        "Discord's rate limits as the reference quotes them: "
+        "Discord's rate limits as docs/discord-notes.md quotes them: "
         f"{limits.bot_global.requests}/{limits.bot_global.per:g} s per bot token (interaction routes exempt), "
         f"{limits.interaction.requests}/{limits.interaction.per:g} s per interaction token, "
         f"{limits.channel_message.requests}/{limits.channel_message.per:g} s per channel for channel messages "

@@ -105,7 +105,7 @@ def make_png(seed: int, size: int = 1024) -> bytes:
 
 
 def worker_output(shape: str, png: bytes, seed: int = 42) -> dict[str, Any]:
-    """What each worker returns for one picture (reference section 5)."""
+    """What each worker returns for one picture (docs/runpod-api.md, Output shapes of image workers)."""
     b64 = base64.b64encode(png).decode()
     if shape == "sdxl":  # worker-sdxl repeats the first image as image_url
         uri = f"data:image/png;base64,{b64}"

@@ -91,7 +91,7 @@ class ImagineBot(commands.Bot):
         log.info("logged in as %s (%s) in %d guilds", self.user, self.user.id, len(self.guilds))
 
     async def close(self) -> None:
-        """Idempotent: a PaaS may send SIGTERM more than once."""
+        """Idempotent: a PaaS may send SIGTERM more than once (docs/discord-notes.md, PaaS restarts)."""
         if self._closing is None:
             self._closing = asyncio.create_task(self._shutdown())
         await asyncio.shield(self._closing)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from io import BytesIO
 
 from PIL import Image
 
-MAX_REQUEST_BYTES = 24 * 1024 * 1024  # Discord refuses requests over 25 MiB; keep room for the JSON part
+# Discord refuses requests over 25 MiB (docs/discord-notes.md, Upload limits); room is kept for the JSON part.
+MAX_REQUEST_BYTES = 24 * 1024 * 1024
 _JPEG_QUALITIES = (92, 85, 75)
 
 
@@ -16,6 +18,12 @@ class Upload:
     filename: str
     data: bytes
     note: str | None = None  # said to the member when the picture had to change to fit
+
+
+def upload_stem(prompt: str, seed: int | None, *, spoiler: bool = False) -> str:
+    """A file name a member recognises: the prompt's first words and the seed (Discord blurs SPOILER_ files)."""
+    words = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:40].rstrip("_")
+    return f"{'SPOILER_' if spoiler else ''}{words or 'imagine'}_{seed}"
 
 
 def fit_for_upload(pngs: list[bytes], *, per_file_limit: int, stem: str) -> list[Upload]:

@@ -200,7 +200,7 @@ async def follow_job(
                 try:
                     status = await client.status(job_id, admit=turn.admit)
                     failures = 0
-                except RunPodNotFound:
+                except RunPodNotFound:  # docs/runpod-api.md, Retention
                     raise JobExpired(
                         "RunPod no longer has this job (404): results are kept for 30 minutes after they finish.",
                         job_id,
@@ -283,7 +283,8 @@ _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
 
 
 def parse_progress(value: Any) -> Progress | None:
-    """Read a worker's `progress_update` value: "4/10", "40%", 0.4, {"progress": ...}, {"step", "total"}."""
+    """Read a worker's `progress_update` value: "4/10", "40%", 0.4, {"progress": ...}, {"step", "total"}
+    (docs/runpod-api.md, Progress updates)."""
     if value is None:
         return None
     if isinstance(value, dict):
@@ -320,7 +321,8 @@ def _clamp(fraction: float) -> float:
 
 
 def describe_worker_error(error: Any, output: Any = None) -> str:
-    """The worker's own words, never a traceback: runpod-python sends a JSON string with `error_message`."""
+    """The worker's own words, never a traceback: runpod-python sends a JSON string with `error_message`
+    (docs/runpod-api.md, Worker error strings)."""
     message: Any = error
     if isinstance(error, str):
         try:

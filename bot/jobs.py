@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,7 @@ from bot.admission import Admission
 from bot.buttons import RESULT_ACTIONS, ButtonAction, job_view
 from bot.config import Secret, Settings
 from bot.crypto import Vault
-from bot.delivery import fit_for_upload
+from bot.delivery import fit_for_upload, upload_stem
 from bot.endpoints import Endpoint, Endpoints
 from bot.engine import JobResult, RunPodContext, follow_job, submit_job
 from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut, RunPodError
@@ -35,7 +34,7 @@ from bot.params import GenerationParams
 from bot.policy import FairQueue, GuildPolicy, Ticket
 from bot.polling import PollPolicy
 from bot.presets import PRESETS
-from bot.ratelimit import RateLimit, RateLimiter
+from bot.ratelimit import RateLimit, RateLimiterPerKey
 from bot.runpod import JobState, JobStatus, RunPodClient
 from bot.storage import JobRecord, LedgerState, Storage
 
@@ -70,6 +69,26 @@ class Origin:
     token_expires_at: datetime
     message_id: int | None  # the interaction's reply, once Discord has it
     filesize_limit: int | None = None  # this interaction's upload limit
+
+    def record(self, params: GenerationParams, endpoint: Endpoint, vault: Vault, now: datetime) -> JobRecord:
+        """The job's first line in the ledger: waiting for its turn, its token encrypted (if it can be)."""
+        return JobRecord(
+            request_id=self.request_id,
+            guild_id=self.guild_id,
+            channel_id=self.channel_id,
+            user_id=self.user_id,
+            user_name=self.user_name[:100],
+            params=dataclasses.asdict(params),
+            endpoint_id=endpoint.endpoint_id,
+            worker=endpoint.preset.name,
+            key_source=endpoint.source,
+            model=endpoint.model,
+            token_encrypted=vault.encrypt(self.token) if vault.available else None,
+            token_expires_at=self.token_expires_at,
+            message_id=self.message_id,
+            state=LedgerState.WAITING,
+            created_at=now,
+        )
 
 
 @dataclass
@@ -120,7 +139,7 @@ class JobRunner:
         self.options = options or RunnerOptions()
         self.live: dict[int, LiveJob] = {}  # by ledger id
         self.queue = FairQueue()
-        self._pings: dict[int, RateLimiter] = {}  # by channel id
+        self._pings = RateLimiterPerKey(self.options.pings_per_channel)  # by channel id
         self.accepting = True
 
     # --- a new job ---------------------------------------------------------------------------------
@@ -128,27 +147,11 @@ class JobRunner:
     async def start(self, origin: Origin, admission: Admission) -> None:
         """Called right after the defer: record the job, then wait for its turn, submit it, follow it."""
         params, endpoint = admission.params.with_seed(), admission.endpoint
-        record = JobRecord(
-            request_id=origin.request_id,
-            guild_id=origin.guild_id,
-            channel_id=origin.channel_id,
-            user_id=origin.user_id,
-            user_name=origin.user_name[:100],
-            params=dataclasses.asdict(params),
-            endpoint_id=endpoint.endpoint_id,
-            worker=endpoint.preset.name,
-            key_source=endpoint.source,
-            model=endpoint.model,
-            token_encrypted=self._vault.encrypt(origin.token) if self._vault.available else None,
-            token_expires_at=origin.token_expires_at,
-            message_id=origin.message_id,
-            state=LedgerState.WAITING,
-            created_at=self.options.clock(),
-        )
+        record = origin.record(params, endpoint, self._vault, self.options.clock())
         if not await self._storage.record_job(record):
             log.warning("request %s arrived twice; its job is already recorded, not paying again", origin.request_id)
             return
-        job = self._live_job(record, params, endpoint, origin.token, admission.policy)
+        job = self._live_job(record, endpoint, admission.policy, origin.token)
         job.filesize_limit = origin.filesize_limit
         self._spawn(job)
 
@@ -171,27 +174,18 @@ class JobRunner:
                 job.cancelled_by = None
                 raise
 
-    def _live_job(
-        self, record: JobRecord, params: GenerationParams, endpoint: Endpoint, token: str | None, policy: GuildPolicy
-    ) -> LiveJob:
+    def _live_job(self, record: JobRecord, endpoint: Endpoint, policy: GuildPolicy, token: str | None) -> LiveJob:
         async def remember_channel_message(message_id: int) -> None:
             await self._storage.update_job(record.request_id, channel_message_id=message_id)
 
-        address = Address(
-            channel_id=record.channel_id,
-            guild_id=record.guild_id,
-            token=token,
-            token_expires_at=record.token_expires_at,
-            message_id=record.message_id,
-            channel_message_id=record.channel_message_id,
-        )
         message = LiveMessage(
             self._discord,
-            address,
+            Address.of(record, token),
             min_interval=self.options.edit_interval,
             expiry_margin=self.options.expiry_margin,
             on_channel_message=remember_channel_message,
         )
+        params = GenerationParams(**record.params)
         job = LiveJob(record, params, endpoint, message, record.created_at or self.options.clock(), policy=policy)
         message.context = job.context
         return job
@@ -319,24 +313,13 @@ class JobRunner:
             delay_ms=result.delay_ms,
             execution_ms=result.execution_ms,
         )
-        channel = self._discord.get_channel(job.record.channel_id)
-        spoiler = job.policy.spoiler_outside_nsfw and not is_nsfw(channel)
-        uploads = await asyncio.to_thread(
-            fit_for_upload,
-            [image.png for image in result.images],
-            per_file_limit=self._filesize_limit(job),
-            stem=("SPOILER_" if spoiler else "") + _file_stem(job.params),
-        )
+        spoiler = job.policy.spoiler_outside_nsfw and not is_nsfw(self._discord.get_channel(job.record.channel_id))
+        stem = upload_stem(job.params.prompt, job.params.seed, spoiler=spoiler)
+        pngs = [image.png for image in result.images]
+        uploads = await asyncio.to_thread(fit_for_upload, pngs, per_file_limit=self._filesize_limit(job), stem=stem)
         seconds = (self.options.clock() - job.started).total_seconds()
-        seed = result.images[0].seed if result.images[0].seed is not None else job.params.seed
-        embed = render.result_embed(
-            job.params,
-            job.record.user_name,
-            seed=seed,
-            seconds=seconds,
-            notes=[upload.note for upload in uploads if upload.note],
-            job_id=job.job_id,
-        )
+        notes = [upload.note for upload in uploads if upload.note]
+        embed = render.result_embed(job.params, job.record.user_name, result, seconds=seconds, notes=notes)
         # Editing the status message is idempotent: a bot killed between this edit and the claim below
         # edits the same message again after its restart, and nobody sees the picture twice.
         if not await job.message.final(embed, job_view(job.key, *RESULT_ACTIONS), uploads):
@@ -347,7 +330,7 @@ class JobRunner:
         log.info("%s: delivered %d image(s) after %.1f s", job.context, len(uploads), seconds)
         if seconds >= self.options.notify_after or job.message.in_channel:
             self._leave_queue(job)  # the next job need not wait for this ping's turn in the channel
-            await self._ping_pace(job.record.channel_id).acquire()
+            await self._pings.get(job.record.channel_id).acquire()
             link = job.message.message.jump_url if job.message.message else "above"
             user = discord.Object(job.record.user_id)
             await job.message.notify(f"<@{job.record.user_id}> your picture is ready: {link}", user)
@@ -365,13 +348,6 @@ class JobRunner:
         if job.ticket is not None:
             self.queue.leave(job.ticket)
             job.ticket = None
-
-    def _ping_pace(self, channel_id: int) -> RateLimiter:
-        pace = self._pings.get(channel_id)
-        if pace is None:
-            limit = self.options.pings_per_channel
-            pace = self._pings[channel_id] = RateLimiter(limit.requests, limit.per)
-        return pace
 
     def _filesize_limit(self, job: LiveJob) -> int:
         if job.filesize_limit is not None:
@@ -395,15 +371,14 @@ class JobRunner:
     async def resume(self, record: JobRecord) -> None:
         if record.request_id in self.live:
             return
-        params, token = GenerationParams(**record.params), self._token(record)
-        policy = await self._endpoints.policy(record.guild_id)
+        token, policy = self._token(record), await self._endpoints.policy(record.guild_id)
         try:
             endpoint = await self._endpoints.of_record(record)
         except BotError as error:
             placeholder = Endpoint(Secret(""), record.endpoint_id, PRESETS[record.worker], source=record.key_source)
-            await self._end(self._live_job(record, params, placeholder, token, policy), error)
+            await self._end(self._live_job(record, placeholder, policy, token), error)
             return
-        job = self._live_job(record, params, endpoint, token, policy)
+        job = self._live_job(record, endpoint, policy, token)
         if record.runpod_job_id is None and record.state is not LedgerState.WAITING:
             # Killed between "pending" and RunPod's answer: RunPod may or may not have the job.
             unsure = BotError("The bot restarted while sending this job to RunPod, so it may not have started.")
@@ -436,8 +411,7 @@ class JobRunner:
                 record.runpod_job_id,
             )
             log.info("job %s: swept after %g minutes", record.runpod_job_id, minutes)
-            params, token = GenerationParams(**record.params), self._token(record)
-            await self._end(self._live_job(record, params, endpoint, token, policy), stale)
+            await self._end(self._live_job(record, endpoint, policy, self._token(record)), stale)
 
     async def sweep_forever(self) -> None:
         while True:
@@ -481,8 +455,3 @@ _ENDINGS: dict[type[BotError], LedgerState] = {
 
 def is_nsfw(channel: Any) -> bool:
     return bool(getattr(channel, "nsfw", False))
-
-
-def _file_stem(params: GenerationParams) -> str:
-    words = re.sub(r"[^a-z0-9]+", "_", params.prompt.lower()).strip("_")[:40].rstrip("_")
-    return f"{words or 'imagine'}_{params.seed}"

@@ -3,8 +3,9 @@
 Edits are coalesced: `show()` only records what the message should look like, and one pump task
 edits at most once per `min_interval`, and only when the look changed. The message is addressed by
 ids only (application, interaction token, message, channel), so it can be rebuilt from the ledger
-after a restart. The interaction token dies after 15 minutes; from then on, or when an edit says the
-token is gone, the status continues in a channel message sent with the bot token.
+after a restart. The interaction token dies after 15 minutes (docs/discord-notes.md, Interaction
+deadlines); from then on, or when an edit says the token is gone, the status continues in a channel
+message sent with the bot token.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from typing import Any
 import discord
 
 from bot.delivery import Upload
+from bot.storage import JobRecord
 
 log = logging.getLogger(__name__)
 
-_TOKEN_GONE_CODES = {50027, 10015, 10008}  # invalid webhook token, unknown webhook, unknown message
+# Invalid webhook token, unknown webhook, unknown message (docs/discord-notes.md, Error codes).
+_TOKEN_GONE_CODES = frozenset({50027, 10015, 10008})
 
 
 @dataclass
@@ -49,6 +52,18 @@ class Address:
     token_expires_at: datetime | None = None
     message_id: int | None = None  # the interaction's reply
     channel_message_id: int | None = None  # the status continued in the channel
+
+    @classmethod
+    def of(cls, record: JobRecord, token: str | None) -> Address:
+        """Where a recorded job's status is shown; `token` is the interaction's, decrypted."""
+        return cls(
+            channel_id=record.channel_id,
+            guild_id=record.guild_id,
+            token=token,
+            token_expires_at=record.token_expires_at,
+            message_id=record.message_id,
+            channel_message_id=record.channel_message_id,
+        )
 
 
 def token_gone(error: discord.HTTPException) -> bool:

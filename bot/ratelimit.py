@@ -59,3 +59,18 @@ class RateLimiter:
         """Slots granted in the last window or still ahead (for logs and tests)."""
         now = self._clock()
         return sum(1 for slot in self._slots if slot > now - self.window)
+
+
+class RateLimiterPerKey:
+    """A `RateLimiter` of its own for each key (a channel, say), all under the same limit, made on first use."""
+
+    def __init__(self, limit: RateLimit, *, clock: Clock = time.monotonic) -> None:
+        self._limit = limit
+        self._clock = clock
+        self._limiters: dict[object, RateLimiter] = {}
+
+    def get(self, key: object) -> RateLimiter:
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            limiter = self._limiters[key] = RateLimiter(self._limit.requests, self._limit.per, clock=self._clock)
+        return limiter

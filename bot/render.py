@@ -11,7 +11,7 @@ from datetime import datetime
 
 import discord
 
-from bot.engine import JobUpdate, Progress
+from bot.engine import JobResult, JobUpdate, Progress
 from bot.errors import BotError, JobCancelled
 from bot.params import GenerationParams
 from bot.runpod import Health, JobState
@@ -104,12 +104,12 @@ def status_embed(
 def result_embed(
     params: GenerationParams,
     requester: str,
+    result: JobResult,
     *,
-    seed: int | None,
     seconds: float,
     notes: list[str],
-    job_id: str,
 ) -> discord.Embed:
+    seed = result.images[0].seed if result.images[0].seed is not None else params.seed  # the worker's word first
     embed = _base("✅ Done", DONE_COLOUR, params, requester)
     if params.negative_prompt:
         embed.add_field(name="Without", value=safe_text(params.negative_prompt, 200), inline=False)
@@ -118,7 +118,7 @@ def result_embed(
     embed.add_field(name="Took", value=f"{seconds:.0f} s")
     if notes:
         embed.add_field(name="Note", value="\n".join(notes)[:1024], inline=False)
-    embed.set_footer(text=f"Requested by {requester} · job {job_id}")
+    embed.set_footer(text=f"Requested by {requester} · job {result.job_id}")
     return embed
 
 

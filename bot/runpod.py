@@ -306,7 +306,7 @@ def _parse_json(payload: bytes, operation: str) -> dict[str, Any]:
 def parse_status(data: dict[str, Any], operation: str) -> JobStatus:
     """A job's status from RunPod's JSON answer to `operation`."""
     job_id, raw_state = data.get("id"), data.get("status")
-    if raw_state == "RUNNING":  # documented but never sent; accept it as its real name
+    if raw_state == "RUNNING":  # documented but never sent (docs/runpod-api.md, Statuses): take it as meant
         raw_state = "IN_PROGRESS"
     if not isinstance(job_id, str) or not job_id or raw_state not in JobState.__members__:
         raise RunPodBadResponse(f"RunPod's /{operation} answer has no valid job id and status.")

@@ -16,10 +16,9 @@ from bot.polling import PollPolicy
 from bot.runpod import RetryPolicy, RunPodClient
 from bot.storage import Storage
 from doubles.discord import DiscordDouble
+from doubles.harness import API_KEY, ENDPOINT
 from doubles.runpod import RunPodDouble
 
-API_KEY = "rp_test_key_0123456789"
-ENDPOINT = "test-endpoint"
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
 FAST_POLL = PollPolicy(queued=(0.01, 0.04), running=(0.01, 0.04))
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.storage import Storage
+from doubles.harness import TEST_ENCRYPTION_KEY
 from tests.conftest import API_KEY, ENDPOINT
-from tests.harness import TEST_ENCRYPTION_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 

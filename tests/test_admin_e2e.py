@@ -16,9 +16,9 @@ from doubles.discord import (
     GuildSpec,
     UserSpec,
 )
+from doubles.harness import png_for, running_bot, settings_for
 from doubles.runpod import Script
 from tests.conftest import API_KEY, ENDPOINT
-from tests.harness import png_for, running_bot, settings_for
 
 GUILD_KEY = "rpa_GUILD_OWN_KEY_0123456789"
 GUILD_ENDPOINT = "other-endpoint"

@@ -15,8 +15,8 @@ from bot.engine import RunPodContext
 from bot.images import ImageFetcher
 from bot.storage import Storage
 from doubles.discord import APP_ID
+from doubles.harness import TEST_ENCRYPTION_KEY, settings_for
 from tests.conftest import API_KEY
-from tests.harness import TEST_ENCRYPTION_KEY, settings_for
 from tests.processes import start_bot
 
 INVITE = f"https://discord.com/oauth2/authorize?client_id={APP_ID}&scope=bot+applications.commands&permissions=117760"

@@ -20,9 +20,9 @@ from doubles.discord import (
     GuildSpec,
     UserSpec,
 )
+from doubles.harness import button, fast_options, field_value, png_for, running_bot
 from doubles.runpod import Script
 from tests.conftest import API_KEY, ENDPOINT
-from tests.harness import button, fast_options, field_value, png_for, running_bot
 
 NSFW_CHANNEL_ID = DEFAULT_CHANNEL_ID + 7
 MANAGE_GUILD = 1 << 5

@@ -12,10 +12,10 @@ from bot.config import Secret
 from bot.ratelimit import RateLimit
 from doubles import outputs
 from doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID, DEFAULT_USER_ID, Limit, RateLimits, UserSpec
+from doubles.harness import button, fast_options, field_value, png_for, running_bot, settings_for
 from doubles.outputs import make_png, pixels
 from doubles.runpod import Script
 from tests.conftest import API_KEY
-from tests.harness import button, fast_options, field_value, png_for, running_bot, settings_for
 
 
 @pytest.fixture

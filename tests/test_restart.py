@@ -11,8 +11,8 @@ import signal
 
 from doubles import outputs
 from doubles.discord import DEFAULT_GUILD_ID
+from doubles.harness import button, field_value, png_for
 from doubles.runpod import Script
-from tests.harness import button, field_value, png_for
 from tests.processes import ready, set_policy, start_bot
 
 RESULT_TITLE = "✅ Done"

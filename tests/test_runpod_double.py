@@ -1,4 +1,4 @@
-"""Tests proving the RunPod test double behaves like the reference says (runpod-api.md, section 7)."""
+"""Tests proving the RunPod test double behaves as docs/runpod-api.md says (What a test double must reproduce)."""
 
 from __future__ import annotations
 

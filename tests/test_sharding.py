@@ -9,8 +9,8 @@ import pytest
 
 from doubles import outputs
 from doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID, ChannelSpec, DiscordDouble, GuildSpec
+from doubles.harness import png_for
 from doubles.runpod import Script
-from tests.harness import png_for
 from tests.processes import ready, start_bot
 from tests.test_restart import assert_delivered_once, deliveries, title
 

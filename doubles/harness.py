@@ -1,4 +1,4 @@
-"""The real bot, wired to both doubles: what a member would see, readable by a test."""
+"""The real bot, wired to both doubles: what a member would see, readable by a test or a benchmark."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from bot.storage import Storage
 from doubles import outputs
 from doubles.discord import DiscordDouble, Interaction, Message, Recorded, run_bot
 from doubles.runpod import RunPodDouble, Script
-from tests.conftest import API_KEY, ENDPOINT
 
+API_KEY = "rp_test_key_0123456789"
+ENDPOINT = "test-endpoint"
 TEST_ENCRYPTION_KEY = Secret("q0Yq2c1w7m0v8x1o4Kk0l9v1Xc2wq3bQ5d6e7f8g9h0=")
 FINAL_TITLES = ("✅ Done", "⚠️ No picture this time", "🚫 Cancelled", "🔄 Bot restarting")
 

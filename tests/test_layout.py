@@ -1,0 +1,90 @@
+"""The layout the README draws: imports run one way (cogs -> runner -> engine -> client), and the core
+that talks to RunPod, the ledger and the rules knows nothing of Discord."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("bot", "cogs")
+# No Discord in these: the RunPod client and engine, where jobs run, the rules, the ledger, the CLI.
+DISCORD_FREE = (
+    "bot.admission",
+    "bot.config",
+    "bot.crypto",
+    "bot.endpoints",
+    "bot.engine",
+    "bot.errors",
+    "bot.generate",
+    "bot.images",
+    "bot.params",
+    "bot.policy",
+    "bot.polling",
+    "bot.presets",
+    "bot.ratelimit",
+    "bot.runpod",
+    "bot.storage",
+    "bot.usage",
+)
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).glob("*.py"):
+            name = f"{package}.{path.stem}" if path.stem != "__init__" else package
+            found[name] = path
+    return found
+
+
+def imports(path: Path) -> set[str]:
+    """Every module this file imports, wherever the import stands (top, function, TYPE_CHECKING)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: {found for found in imports(path) if found in known} - {name} for name, path in known.items()}
+
+
+def test_no_import_cycle_among_the_bots_modules():
+    edges = graph()
+    state: dict[str, str] = {}
+
+    def visit(module: str, trail: list[str]) -> None:
+        state[module] = "open"
+        for imported in sorted(edges[module]):
+            if state.get(imported) == "open":
+                cycle = [*trail[trail.index(imported) :], imported] if imported in trail else [module, imported]
+                pytest.fail(f"import cycle: {' -> '.join(cycle)}")
+            if imported not in state:
+                visit(imported, [*trail, imported])
+        state[module] = "done"
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_the_core_never_imports_discord_or_the_discord_side():
+    edges = graph()
+    for module in DISCORD_FREE:
+        path = modules()[module]
+        assert not any(name == "discord" or name.startswith("discord.") for name in imports(path)), module
+        assert not {"bot.bot", "bot.jobs", "bot.live", "bot.render", "bot.buttons"} & edges[module], module
+
+
+def test_bot_never_imports_a_cog():
+    for module, imported in graph().items():
+        if module.startswith("bot"):
+            assert not any(name.startswith("cogs") for name in imported), module
