@@ -229,6 +229,9 @@ def configure_logging(level: str, stream: TextIO = sys.stdout, secrets: tuple[Se
 class RedactingFormatter(logging.Formatter):
     _TOKEN_IN_URL = re.compile(r"(/(?:webhooks|interactions)/\d+/)[\w.-]{20,}")
     _TOKEN_IN_PAYLOAD = re.compile(r"""(['"]token['"]:\s*['"])[^'"]+""")  # gateway events at DEBUG
+    # Whatever a member typed (a form's RunPod key, a command's options) arrives as "value" in the gateway
+    # events discord.py prints at DEBUG; the string is blanked whichever quotes its repr chose.
+    _VALUE_IN_PAYLOAD = re.compile(r"""(['"]value['"]:\s*)(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
 
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
@@ -237,6 +240,7 @@ class RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = self._TOKEN_IN_URL.sub(r"\1<token>", super().format(record))
         text = self._TOKEN_IN_PAYLOAD.sub(r"\1<token>", text)
+        text = self._VALUE_IN_PAYLOAD.sub(r"\1'<typed>'", text)
         for secret in self._secrets:
             text = text.replace(secret, "<secret>")
         return text

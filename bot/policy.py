@@ -14,8 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import re2
+
 from bot.errors import BotError
 from bot.params import GenerationParams
+
+MAX_PATTERNS = 20
+MAX_PATTERN_LENGTH = 200
 
 
 class Refused(BotError):
@@ -62,13 +67,30 @@ class GuildPolicy:
         return execution_ms / 1000 * self.gpu_price_per_second
 
 
-def check_pattern(pattern: str) -> str:
+def _compiled(pattern: str) -> Any:
+    """An admin's pattern under RE2, which runs in time linear in the prompt: no pattern can backtrack for
+    seconds and stall the bot for every server. Case-insensitive; RE2's own errors are not printed."""
+    options = re2.Options()
+    options.case_sensitive = False
+    options.log_errors = False
+    options.max_mem = 1 << 20  # bytes of compiled program: ample for a 200-character pattern
+    return re2.compile(pattern, options)
+
+
+def check_pattern(pattern: str, existing: tuple[str, ...] = ()) -> str:
+    """A pattern an admin may save: short, one of few, and one RE2 can run (no backreferences or lookarounds)."""
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        raise BotError(f"Keep patterns under {MAX_PATTERN_LENGTH} characters.")
+    if len(existing) >= MAX_PATTERNS:
+        raise BotError(f"This server already refuses {MAX_PATTERNS} patterns; unban one first.")
     try:
-        re.compile(pattern)
-    except re.error as error:
-        raise BotError(f"`{pattern}` is not a valid regular expression ({error.msg}).") from None
-    if len(pattern) > 200:
-        raise BotError("Keep patterns under 200 characters.")
+        _compiled(pattern)
+    except re2.error as error:
+        reason = error.args[0].decode(errors="replace") if error.args and isinstance(error.args[0], bytes) else error
+        raise BotError(
+            f"`{pattern}` is not a valid regular expression here ({reason}). Patterns run on RE2: "
+            "no backreferences or lookarounds."
+        ) from None
     return pattern
 
 
@@ -85,7 +107,14 @@ def moderate(policy: GuildPolicy, params: GenerationParams, *, nsfw_channel: boo
     if word := _find_word(policy.banned_words, text):
         raise Refused(f"This server does not allow “{word}” in prompts.")
     for pattern in policy.banned_patterns:
-        if re.search(pattern, text, re.IGNORECASE):
+        try:
+            matched = _compiled(pattern).search(text) is not None
+        except re2.error:  # saved before patterns ran on RE2: it cannot be judged, so nothing passes it
+            raise Refused(
+                f"This server refuses prompts by a pattern the bot cannot use any more (`{pattern}`); "
+                "an admin should replace it with /runpod moderation."
+            ) from None
+        if matched:
             raise Refused("This server's rules do not allow that prompt.")
     if not nsfw_channel and (word := _find_word(policy.nsfw_only_words, text)):
         raise Refused(f"“{word}” is only allowed in this server's NSFW channels.")

@@ -22,9 +22,9 @@ from discord.ext import commands
 from bot.config import Secret
 from bot.endpoints import DEFAULT_MODEL
 from bot.errors import BotError, RunPodAuthError, RunPodNotFound, RunPodRejected
+from bot.forms import BoundForm
 from bot.policy import GuildPolicy, check_pattern
 from bot.presets import PRESETS
-from bot.replies import explain, reply_privately
 from bot.runpod import Health
 from bot.usage import DAYS, build_report, render_chart
 
@@ -41,7 +41,9 @@ def _require_manage_guild(interaction: discord.Interaction[Any]) -> None:
         raise app_commands.MissingPermissions(["manage_guild"])
 
 
-class SetupModal(discord.ui.Modal):
+class SetupModal(BoundForm):
+    """The key and endpoint, typed into a form so they never appear in a command."""
+
     api_key: discord.ui.TextInput[SetupModal] = discord.ui.TextInput(
         label="RunPod API key",
         custom_id="api_key",
@@ -57,8 +59,8 @@ class SetupModal(discord.ui.Modal):
         max_length=128,
     )
 
-    def __init__(self, worker: str, name: str = DEFAULT_MODEL) -> None:
-        super().__init__(title=f"Connect RunPod ({worker})", custom_id=f"runpod:setup:{worker}", timeout=600)
+    def __init__(self, opener: discord.Interaction[ImagineBot], worker: str, name: str = DEFAULT_MODEL) -> None:
+        super().__init__(opener, kind=f"runpod:setup:{worker}", title=f"Connect RunPod ({worker})")
         self.worker = worker
         self.name = name
         self.workflow: discord.ui.TextInput[SetupModal] | None = None
@@ -72,17 +74,14 @@ class SetupModal(discord.ui.Modal):
             )
             self.add_item(self.workflow)
 
-    async def on_submit(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
-        _require_manage_guild(interaction)  # a modal can be submitted by anyone who has its custom_id
+    async def submitted(self, interaction: discord.Interaction[ImagineBot], values: dict[str, str]) -> None:  # type: ignore[override]
+        _require_manage_guild(interaction)  # checked again: the permission may have gone since the form opened
         await interaction.response.defer(ephemeral=True, thinking=True)
         reply = await connect(
-            interaction, self.name, self.api_key.value.strip(), self.endpoint_id.value.strip(), self.worker,
-            self.workflow.value if self.workflow else None,
+            interaction, self.name, values.get("api_key", "").strip(), values.get("endpoint_id", "").strip(),
+            self.worker, values.get("workflow") if self.workflow else None,
         )  # fmt: skip
         await interaction.followup.send(reply, ephemeral=True)
-
-    async def on_error(self, interaction: discord.Interaction[ImagineBot], error: Exception) -> None:  # type: ignore[override]
-        await reply_privately(interaction, explain(interaction, error))
 
 
 async def connect(
@@ -151,7 +150,7 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
             )
         if not re.fullmatch(r"[\w-]{1,32}", name):
             raise BotError("A model name is letters, digits, - and _ only (up to 32).")
-        await interaction.response.send_modal(SetupModal(worker, name.lower()))
+        await interaction.response.send_modal(SetupModal(interaction, worker, name.lower()))
 
     @app_commands.command(name="status", description="Show this server's RunPod connection and its health")
     async def status(self, interaction: discord.Interaction[ImagineBot]) -> None:
@@ -260,7 +259,7 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
         if ban:
             changes["banned_words"] = (*policy.banned_words, ban.strip().lower())
         if ban_pattern:
-            changes["banned_patterns"] = (*policy.banned_patterns, check_pattern(ban_pattern))
+            changes["banned_patterns"] = (*policy.banned_patterns, check_pattern(ban_pattern, policy.banned_patterns))
         if nsfw_only:
             changes["nsfw_only_words"] = (*policy.nsfw_only_words, nsfw_only.strip().lower())
         if unban:

@@ -19,6 +19,7 @@ from bot import render
 from bot.admission import NEEDED_PERMISSIONS, Request, preflight
 from bot.buttons import ButtonAction, JobButton
 from bot.errors import BotError
+from bot.forms import BoundForm
 from bot.jobs import Origin, is_nsfw
 from bot.params import (
     ASPECT_RATIOS,
@@ -103,6 +104,8 @@ class Imagine(commands.Cog):
     ) -> None:
         """A new job from a command, a button or a form: the same checks and limits for all. The checks are
         quick (memory and a few small queries), so a refusal can still be private; the rest follows the defer."""
+        if interaction.guild_id is None:  # Discord hides the command in DMs; a forged one must not run unmetered
+            raise app_commands.NoPrivateMessage()
         if not self.bot.runner.accepting:
             raise BotError("The bot is restarting; try again in a minute.")
         permissions = interaction.app_permissions
@@ -165,7 +168,7 @@ class Imagine(commands.Cog):
         elif action is ButtonAction.REROLL:
             await self.run_new(interaction, dataclasses.replace(params, seed=None), record.model)
         elif action is ButtonAction.EDIT:
-            await interaction.response.send_modal(EditModal(self, params, record.model))
+            await interaction.response.send_modal(EditModal(interaction, self, params, record.model))
 
     async def _cancel(self, interaction: discord.Interaction[ImagineBot], record: JobRecord) -> None:
         if record.delivered_at is not None or not self.bot.runner.is_live(record.request_id):
@@ -183,29 +186,28 @@ class Imagine(commands.Cog):
         await interaction.followup.send("Cancelled.", ephemeral=True)
 
 
-class EditModal(discord.ui.Modal, title="Edit and run again"):
+class EditModal(BoundForm):
     """The prompt, prefilled: change it and the job runs again with the other parameters kept."""
 
-    def __init__(self, cog: Imagine, params: GenerationParams, model: str | None) -> None:
-        super().__init__(timeout=600)
+    def __init__(
+        self, opener: discord.Interaction[ImagineBot], cog: Imagine, params: GenerationParams, model: str | None
+    ) -> None:
+        super().__init__(opener, kind="imagine-edit-form", title="Edit and run again")
         self._cog = cog
         self._params = params
         self._model = model
-        self.prompt: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
+        prompt: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
             label="Prompt",
             custom_id="prompt",
             style=discord.TextStyle.paragraph,
             default=params.prompt,
             max_length=1000,
         )
-        self.add_item(self.prompt)
+        self.add_item(prompt)
 
-    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:  # type: ignore[override]
-        params = dataclasses.replace(self._params, prompt=self.prompt.value, seed=None)
+    async def submitted(self, interaction: discord.Interaction[ImagineBot], values: dict[str, str]) -> None:  # type: ignore[override]
+        params = dataclasses.replace(self._params, prompt=values.get("prompt", ""), seed=None)
         await self._cog.run_new(interaction, params, self._model)
-
-    async def on_error(self, interaction: discord.Interaction[Any], error: Exception) -> None:  # type: ignore[override]
-        await reply_privately(interaction, explain(interaction, error))
 
 
 def _may_moderate(interaction: discord.Interaction[Any], record: JobRecord) -> bool:

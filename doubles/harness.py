@@ -104,6 +104,12 @@ class Harness:
             if call.token == interaction.token and call.route in ("edit_original", "edit_followup")
         ]
 
+    def form_id(self, interaction: Interaction) -> str:
+        """The custom_id of the form (modal) the bot answered this interaction with: unique to that opening."""
+        forms = [call for call in self.discord.calls_for("callback", interaction.token) if call.json["type"] == 9]
+        assert forms, f"the bot opened no form for interaction {interaction.id}"
+        return str(forms[-1].json["data"]["custom_id"])
+
     def private_replies(self, interaction: Interaction) -> list[str]:
         """Ephemeral answers the member alone saw (callback messages and followups with flag 64)."""
         texts = []

@@ -53,8 +53,9 @@ async def open_setup(harness, worker=None, permissions=MANAGE_GUILD):
     return interaction
 
 
-async def submit(harness, values, custom_id="runpod:setup:sdxl", permissions=MANAGE_GUILD):
-    interaction = harness.discord.submit_modal(custom_id, values, user=ADMIN, permissions=permissions)
+async def submit(harness, values, setup, permissions=MANAGE_GUILD):
+    """Submit the setup form the bot opened for `setup` (each opening has a custom_id of its own)."""
+    interaction = harness.discord.submit_modal(harness.form_id(setup), values, user=ADMIN, permissions=permissions)
     await harness.discord.send(interaction)
     await harness.discord.wait_for(lambda: harness.private_replies(interaction), timeout=10)
     return harness.private_replies(interaction)[-1]
@@ -67,7 +68,7 @@ async def test_an_admin_connects_a_key_and_members_jobs_use_exactly_it(harness, 
     inputs = [row["components"][0]["custom_id"] for row in modal_call.json["data"]["components"]]
     assert inputs == ["api_key", "endpoint_id"]
 
-    reply = await submit(harness, {"api_key": GUILD_KEY, "endpoint_id": GUILD_ENDPOINT})
+    reply = await submit(harness, {"api_key": GUILD_KEY, "endpoint_id": GUILD_ENDPOINT}, setup)
     assert reply.startswith(f"✅ Connected endpoint `{GUILD_ENDPOINT}` (sdxl) with key `…6789`.")
     assert GUILD_KEY not in reply
     (health_check,) = harness.runpod.requests_for("health")
@@ -104,8 +105,8 @@ async def test_a_member_without_manage_server_gets_no_modal(harness):
 
 
 async def test_an_admin_who_lost_manage_server_before_submitting_saves_nothing(harness):
-    await open_setup(harness)
-    reply = await submit(harness, {"api_key": GUILD_KEY, "endpoint_id": GUILD_ENDPOINT}, permissions=0)
+    setup = await open_setup(harness)
+    reply = await submit(harness, {"api_key": GUILD_KEY, "endpoint_id": GUILD_ENDPOINT}, setup, permissions=0)
     assert reply == "You need the Manage Guild permission for this."
     assert harness.runpod.requests == []
     assert await harness.bot.storage.guild_endpoint(DEFAULT_GUILD_ID) is None
@@ -120,8 +121,8 @@ async def test_an_admin_who_lost_manage_server_before_submitting_saves_nothing(h
     ],
 )
 async def test_a_bad_key_or_endpoint_is_refused_before_saving(harness, values, message):
-    await open_setup(harness)
-    reply = await submit(harness, values)
+    setup = await open_setup(harness)
+    reply = await submit(harness, values, setup)
     assert message in reply
     assert "Nothing was saved" in reply
     assert await harness.bot.storage.guild_endpoint(DEFAULT_GUILD_ID) is None
@@ -134,7 +135,7 @@ async def test_comfyui_setup_takes_a_workflow_and_uses_it(harness):
     assert inputs == ["api_key", "endpoint_id", "workflow"]
     workflow = '{"6": {"inputs": {"text": "{{prompt}}", "seed": "{{seed}}"}}}'
     values = {"api_key": GUILD_KEY, "endpoint_id": GUILD_ENDPOINT, "workflow": workflow}
-    assert (await submit(harness, values, "runpod:setup:comfyui")).startswith("✅ Connected")
+    assert (await submit(harness, values, setup)).startswith("✅ Connected")
     harness.runpod.default_script = lambda job_input: Script(output=outputs.comfyui(png_for("cat")))
     final = await harness.finished(await harness.imagine("cat", seed=5))
     assert final.attachments[0].data == png_for("cat")
@@ -143,8 +144,8 @@ async def test_comfyui_setup_takes_a_workflow_and_uses_it(harness):
 
 
 async def test_status_shows_the_key_masked_and_remove_forgets_it(harness):
-    await open_setup(harness)
-    await submit(harness, {"api_key": GUILD_KEY, "endpoint_id": GUILD_ENDPOINT})
+    setup = await open_setup(harness)
+    await submit(harness, {"api_key": GUILD_KEY, "endpoint_id": GUILD_ENDPOINT}, setup)
     status = harness.discord.slash("runpod", {}, subcommand="status", user=ADMIN, permissions=MANAGE_GUILD)
     await harness.discord.send(status)
     await harness.discord.wait_for(lambda: harness.private_replies(status))
@@ -202,3 +203,73 @@ async def test_rotating_the_encryption_key_reencrypts_stored_keys_at_start(runpo
     assert Vault((new,)).decrypt(rotated).reveal() == GUILD_KEY  # the old key can now be dropped
     (job,) = runpod.jobs.values()
     assert job.api_key == GUILD_KEY
+
+
+OTHER_ADMIN = UserSpec(id=1_200_000_000_000_000_901, username="other-admin", global_name="Other admin")
+OTHER_KEY = "rpa_OTHER_GUILD_KEY_9876543210"
+
+
+async def test_two_servers_submitting_setup_at_once_each_save_their_own_key(harness):
+    """Two admins in two servers fill in the setup form at the same moment: each server gets its own
+    endpoint and key, and each server's jobs are billed to its own key."""
+    harness.runpod.api_keys.add(OTHER_KEY)
+    ours = harness.discord.slash("runpod", {}, subcommand="setup", user=ADMIN, permissions=MANAGE_GUILD)
+    theirs = harness.discord.slash(
+        "runpod", {}, subcommand="setup", user=OTHER_ADMIN, permissions=MANAGE_GUILD,
+        guild_id=OTHER_GUILD_ID, channel_id=OTHER_CHANNEL_ID,
+    )  # fmt: skip
+    for setup in (ours, theirs):
+        await harness.discord.send(setup)
+    await harness.discord.wait_for(lambda: all(harness.discord.calls_for("callback", s.token) for s in (ours, theirs)))
+    assert harness.form_id(ours) != harness.form_id(theirs)
+
+    submits = [
+        harness.discord.submit_modal(
+            harness.form_id(ours), {"api_key": GUILD_KEY, "endpoint_id": GUILD_ENDPOINT},
+            user=ADMIN, permissions=MANAGE_GUILD,
+        ),
+        harness.discord.submit_modal(
+            harness.form_id(theirs), {"api_key": OTHER_KEY, "endpoint_id": ENDPOINT},
+            user=OTHER_ADMIN, permissions=MANAGE_GUILD, guild_id=OTHER_GUILD_ID, channel_id=OTHER_CHANNEL_ID,
+        ),
+    ]  # fmt: skip
+    for submit_form in submits:
+        await harness.discord.send(submit_form)
+    await harness.discord.wait_for(lambda: all(harness.private_replies(s) for s in submits), timeout=10)
+    assert harness.private_replies(submits[0])[-1].startswith(f"✅ Connected endpoint `{GUILD_ENDPOINT}`")
+    assert harness.private_replies(submits[1])[-1].startswith(f"✅ Connected endpoint `{ENDPOINT}`")
+
+    mine = await harness.imagine("ours")
+    other = harness.discord.slash("imagine", {"prompt": "theirs"}, guild_id=OTHER_GUILD_ID, channel_id=OTHER_CHANNEL_ID)
+    await harness.discord.send(other)
+    await harness.finished(mine)
+    await harness.discord.wait_for(lambda: harness.title(other) == "✅ Done")
+    jobs = {job.input["prompt"]: job for job in harness.runpod.jobs.values()}
+    assert (jobs["ours"].api_key, jobs["ours"].endpoint_id) == (GUILD_KEY, GUILD_ENDPOINT)
+    assert (jobs["theirs"].api_key, jobs["theirs"].endpoint_id) == (OTHER_KEY, ENDPOINT)
+
+
+async def test_nobody_else_can_submit_an_admins_setup_form(harness):
+    """A member who learns an admin's form id (or another server's admin) submits it: refused, nothing
+    checked against RunPod, nothing saved; the admin's own submission still works afterwards."""
+    setup = await open_setup(harness)
+    member = UserSpec(id=1_200_000_000_000_000_555, username="member", global_name="Member")
+    forged = [
+        harness.discord.submit_modal(
+            harness.form_id(setup), {"api_key": OTHER_KEY, "endpoint_id": ENDPOINT}, user=member, permissions=0
+        ),
+        harness.discord.submit_modal(
+            harness.form_id(setup), {"api_key": OTHER_KEY, "endpoint_id": ENDPOINT}, user=ADMIN,
+            permissions=MANAGE_GUILD, guild_id=OTHER_GUILD_ID, channel_id=OTHER_CHANNEL_ID,
+        ),
+    ]  # fmt: skip
+    for submit_form in forged:
+        await harness.discord.send(submit_form)
+        await harness.discord.wait_for(lambda form=submit_form: harness.private_replies(form))
+        assert harness.private_replies(submit_form) == ["This form was opened by someone else; open your own."]
+    assert harness.runpod.requests == []
+    assert await harness.bot.storage.guild_endpoint(DEFAULT_GUILD_ID) is None
+    assert await harness.bot.storage.guild_endpoint(OTHER_GUILD_ID) is None
+
+    reply = await submit(harness, {"api_key": GUILD_KEY, "endpoint_id": GUILD_ENDPOINT}, setup)
+    assert reply.startswith(f"✅ Connected endpoint `{GUILD_ENDPOINT}`")

@@ -149,3 +149,25 @@ def test_log_lines_never_carry_tokens_or_keys():
     assert "'token': '<token>'" in line
     assert "rp_secret_key_abcd" not in line
     assert "<secret>" in line
+
+
+def test_whatever_a_member_typed_is_blanked_in_gateway_events():
+    """A form's text inputs and a command's options arrive as "value": blanked, whichever quotes repr used."""
+    from bot.config import RedactingFormatter
+
+    event = {
+        "t": "INTERACTION_CREATE",
+        "d": {
+            "type": 5,
+            "data": {"custom_id": "runpod:setup:sdxl:1", "components": [
+                {"type": 1, "components": [{"type": 4, "custom_id": "api_key", "value": "rpa_TYPED_KEY_123"}]},
+                {"type": 18, "component": {"type": 4, "custom_id": "endpoint_id", "value": "it's \"quoted\""}},
+            ]},
+        },
+    }  # fmt: skip
+    record = logging.LogRecord("discord.gateway", logging.DEBUG, __file__, 1, "WebSocket Event: %s", (event,), None)
+    line = RedactingFormatter().format(record)
+    assert "rpa_TYPED_KEY_123" not in line
+    assert "quoted" not in line
+    assert line.count("'value': '<typed>'") == 2
+    assert "'custom_id': 'api_key'" in line  # what was asked stays readable

@@ -253,7 +253,7 @@ async def test_several_models_per_guild(harness):
     await harness.discord.send(setup)
     await harness.discord.wait_for(lambda: harness.discord.calls_for("callback", setup.token))
     submit = harness.discord.submit_modal(
-        "runpod:setup:a1111",
+        harness.form_id(setup),
         {"api_key": "rpa_TURBO_KEY_0000000", "endpoint_id": "other-endpoint"},
         user=ADMIN,
         permissions=MANAGE_GUILD,

@@ -73,3 +73,31 @@ async def test_missing_or_refused_token_is_one_clear_line(tmp_path, discord_doub
         "configuration error: DISCORD_TOKEN was refused by Discord: reset it in the developer portal"
     )
     assert "Traceback" not in bot.log
+
+
+async def test_keys_typed_into_the_setup_form_never_reach_a_debug_log(tmp_path, discord_double, runpod):
+    """discord.py's gateway logger prints every incoming interaction at DEBUG, form values included: a key
+    that was saved and a key RunPod refused must both stay out of the log."""
+    saved, refused = "rpa_SAVED_GUILD_KEY_0123456789", "rpa_REFUSED_GUILD_KEY_9876543210"
+    runpod.api_keys.add(saved)
+    bot = await start_bot(tmp_path, discord_double, runpod)  # LOG_LEVEL=DEBUG
+    await ready(discord_double)
+    replies = []
+    for key in (saved, refused):
+        setup = discord_double.slash("runpod", {}, subcommand="setup", permissions=1 << 5)
+        await discord_double.send(setup)
+        await discord_double.wait_for(lambda setup=setup: discord_double.calls_for("callback", setup.token), timeout=15)
+        form = discord_double.calls_for("callback", setup.token)[0].json["data"]["custom_id"]
+        submit = discord_double.submit_modal(
+            form, {"api_key": key, "endpoint_id": "other-endpoint"}, permissions=1 << 5
+        )
+        await discord_double.send(submit)
+        await discord_double.wait_for(lambda submit=submit: discord_double.calls_for("followup", submit.token), 15)
+        replies.append(discord_double.calls_for("followup", submit.token)[-1].json["content"])
+    assert replies[0].startswith("✅ Connected endpoint `other-endpoint`")
+    assert replies[1].startswith("❌ RunPod refused that API key (401). Nothing was saved.")
+    bot.process.send_signal(signal.SIGTERM)
+    assert await bot.finish() == 0
+    assert "WebSocket Event" in bot.log  # the gateway's DEBUG lines are there, the keys are not
+    for secret in (saved, refused):
+        assert secret not in bot.log, [line for line in bot.output if secret in line][:2]
