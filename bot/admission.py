@@ -1,7 +1,8 @@
 """Everything checked before any GPU time is paid for: an endpoint, the channel, the guild's limits and
-moderation, the member's quota. Quick enough to answer before the defer, so a refusal stays private.
+moderation, the member's quota.
 
-No Discord here: `cogs/imagine.py` describes the request in plain values.
+No Discord here: `cogs/imagine.py` describes the request in plain values, and the job runner counts the
+quota when it writes the job (`check_quota_now`), so requests that arrive together cannot all pass it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from datetime import datetime
 
 from bot.endpoints import Endpoint, Endpoints
 from bot.params import GenerationParams
-from bot.policy import GuildPolicy, Refused, Usage, check_quota, check_size, moderate, start_of_day, start_of_month
+from bot.policy import GuildPolicy, Refused, check_quota, check_size, moderate, start_of_day, start_of_month
 from bot.storage import Storage
 
 NEEDED_PERMISSIONS = ("send_messages", "attach_files", "embed_links")
@@ -36,14 +37,8 @@ class Admission:
     policy: GuildPolicy
 
 
-async def preflight(
-    endpoints: Endpoints,
-    storage: Storage,
-    request: Request,
-    params: GenerationParams,
-    model: str | None,
-    now: datetime,
-) -> Admission:
+async def preflight(endpoints: Endpoints, request: Request, params: GenerationParams, model: str | None) -> Admission:
+    """Every check but the quota, which is counted when the job is written (`check_quota_now`)."""
     endpoint = await endpoints.for_guild(request.guild_id, model)
     policy = await endpoints.policy(request.guild_id)
     if request.missing_permissions:
@@ -52,20 +47,10 @@ async def preflight(
     check_size(policy, params)
     moderate(policy, params, nsfw_channel=request.nsfw_channel)
     endpoint.preset.build_input(params.with_seed(), endpoint.workflow)
-    if request.guild_id is not None:
-        check_quota(policy, await usage(storage, request.guild_id, request.member_id, now), now)
     return Admission(params, endpoint, policy)
 
 
-async def usage(storage: Storage, guild_id: int, member_id: int, now: datetime) -> Usage:
-    """What the guild and the member have used today and this month, as the ledger counts it."""
-    today, month = start_of_day(now), start_of_month(now)
-    counted = [job for job in await storage.guild_jobs_since(guild_id, month) if job.state.counted]
-    todays = [job for job in counted if job.created_at and job.created_at >= today]
-    return Usage(
-        member_today=sum(job.user_id == member_id for job in todays),
-        guild_today=len(todays),
-        guild_month=len(counted),
-        gpu_seconds_today=sum((job.execution_ms or 0) for job in todays) / 1000,
-        gpu_seconds_month=sum((job.execution_ms or 0) for job in counted) / 1000,
-    )
+async def check_quota_now(storage: Storage, policy: GuildPolicy, guild_id: int, member_id: int, now: datetime) -> None:
+    """Refuse when a quota is used up, as the ledger counts it now (nothing is counted without a quota)."""
+    if policy.has_quota:
+        check_quota(policy, await storage.usage(guild_id, member_id, start_of_day(now), start_of_month(now)), now)

@@ -21,7 +21,7 @@ from typing import Any
 import discord
 
 from bot import render
-from bot.admission import Admission
+from bot.admission import Admission, check_quota_now
 from bot.buttons import RESULT_ACTIONS, ButtonAction, job_view
 from bot.config import Secret, Settings
 from bot.crypto import Vault
@@ -140,17 +140,25 @@ class JobRunner:
         self.live: dict[int, LiveJob] = {}  # by ledger id
         self.queue = FairQueue()
         self._pings = RateLimiterPerKey(self.options.pings_per_channel)  # by channel id
+        self._reserving: dict[int, asyncio.Lock] = {}  # by guild id
         self.accepting = True
 
     # --- a new job ---------------------------------------------------------------------------------
 
     async def start(self, origin: Origin, admission: Admission) -> None:
-        """Called right after the defer: record the job, then wait for its turn, submit it, follow it."""
+        """Called right after the defer: count the quota and record the job (raises `Refused` when used up),
+        then, in the background, wait for its turn, submit it, follow it."""
         params, endpoint = admission.params.with_seed(), admission.endpoint
-        record = origin.record(params, endpoint, self._vault, self.options.clock())
-        if not await self._storage.record_job(record):
-            log.warning("request %s arrived twice; its job is already recorded, not paying again", origin.request_id)
-            return
+        now = self.options.clock()
+        record = origin.record(params, endpoint, self._vault, now)
+        # The quota is counted and the job written under one lock per guild (a guild's interactions all reach
+        # the process of its shard): requests that arrive together cannot all pass a limit of one.
+        async with self._reserving.setdefault(origin.guild_id or 0, asyncio.Lock()):
+            if origin.guild_id is not None:
+                await check_quota_now(self._storage, admission.policy, origin.guild_id, origin.user_id, now)
+            if not await self._storage.record_job(record):
+                log.warning("request %s arrived twice; already recorded, not paying again", origin.request_id)
+                return
         job = self._live_job(record, endpoint, admission.policy, origin.token)
         job.filesize_limit = origin.filesize_limit
         self._spawn(job)

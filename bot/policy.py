@@ -61,6 +61,19 @@ class GuildPolicy:
             key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(self).items()
         }
 
+    @property
+    def has_quota(self) -> bool:
+        """Whether any daily or monthly quota is set: without one, nothing need be counted."""
+        return any(
+            (
+                self.member_daily,
+                self.guild_daily_jobs,
+                self.guild_daily_gpu_seconds,
+                self.guild_monthly_jobs,
+                self.guild_monthly_gpu_seconds,
+            )
+        )
+
     def cost(self, execution_ms: int | None) -> float | None:
         if not self.gpu_price_per_second or execution_ms is None:
             return None

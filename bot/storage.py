@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.config import normalise_database_url
 from bot.errors import ConfigError
+from bot.policy import Usage
 
 log = logging.getLogger(__name__)
 
@@ -403,6 +404,36 @@ class Storage:
                 .order_by(jobs.c.created_at)
             )
         return [_job_record(row) for row in rows]
+
+    @_uninterruptible
+    async def usage(self, guild_id: int, member_id: int, today: datetime, month: datetime) -> Usage:
+        """What counts against quotas since the start of the month and of the day, summed by the database
+        over the guild's jobs of the month (the (guild_id, created_at) index), never loaded row by row."""
+        counted = jobs.c.state.in_([state.value for state in LedgerState if state.counted])
+        is_today = jobs.c.created_at >= today
+        gpu_ms = sa.func.coalesce(jobs.c.execution_ms, 0)
+
+        def total(value: Any, condition: sa.ColumnElement[bool] | None = None) -> Any:
+            return sa.func.coalesce(
+                sa.func.sum(value if condition is None else sa.case((condition, value), else_=0)), 0
+            )
+
+        query = sa.select(
+            total(1, is_today & (jobs.c.user_id == member_id)),
+            total(1, is_today),
+            sa.func.count(),
+            total(gpu_ms, is_today),
+            total(gpu_ms),
+        ).where(jobs.c.guild_id == guild_id, jobs.c.created_at >= month, counted)
+        async with self.engine.connect() as connection:
+            member_today, guild_today, guild_month, gpu_today_ms, gpu_month_ms = (await connection.execute(query)).one()
+        return Usage(
+            member_today=int(member_today),
+            guild_today=int(guild_today),
+            guild_month=int(guild_month),
+            gpu_seconds_today=int(gpu_today_ms) / 1000,
+            gpu_seconds_month=int(gpu_month_ms) / 1000,
+        )
 
     @_uninterruptible
     async def _one(self, condition: sa.ColumnElement[bool]) -> JobRecord | None:

@@ -7,6 +7,7 @@ deferred, and handed to the job runner. Clicks on a job's buttons (`bot.buttons`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
@@ -102,8 +103,9 @@ class Imagine(commands.Cog):
     async def run_new(
         self, interaction: discord.Interaction[Any], params: GenerationParams, model: str | None = None
     ) -> None:
-        """A new job from a command, a button or a form: the same checks and limits for all. The checks are
-        quick (memory and a few small queries), so a refusal can still be private; the rest follows the defer."""
+        """A new job from a command, a button or a form: the same checks and limits for all. Deferred first:
+        the checks read the database, and Discord wants an answer within 3 s however busy the bot is
+        (docs/discord-notes.md, Interaction deadlines). A refusal still reaches the member alone."""
         if interaction.guild_id is None:  # Discord hides the command in DMs; a forged one must not run unmetered
             raise app_commands.NoPrivateMessage()
         if not self.bot.runner.accepting:
@@ -115,24 +117,15 @@ class Imagine(commands.Cog):
             nsfw_channel=is_nsfw(interaction.channel),
             missing_permissions=tuple(name for name in NEEDED_PERMISSIONS if not getattr(permissions, name)),
         )
-        admission = await preflight(self.bot.endpoints, self.bot.storage, request, params, model, self.bot.now())
         await interaction.response.defer(thinking=True)
         try:
-            message_id: int | None = (await interaction.original_response()).id
-        except discord.HTTPException:
-            message_id = None
-        origin = Origin(
-            request_id=interaction.id,
-            guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id or 0,
-            user_id=interaction.user.id,
-            user_name=interaction.user.display_name,
-            token=interaction.token,
-            token_expires_at=interaction.expires_at,
-            message_id=message_id,
-            filesize_limit=interaction.filesize_limit,
-        )
-        await self.bot.runner.start(origin, admission)
+            admission = await preflight(self.bot.endpoints, request, params, model)
+            await self.bot.runner.start(await _origin(interaction), admission)
+        except BotError:
+            # The public "thinking" placeholder goes; the error handler tells the reason privately.
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.delete_original_response()
+            raise
 
     # --- a job's buttons -----------------------------------------------------------------------------
 
@@ -208,6 +201,24 @@ class EditModal(BoundForm):
     async def submitted(self, interaction: discord.Interaction[ImagineBot], values: dict[str, str]) -> None:  # type: ignore[override]
         params = dataclasses.replace(self._params, prompt=values.get("prompt", ""), seed=None)
         await self._cog.run_new(interaction, params, self._model)
+
+
+async def _origin(interaction: discord.Interaction[Any]) -> Origin:
+    try:
+        message_id: int | None = (await interaction.original_response()).id
+    except discord.HTTPException:
+        message_id = None
+    return Origin(
+        request_id=interaction.id,
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id or 0,
+        user_id=interaction.user.id,
+        user_name=interaction.user.display_name,
+        token=interaction.token,
+        token_expires_at=interaction.expires_at,
+        message_id=message_id,
+        filesize_limit=interaction.filesize_limit,
+    )
 
 
 def _may_moderate(interaction: discord.Interaction[Any], record: JobRecord) -> bool:

@@ -136,6 +136,26 @@ async def test_daily_quota_across_midnight_with_failures_free(runpod):
         assert len(harness.runpod.jobs) == 4
 
 
+async def test_a_quota_of_one_holds_when_eight_members_ask_at_the_same_moment(harness):
+    """The quota is counted where the job is written, under one lock per server: of 8 requests sent together
+    against a daily limit of 1, exactly one reaches RunPod; the others are told privately, and the public
+    "thinking" placeholder of each refused one is removed."""
+    await set_policy(harness, guild_daily_jobs=1)
+    requests = [harness.discord.slash("imagine", {"prompt": f"at once {n}"}, user=member(n)) for n in range(8)]
+    await asyncio.gather(*(harness.discord.send(request) for request in requests))
+    await harness.discord.wait_for(
+        lambda: sum(bool(harness.private_replies(r)) for r in requests) == 7 and len(harness.runpod.jobs) == 1
+    )
+    (accepted,) = [request for request in requests if not harness.private_replies(request)]
+    assert (await harness.finished(accepted)).embeds[0]["title"] == "✅ Done"
+    for request in requests:
+        if request is not accepted:
+            assert harness.private_replies(request)[0].startswith("This server has used its 1 pictures for today")
+            assert harness.discord.calls_for("delete_original", request.token)
+            assert harness.discord.original_message(request.token).deleted
+    assert len(harness.runpod.jobs) == 1
+
+
 async def test_guild_gpu_seconds_quota_counts_run_time(runpod):
     clock = Clock(datetime(2026, 11, 22, 12, 0, tzinfo=UTC))
     async with running_bot(runpod, options=fast_options(clock=clock)) as harness:

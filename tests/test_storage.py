@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot.errors import ConfigError
+from bot.policy import Usage
 from bot.storage import GuildEndpoint, JobRecord, Storage, async_url
 
 
@@ -182,3 +183,23 @@ async def test_processes_starting_together_migrate_once(database_url):
     finally:
         await first.close()
         await second.close()
+
+
+async def test_usage_is_summed_by_the_database_counting_only_what_quotas_count(storage):
+    now = datetime(2026, 11, 22, 15, 0, tzinfo=UTC)
+    today, month = datetime(2026, 11, 22, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+    ledger = [  # (member, created, state, run ms)
+        (30, now, "completed", 4000),  # counted today, mine
+        (30, now, "failed", 9000),  # failures are free
+        (31, now, "running", None),  # counted today, another member's, no GPU time yet
+        (30, datetime(2026, 11, 3, tzinfo=UTC), "completed", 2500),  # this month, not today
+        (30, datetime(2026, 10, 31, 23, 59, tzinfo=UTC), "completed", 7000),  # last month
+    ]
+    for request_id, (member, created, state, execution_ms) in enumerate(ledger, start=1):
+        await storage.record_job(job(request_id, user_id=member, created_at=created))
+        await storage.update_job(request_id, state=state, execution_ms=execution_ms)
+    await storage.record_job(job(99, guild_id=11, created_at=now))  # another guild's
+    usage = await storage.usage(10, 30, today, month)
+    assert (usage.member_today, usage.guild_today, usage.guild_month) == (1, 2, 3)
+    assert (usage.gpu_seconds_today, usage.gpu_seconds_month) == (4.0, 6.5)
+    assert await storage.usage(12, 30, today, month) == Usage()  # nothing at all: zeros, not None
