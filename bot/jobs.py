@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,11 +25,11 @@ from bot import render
 from bot.admission import Admission, check_quota_now
 from bot.buttons import RESULT_ACTIONS, ButtonAction, job_view
 from bot.config import Secret, Settings
-from bot.crypto import Vault
-from bot.delivery import fit_for_upload, upload_stem
+from bot.crypto import UndecryptableSecret, Vault
+from bot.delivery import Upload, fit_for_upload, reencoding_bytes, upload_stem
 from bot.endpoints import Endpoint, Endpoints
 from bot.engine import JobResult, RunPodContext, follow_job, submit_job
-from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut, RunPodError
+from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut, OutputError, RunPodError, size_text
 from bot.live import Address, LiveMessage
 from bot.params import GenerationParams
 from bot.policy import FairQueue, GuildPolicy, Ticket
@@ -53,6 +54,9 @@ class RunnerOptions:
     pings_per_channel: RateLimit = PING_PACE
     expiry_margin: timedelta = timedelta(seconds=60)
     sweep_interval: float = 60.0
+    # A final message that could be posted nowhere (no channel permission, token gone) is tried again after
+    # each of these pauses, then the job is recorded as undeliverable: never retried forever, never cancelled.
+    delivery_retries: tuple[float, ...] = (2.0, 10.0)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # the bot's only idea of now
 
 
@@ -314,6 +318,17 @@ class JobRunner:
     # --- the end of a job ----------------------------------------------------------------------------
 
     async def _deliver(self, job: LiveJob, result: JobResult) -> None:
+        limit = self._filesize_limit(job)
+        sizes = [(len(image.png), image.width, image.height) for image in result.images]
+        reencoding = reencoding_bytes(sizes, per_file_limit=limit)  # inflating a PNG: the same memory as decoding
+        pictures = self._runpod.fetcher.budget
+        if reencoding > pictures.limit:
+            raise OutputError(
+                f"The pictures are over Discord's {size_text(limit)} upload limit, and re-encoding them to fit would "
+                f"take about {size_text(reencoding)} of memory, over the {size_text(pictures.limit)} the bot allows "
+                "for pictures.",
+                job.job_id,
+            )
         job.ending = True
         await self._storage.update_job(
             job.record.request_id,
@@ -324,14 +339,17 @@ class JobRunner:
         spoiler = job.policy.spoiler_outside_nsfw and not is_nsfw(self._discord.get_channel(job.record.channel_id))
         stem = upload_stem(job.params.prompt, job.params.seed, spoiler=spoiler)
         pngs = [image.png for image in result.images]
-        uploads = await asyncio.to_thread(fit_for_upload, pngs, per_file_limit=self._filesize_limit(job), stem=stem)
+        fit = functools.partial(fit_for_upload, pngs, per_file_limit=limit, stem=stem)
+        uploads = await pictures.run(reencoding, fit)
         seconds = (self.options.clock() - job.started).total_seconds()
         notes = [upload.note for upload in uploads if upload.note]
         embed = render.result_embed(job.params, job.record.user_name, result, seconds=seconds, notes=notes)
         # Editing the status message is idempotent: a bot killed between this edit and the claim below
         # edits the same message again after its restart, and nobody sees the picture twice.
-        if not await job.message.final(embed, job_view(job.key, *RESULT_ACTIONS), uploads):
-            log.error("%s: finished but could not be posted anywhere; left undelivered", job.context)
+        if not await self._final(job, embed, job_view(job.key, *RESULT_ACTIONS), uploads):
+            await self._storage.update_job(job.record.request_id, state=LedgerState.UNDELIVERABLE)
+            await self._storage.claim_delivery(job.record.request_id)  # its usage stays counted
+            log.error("%s: finished but could not be posted anywhere; recorded as undeliverable", job.context)
             return
         if not await self._storage.claim_delivery(job.record.request_id):
             return
@@ -349,8 +367,20 @@ class JobRunner:
         job.ending = True
         await self._storage.update_job(job.record.request_id, state=state, notice=error.explanation)
         embed = render.failure_embed(error, job.params, job.record.user_name, job.record.runpod_job_id)
-        if await job.message.final(embed):
-            await self._storage.claim_delivery(job.record.request_id)
+        if not await self._final(job, embed):
+            log.error("%s: its end could be told nowhere; not trying again", job.context)
+        await self._storage.claim_delivery(job.record.request_id)
+
+    async def _final(
+        self, job: LiveJob, embed: discord.Embed, view: discord.ui.View | None = None, uploads: Sequence[Upload] = ()
+    ) -> bool:
+        """Show the job's last look, trying again a few times if it can be shown nowhere."""
+        for pause in (*self.options.delivery_retries, None):
+            if await job.message.final(embed, view, uploads):
+                return True
+            if pause is not None:
+                await asyncio.sleep(pause)
+        return False
 
     def _leave_queue(self, job: LiveJob) -> None:
         if job.ticket is not None:
@@ -398,28 +428,33 @@ class JobRunner:
     async def sweep(self) -> None:
         """Cancel, on RunPod, jobs past their guild's maximum wall time that nobody is following
         (their follower died, or resuming them failed), so they stop billing; tell the requester."""
-        now = self.options.clock()
         for record in await self._storage.undelivered_jobs():
             if record.request_id in self.live or record.runpod_job_id is None or record.created_at is None:
                 continue
-            if not self._settings.owns_guild(record.guild_id):  # another process's shards: its jobs
-                continue
-            policy = await self._endpoints.policy(record.guild_id)
-            if (now - record.created_at).total_seconds() < policy.max_wall_seconds:
-                continue
+            if record.state in _FINISHED or not self._settings.owns_guild(record.guild_id):
+                continue  # finished on RunPod (resuming delivers it), or another process's shards' job
             try:
-                endpoint = await self._endpoints.of_record(record)
-                await self._endpoints.client(endpoint).cancel(record.runpod_job_id)
-            except BotError as error:
-                log.warning("job %s: sweeper could not cancel it: %s", record.runpod_job_id, error)
-                continue
-            minutes = policy.max_wall_seconds / 60
-            stale = JobTimedOut(
-                f"Still unfinished after {minutes:g} minutes, so it was cancelled on RunPod to stop the billing.",
-                record.runpod_job_id,
-            )
-            log.info("job %s: swept after %g minutes", record.runpod_job_id, minutes)
-            await self._end(self._live_job(record, endpoint, policy, self._token(record)), stale)
+                await self._sweep_one(record, record.runpod_job_id, record.created_at)
+            except Exception:  # one job's trouble must not stop the sweep of the others
+                log.exception("job %s: the sweeper failed on it", record.runpod_job_id)
+
+    async def _sweep_one(self, record: JobRecord, runpod_job_id: str, created_at: datetime) -> None:
+        policy = await self._endpoints.policy(record.guild_id)
+        if (self.options.clock() - created_at).total_seconds() < policy.max_wall_seconds:
+            return
+        try:
+            endpoint = await self._endpoints.of_record(record)
+            await self._endpoints.client(endpoint).cancel(runpod_job_id)
+        except BotError as error:
+            log.warning("job %s: sweeper could not cancel it: %s", runpod_job_id, error)
+            return
+        minutes = policy.max_wall_seconds / 60
+        stale = JobTimedOut(
+            f"Still unfinished after {minutes:g} minutes, so it was cancelled on RunPod to stop the billing.",
+            runpod_job_id,
+        )
+        log.info("job %s: swept after %g minutes", runpod_job_id, minutes)
+        await self._end(self._live_job(record, endpoint, policy, self._token(record)), stale)
 
     async def sweep_forever(self) -> None:
         while True:
@@ -430,7 +465,15 @@ class JobRunner:
                 log.exception("the stale-job sweeper failed; it will try again")
 
     def _token(self, record: JobRecord) -> str | None:
-        return self._vault.decrypt(record.token_encrypted).reveal() if record.token_encrypted else None
+        """The interaction's token, or None when it cannot be read (after a change of BOT_ENCRYPTION_KEY):
+        the job then goes on, and its status continues in a channel message sent with the bot token."""
+        if not record.token_encrypted:
+            return None
+        try:
+            return self._vault.decrypt(record.token_encrypted).reveal()
+        except UndecryptableSecret:
+            log.warning("request %s: its interaction token cannot be decrypted; using the channel", record.request_id)
+            return None
 
     # --- shutdown ----------------------------------------------------------------------------------
 
@@ -452,6 +495,8 @@ class JobRunner:
                 asyncio.gather(*ending, *(tell(job) for job in waiting), return_exceptions=True), grace
             )
 
+
+_FINISHED = frozenset({LedgerState.COMPLETED, LedgerState.UNDELIVERABLE})
 
 # How a job that ended without pictures is recorded: failures of every other kind are "failed".
 _ENDINGS: dict[type[BotError], LedgerState] = {

@@ -47,6 +47,7 @@ class LedgerState(StrEnum):
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
     EXPIRED = "expired"  # gone from RunPod before it was delivered
+    UNDELIVERABLE = "undeliverable"  # finished and paid for, but could be posted nowhere (a final state)
 
     @property
     def counted(self) -> bool:
@@ -55,7 +56,14 @@ class LedgerState(StrEnum):
 
 
 _COUNTED = frozenset(
-    {LedgerState.WAITING, LedgerState.PENDING, LedgerState.QUEUED, LedgerState.RUNNING, LedgerState.COMPLETED}
+    {
+        LedgerState.WAITING,
+        LedgerState.PENDING,
+        LedgerState.QUEUED,
+        LedgerState.RUNNING,
+        LedgerState.COMPLETED,
+        LedgerState.UNDELIVERABLE,
+    }
 )
 
 

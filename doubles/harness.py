@@ -46,6 +46,7 @@ def fast_options(**overrides: Any) -> RunnerOptions:
         "edit_interval": 0.05,
         "notify_after": 60.0,
         "expiry_margin": timedelta(0),
+        "delivery_retries": (0.05,),
     }
     return RunnerOptions(**(values | overrides))
 

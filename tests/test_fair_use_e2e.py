@@ -10,6 +10,7 @@ import discord
 import pytest
 from PIL import Image
 
+from bot.storage import JobRecord, KeySource, LedgerState
 from doubles import outputs
 from doubles.discord import (
     APP_PERMISSIONS,
@@ -218,16 +219,7 @@ async def test_the_sweeper_cancels_a_stale_job_nobody_follows(harness, client):
     await set_policy(harness, max_wall_seconds=60)
     harness.runpod.default_script = lambda job_input: Script(queue_s=600)
     job = await client.run({"prompt": "orphan"})
-    from bot.storage import JobRecord, KeySource, LedgerState
-
-    await harness.bot.storage.record_job(
-        JobRecord(
-            request_id=42, guild_id=DEFAULT_GUILD_ID, channel_id=DEFAULT_CHANNEL_ID, user_id=DEFAULT_USER_ID,
-            user_name="Member", params={"prompt": "orphan", "seed": 1}, endpoint_id=ENDPOINT, worker="sdxl",
-            key_source=KeySource.DEFAULT, runpod_job_id=job.id, state=LedgerState.QUEUED,
-            created_at=datetime.now(UTC) - timedelta(minutes=5),
-        )
-    )  # fmt: skip
+    await harness.bot.storage.record_job(orphan(42, job.id, "queued"))
     await harness.bot.runner.sweep()
     assert [request.job_id for request in harness.runpod.requests_for("cancel")] == [job.id]
     assert harness.runpod.requests_for("cancel")[0].headers["Authorization"] == f"Bearer {API_KEY}"
@@ -236,6 +228,33 @@ async def test_the_sweeper_cancels_a_stale_job_nobody_follows(harness, client):
     assert "cancelled on RunPod to stop the billing" in record.notice
     notice = harness.discord.calls_for("channel_message")[-1].json
     assert notice["embeds"][0]["title"] == "⚠️ No picture this time"
+
+
+def orphan(request_id: int, runpod_job_id: str, state: str, **changes) -> JobRecord:
+    """A job an earlier run of the bot left in the ledger, five minutes old, nobody following it."""
+    values = dict(
+        request_id=request_id, guild_id=DEFAULT_GUILD_ID, channel_id=DEFAULT_CHANNEL_ID, user_id=DEFAULT_USER_ID,
+        user_name="Member", params={"prompt": "orphan", "seed": 1}, endpoint_id=ENDPOINT, worker="sdxl",
+        key_source=KeySource.DEFAULT, runpod_job_id=runpod_job_id, state=LedgerState(state),
+        created_at=datetime.now(UTC) - timedelta(minutes=5),
+    )  # fmt: skip
+    return JobRecord(**(values | changes))
+
+
+async def test_the_sweeper_never_cancels_a_finished_job_and_one_bad_job_stops_nothing(harness, client):
+    """A finished job waiting to be posted is not stale: no cancel, and its paid GPU time keeps counting. A job
+    whose stored token no key can read any more is swept like any other, and stops nobody else's sweep."""
+    await set_policy(harness, max_wall_seconds=60)
+    harness.runpod.default_script = lambda job_input: Script(queue_s=600)
+    finished, unreadable, stale = [(await client.run({"prompt": "orphan"})).id for _ in range(3)]
+    await harness.bot.storage.record_job(orphan(41, finished, "completed", execution_ms=4200))
+    await harness.bot.storage.record_job(orphan(42, unreadable, "queued", token_encrypted="gAAAAA-not-ours"))
+    await harness.bot.storage.record_job(orphan(43, stale, "running"))
+    await harness.bot.runner.sweep()
+    assert sorted(request.job_id for request in harness.runpod.requests_for("cancel")) == sorted([unreadable, stale])
+    assert [(await harness.bot.storage.job(n)).state for n in (41, 42, 43)] == ["completed", "timed_out", "timed_out"]
+    await harness.bot.runner.sweep()  # nothing left to sweep: no second cancel
+    assert len(harness.runpod.requests_for("cancel")) == 2
 
 
 async def test_edit_opens_the_prompt_prefilled_and_runs_again(harness):
@@ -371,3 +390,29 @@ async def test_cancel_while_waiting_takes_the_job_out_of_the_queue_unpaid(harnes
     (running,) = harness.runpod.jobs.values()
     assert running.input["prompt"] != waiting.payload["data"]["options"][0]["value"]
     assert harness.runpod.requests_for("cancel") == []
+
+
+async def test_a_job_whose_token_no_key_can_read_is_followed_and_posted_in_the_channel(runpod, client, tmp_path):
+    """After a change of BOT_ENCRYPTION_KEY the stored interaction token is unreadable: the job is still
+    followed to its end and its picture posted once, in a channel message sent with the bot token."""
+    from cryptography.fernet import Fernet
+
+    from bot.config import Secret
+    from bot.crypto import Vault
+    from bot.storage import Storage
+
+    runpod.script_next(Script(queue_s=0.1, run_s=0.2, output=outputs.sdxl(png_for("kept"))))
+    job = await client.run({"prompt": "kept"})
+    url = f"sqlite:///{tmp_path}/bot.db"
+    storage = await Storage.open(url)
+    old_key = Vault((Secret(Fernet.generate_key().decode()),))
+    await storage.record_job(orphan(51, job.id, "queued", token_encrypted=old_key.encrypt("itok-gone"), message_id=7))
+    await storage.close()
+    async with running_bot(runpod, database_url=url) as harness:
+        await harness.discord.wait_for(
+            lambda: any(m.attachments for m in harness.discord.messages.values() if m.interaction_token is None)
+        )
+        (posted,) = [m for m in harness.discord.messages.values() if m.attachments]
+        assert [attachment.data for attachment in posted.attachments] == [png_for("kept")]
+        await harness.discord.wait_for(lambda: harness.bot.runner.live == {})
+        assert (await harness.bot.storage.job(51)).delivered_at is not None

@@ -215,8 +215,17 @@ async def test_when_the_channel_refuses_too_the_loss_is_logged(runpod, caplog):
     async with running_bot(runpod, token_ttl=0.5) as harness:
         harness.discord.denied_channels.add(DEFAULT_CHANNEL_ID)
         harness.runpod.default_script = lambda job_input: Script(run_s=1.0, output=outputs.sdxl(make_png()))
-        await harness.imagine("nowhere to go")
+        interaction = await harness.imagine("nowhere to go")
         await harness.discord.wait_for(lambda: "could not be posted anywhere" in caplog.text, timeout=10)
+        record = await harness.bot.storage.job(interaction.id)
+        # A final state, its GPU time still counted: never taken up again, never cancelled on RunPod.
+        assert (record.state, record.delivered_at is not None, record.execution_ms is not None) == (
+            "undeliverable",
+            True,
+            True,
+        )
+        await harness.bot.runner.sweep()
+        assert harness.runpod.requests_for("cancel") == []
     (job_id,) = runpod.jobs
     assert f"job {job_id}" in caplog.text
 
