@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import re
 import sys
 import time
@@ -24,7 +25,7 @@ from bot.runpod import JobState
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", help="what to paint (Midjourney-style --ar/--seed/--no flags work inside it)")
     parser.add_argument("--id", dest="job_id", help="resume polling an existing job instead of submitting one")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds before the job is cancelled (600)")
+    parser.add_argument("--timeout", type=_seconds, default=600.0, help="seconds before the job is cancelled (600)")
     parser.add_argument("--outdir", type=Path, default=Path(), help="where to save <job_id>.png (current directory)")
     parser.add_argument("--negative", help="what to keep out of the picture")
     parser.add_argument("--seed", type=int)
@@ -76,6 +77,33 @@ async def generate(args: argparse.Namespace, settings: Settings, out: TextIO = s
     raise AssertionError("follow_job ended without a result")  # pragma: no cover
 
 
+def _seconds(value: str) -> float:
+    """A --timeout: a positive, finite number of seconds ("nan" would otherwise mean never)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"needs a positive number of seconds, not {value!r}")
+    return seconds
+
+
+# What worker text must not bring to a terminal: the control characters (C0, DEL and C1; ESC starts the
+# ANSI/OSC sequences that retitle, clear or rewrite a terminal or plant hyperlinks, CR rewrites the line),
+# the bidi controls that reorder what is shown, and lone surrogates. Line breaks and tabs become spaces.
+_SPACES = "\t\n\v\f\r\x1c\x1d\x1e\x1f\x85\u2028\u2029"
+_UNPRINTABLE = [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F)]
+_UNPRINTABLE += [*range(0x2066, 0x206A), *range(0xD800, 0xE000)]
+_PRINTABLE = {code: " " if chr(code) in _SPACES else "\N{REPLACEMENT CHARACTER}" for code in _UNPRINTABLE}
+
+
+def printable(text: object) -> str:
+    """Text from RunPod or a worker, safe to write to a terminal: one line, every control character
+    shown as U+FFFD (or a space for line breaks and tabs), so it can never move the cursor or send an
+    escape sequence; ordinary Unicode text is kept as it is."""
+    return str(text).translate(_PRINTABLE)
+
+
 def save_images(result: JobResult, outdir: Path) -> list[Path]:
     outdir.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9_-]", "_", result.job_id)
@@ -89,7 +117,10 @@ def save_images(result: JobResult, outdir: Path) -> list[Path]:
 
 
 class _ProgressLine:
-    """One line rewritten in place on a terminal; one line per change when piped to a file."""
+    """One line rewritten in place on a terminal; one line per change when piped to a file.
+
+    Whatever it shows may carry RunPod's or the worker's words (job and worker ids, progress text), so
+    it is made `printable` first: only the line's own `\\r\\x1b[2K` ever reaches the terminal."""
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
@@ -110,6 +141,7 @@ class _ProgressLine:
                     bar = f" [{'#' * filled}{'.' * (20 - filled)}]"
                 text += f"{bar} {update.progress.text}"
             text += f", {elapsed:.0f}s"
+        text = printable(text)
         if self._tty:
             self._out.write(f"\r\x1b[2K{text}")
             self._open = True
@@ -119,7 +151,7 @@ class _ProgressLine:
 
     def note(self, text: str) -> None:
         self.done()
-        self._out.write(f"{text}\n")
+        self._out.write(f"{printable(text)}\n")
         self._out.flush()
 
     def done(self) -> None:

@@ -40,7 +40,7 @@ class GenerationParams:
         object.__setattr__(self, "prompt", prompt)
         object.__setattr__(self, "negative_prompt", (self.negative_prompt or "").strip() or None)
         if self.aspect_ratio not in ASPECT_RATIOS:
-            raise InvalidParams(f"Aspect ratio {self.aspect_ratio!r} is not one of {', '.join(ASPECT_RATIOS)}.")
+            raise InvalidParams(f"Aspect ratio {_shown(self.aspect_ratio)} is not one of {', '.join(ASPECT_RATIOS)}.")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
             raise InvalidParams(f"The seed must be between 0 and {MAX_SEED}.")
         if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
@@ -90,9 +90,7 @@ def params_from_request(
     """Merge explicit options with inline flags; an explicit option wins over a flag."""
     text, flags = split_inline_flags(prompt)
     if seed is None and "seed" in flags:
-        if not flags["seed"].isdigit():
-            raise InvalidParams(f"--seed needs a whole number, not {flags['seed']!r}.")
-        seed = int(flags["seed"])
+        seed = _whole_number("--seed", flags["seed"], MAX_SEED)
     negatives = [part for part in (negative_prompt, flags.get("no")) if part]
     return GenerationParams(
         prompt=text,
@@ -103,3 +101,21 @@ def params_from_request(
         guidance=guidance,
         count=count,
     )
+
+
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also takes "²" and "٣", which int() refuses or reads
+
+
+def _whole_number(flag: str, value: str, most: int) -> int:
+    """An inline flag's value as a whole number from 0 to `most`, or InvalidParams naming the flag."""
+    if not _DIGITS.fullmatch(value):
+        raise InvalidParams(f"{flag} needs a whole number from 0 to {most}, not {_shown(value)}.")
+    digits = value.lstrip("0") or "0"  # counted before int(), which refuses more than 4,300 digits
+    if len(digits) > len(str(most)) or int(digits) > most:
+        raise InvalidParams(f"{flag} must be between 0 and {most}, not {_shown(value)}.")
+    return int(digits)
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    """A member's value quoted back to them, cut short so a long one cannot swamp the message."""
+    return repr(value if len(value) <= limit else value[: limit - 1] + "…")

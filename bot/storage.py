@@ -225,7 +225,33 @@ def _uninterruptible(
     return run_to_completion
 
 
+def _patient(
+    method: Callable[Concatenate[Storage, P], Awaitable[R]],
+) -> Callable[Concatenate[Storage, P], Awaitable[R]]:
+    """A ledger write that a locked or briefly unreachable database only delays: tried again with backoff
+    for up to `Storage.write_patience` seconds, so a finished job's picture is not lost to a stall."""
+
+    @functools.wraps(method)
+    async def retrying(self: Storage, *args: P.args, **kwargs: P.kwargs) -> R:
+        deadline = asyncio.get_running_loop().time() + self.write_patience
+        pause = 0.25
+        while True:
+            try:
+                return await method(self, *args, **kwargs)
+            except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as error:
+                if asyncio.get_running_loop().time() + pause > deadline:
+                    raise
+                reason = str(getattr(error, "orig", None) or error).splitlines()[0][:120]
+                log.warning("%s: the database is not answering (%s); trying again", method.__name__, reason)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 4.0)
+
+    return retrying
+
+
 class Storage:
+    write_patience = 60.0  # seconds a job's ledger write keeps trying through a locked or lost database
+
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._in_flight: set[asyncio.Future[Any]] = set()
@@ -347,6 +373,7 @@ class Storage:
     # --- job ledger --------------------------------------------------------------------------------
 
     @_uninterruptible
+    @_patient
     async def record_job(self, record: JobRecord) -> bool:
         """Write a job before it is submitted. False when this interaction already has one (a replay)."""
         now = _now()
@@ -359,6 +386,7 @@ class Storage:
         return True
 
     @_uninterruptible
+    @_patient
     async def update_job(self, request_id: int, **changes: Any) -> None:
         async with self.engine.begin() as connection:
             await connection.execute(
@@ -366,6 +394,7 @@ class Storage:
             )
 
     @_uninterruptible
+    @_patient
     async def claim_delivery(self, request_id: int) -> bool:
         """Mark delivered; False if someone (an earlier run of the bot) already did."""
         async with self.engine.begin() as connection:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -10,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from bot.__main__ import main
+from bot.engine import JobUpdate, Progress
+from bot.generate import _ProgressLine
+from bot.runpod import JobState
 from doubles import outputs
 from doubles.outputs import make_png, pixels
 from doubles.runpod import Script
@@ -165,3 +171,119 @@ async def test_log_level_debug_shows_the_engine_but_never_the_key(tmp_path, runp
     assert finished.code == 0
     assert "bot.engine: job" in finished.stdout + finished.stderr
     assert API_KEY not in finished.stdout + finished.stderr
+
+
+HOSTILE_PROGRESS = "\x1b]0;pwned\x07step\x1b[2J 2/4\rEVIL \x1b]8;;http://evil\x07link\x1b]8;;\x07 \x9b2J"
+HOSTILE_ERROR = json.dumps({"error_message": "CUDA \x1b[31mout of memory\x1b[0m\r\x1b[2Kall good\nsecond\x07 line"})
+
+
+def assert_nothing_but_text(stderr: str) -> None:
+    """What the operator's terminal received holds no escape sequence, bell, carriage return or C1 control."""
+    for control in ("\x1b", "\x07", "\r", "\x9b"):
+        assert control not in stderr, (control, stderr)
+    assert "Traceback" not in stderr
+
+
+async def test_a_hostile_workers_words_cannot_rewrite_the_terminal(tmp_path, runpod):
+    runpod.script_next(
+        Script(
+            queue_s=0.2,
+            run_s=1.8,
+            progress=[(0.0, HOSTILE_PROGRESS)],
+            worker_id="w\x1b[8mhidden\x1b[0m",
+            outcome="FAILED",
+            error=HOSTILE_ERROR,
+        )
+    )
+    finished = await generate(tmp_path, "--prompt", "x", runpod=runpod)
+    assert finished.code == 1
+    assert_nothing_but_text(finished.stderr)
+    running = [line for line in finished.stderr.splitlines() if line.startswith("running on worker")]
+    assert running, finished.stderr
+    assert "hidden" in running[0] and "step" in running[0] and "EVIL" in running[0] and "link" in running[0]
+    last = finished.stderr.strip().splitlines()[-1]  # the error is still one line, in the worker's words
+    assert last.startswith("error: The worker failed: CUDA ")
+    assert "out of memory" in last and "all good" in last and "second" in last and last.endswith("line")
+
+
+async def test_runpods_own_refusal_text_cannot_rewrite_the_terminal(tmp_path, runpod):
+    runpod.fail_next("run", 400, body=b"\x1b[2J\x1b]0;pwned\x07bad input\r\nsee the docs")
+    finished = await generate(tmp_path, "--prompt", "x", runpod=runpod)
+    assert finished.code == 1
+    assert_nothing_but_text(finished.stderr)
+    (line,) = finished.stderr.strip().splitlines()
+    assert line.startswith("error: RunPod refused /run (400): ")
+    assert "bad input" in line and "see the docs" in line
+
+
+def test_on_a_terminal_only_the_progress_lines_own_rewriting_reaches_it():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    line = _ProgressLine(terminal)
+    hostile = f"run\x1b]0;{HOSTILE_PROGRESS}"
+    line.note(f"job {hostile} submitted")
+    for fraction in (0.25, 0.5):
+        line.show(JobUpdate(hostile, JobState.IN_PROGRESS, worker_id=hostile, progress=Progress(hostile, fraction)))
+    line.done()
+    written = terminal.getvalue()
+    assert written.count("\r\x1b[2K") == 2  # the line is still rewritten in place, once per update
+    assert_nothing_but_text(written.replace("\r\x1b[2K", ""))
+    assert "running on worker run" in written and "step" in written and "EVIL" in written
+
+
+@pytest.mark.parametrize(
+    ("seed", "message"),
+    [
+        ("²", "error: --seed needs a whole number from 0 to 4294967295, not '²'."),
+        ("¹²", "error: --seed needs a whole number from 0 to 4294967295, not '¹²'."),
+        ("4²", "error: --seed needs a whole number from 0 to 4294967295, not '4²'."),
+        ("٣", "error: --seed needs a whole number from 0 to 4294967295, not '٣'."),
+        ("𝟗", "error: --seed needs a whole number from 0 to 4294967295, not '𝟗'."),
+        ("9" * 5000, f"error: --seed must be between 0 and 4294967295, not '{'9' * 39}…'."),
+        ("4294967296", "error: --seed must be between 0 and 4294967295, not '4294967296'."),
+    ],
+    ids=["superscript", "superscripts", "digit-superscript", "arabic-indic", "math-bold", "5000-digits", "too-big"],
+)
+async def test_a_seed_flag_of_other_digits_is_one_clear_line_and_exit_1(tmp_path, runpod, seed, message):
+    finished = await generate(tmp_path, "--prompt", f"a lighthouse --seed {seed} --ar 16:9", runpod=runpod)
+    assert (finished.code, finished.stderr) == (1, f"{message}\n")  # one line, no traceback
+    assert runpod.requests_for("run") == []  # refused before anything was paid for
+
+
+@pytest.mark.parametrize("timeout", ["nan", "inf", "0", "-1", "soon"])
+def test_a_timeout_that_is_not_a_positive_number_is_a_usage_error(capsys, timeout):
+    with pytest.raises(SystemExit) as exited:
+        main(["generate", "--prompt", "cat", "--timeout", timeout])
+    assert exited.value.code == 2
+    assert "--timeout: needs a positive number of seconds" in capsys.readouterr().err
+
+
+@pytest.mark.xfail(
+    reason="needs the RecursionError fix in bot/runpod.py / bot/images.py (another change); remove this mark then",
+    strict=False,
+)
+@pytest.mark.parametrize(("opening", "closing"), [(b"[", b"]"), (b'{"a": ', b"}")], ids=["lists", "objects"])
+async def test_a_deeply_nested_answer_is_one_clear_line_and_exit_1(tmp_path, runpod, opening, closing):
+    depth = 100_000
+    nested = opening * depth + b"0" + closing * depth
+    body = b'{"id": "job-1", "status": "COMPLETED", "output": {"images": ' + nested + b"}}"
+    runpod.fail_next("status", 200, count=50, body=body, content_type="application/json")
+    runpod.script_next(Script(queue_s=60))
+    finished = await generate(tmp_path, "--prompt", "x", "--timeout", "10", runpod=runpod)
+    assert finished.code == 1
+    assert "Traceback" not in finished.stderr
+    assert finished.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+async def test_a_hostile_job_id_cannot_rewrite_the_terminal_through_notes_or_logs(tmp_path, runpod):
+    job_id = "job\x1b]0;pwned\x07\x1b[2J\r-1"
+    runpod.fail_next("run", 200, body=json.dumps({"id": job_id, "status": "IN_QUEUE"}).encode())
+    finished = await generate(tmp_path, "--prompt", "x", runpod=runpod)  # then /status of that id: 404
+    assert finished.code == 1
+    assert_nothing_but_text(finished.stderr)
+    assert "INFO    bot.engine: job job" in finished.stderr  # the log line, made printable too
+    assert "submitted (seed" in finished.stderr and "pwned" in finished.stderr

@@ -463,3 +463,31 @@ async def test_the_same_interaction_delivered_twice_pays_once(harness):
     await harness.finished(interaction)
     await asyncio.sleep(0.3)
     assert len(harness.runpod.jobs) == 1
+
+
+async def test_a_database_locked_while_the_job_runs_delays_the_ledger_but_loses_no_picture(runpod, tmp_path):
+    """Another process holds the SQLite file for 7 s (longer than SQLite's 5 s busy wait) while the job moves
+    from queued to running to done: the ledger writes wait it out, and the picture is posted exactly once."""
+    import sqlite3
+
+    async with running_bot(runpod, database_url=f"sqlite:///{tmp_path}/bot.db") as harness:
+        harness.runpod.default_script = lambda job_input: Script(
+            queue_s=0.3, run_s=1.0, output=outputs.sdxl(png_for("x"))
+        )
+        interaction = await harness.imagine("x")
+        await harness.discord.wait_for(lambda: harness.runpod.jobs)
+        locker = sqlite3.connect(tmp_path / "bot.db", isolation_level=None, check_same_thread=False)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            await asyncio.sleep(7)
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        final = await harness.finished(interaction, timeout=30)
+        assert final.embeds[0]["title"] == "✅ Done"
+        assert [attachment.data for attachment in final.attachments] == [png_for("x")]
+        await harness.discord.wait_for(lambda: harness.bot.runner.live == {})
+        record = await harness.bot.storage.job(interaction.id)
+        assert (record.state, record.delivered_at is not None) == ("completed", True)
+    edits_with_pictures = [call for call in harness.edits(interaction) if call.files]
+    assert len(edits_with_pictures) == 1

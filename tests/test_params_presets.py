@@ -5,10 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bot.params import ASPECT_RATIOS, GenerationParams, InvalidParams, params_from_request, split_inline_flags
+from bot.params import (
+    ASPECT_RATIOS,
+    MAX_SEED,
+    GenerationParams,
+    InvalidParams,
+    params_from_request,
+    split_inline_flags,
+)
 from bot.presets import PRESETS, parse_workflow
 
 
@@ -51,6 +58,30 @@ def test_out_of_range_parameters_are_refused_clearly(kwargs, message):
 def test_bad_seed_flag_is_refused():
     with pytest.raises(InvalidParams, match="--seed"):
         params_from_request("cat --seed lucky")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("²", "--seed needs a whole number from 0 to 4294967295, not '²'."),  # isdigit() says yes, int() no
+        ("٣", "--seed needs a whole number from 0 to 4294967295, not '٣'."),  # int() would read 3
+        ("𝟗", "--seed needs a whole number from 0 to 4294967295, not '𝟗'."),
+        ("-1", "--seed needs a whole number from 0 to 4294967295, not '-1'."),
+        ("4.5", "--seed needs a whole number from 0 to 4294967295, not '4.5'."),
+        ("4294967296", "--seed must be between 0 and 4294967295, not '4294967296'."),
+        ("9" * 5000, f"--seed must be between 0 and 4294967295, not '{'9' * 39}…'."),  # int() refuses 4301+ digits
+    ],
+)
+def test_a_seed_flag_is_ascii_digits_in_range_or_one_clear_message(value, message):
+    with pytest.raises(InvalidParams) as refused:
+        params_from_request(f"cat --seed {value} --ar 16:9")
+    assert str(refused.value) == message
+
+
+def test_a_seed_flag_with_leading_zeros_is_read_as_the_number():
+    assert params_from_request("cat --seed 0042").seed == 42
+    assert params_from_request("cat --seed 4294967295").seed == 4294967295
+    assert params_from_request("cat --seed " + "0" * 5000 + "1").seed == 1  # int() of all 5001 digits raises
 
 
 def test_with_seed_fixes_a_seed_once():
@@ -150,3 +181,35 @@ def test_flag_parsing_never_crashes_and_keeps_words(prompt):
     text, flags = split_inline_flags(prompt)
     assert set(flags) <= {"ar", "seed", "no"}
     assert len(text) <= len(prompt)
+
+
+DIGITS_OF_ANY_SCRIPT = st.text(st.characters(categories=["Nd", "No", "Nl"]), min_size=1, max_size=12)
+FLAG_VALUES = st.one_of(
+    st.text(max_size=30),
+    DIGITS_OF_ANY_SCRIPT,
+    st.integers(-(2**40), 2**40).map(str),
+    st.sampled_from(["²", "¹²", "4²", "①", "٣", "𝟗", "9" * 5000, "0" * 5000 + "7"]),  # str.isdigit() takes all
+    st.sampled_from([*ASPECT_RATIOS, "5:4", "²:¹", "16:9²", "１６:９"]),
+)
+INLINE_FLAGS = st.builds(
+    "{}{}{}".format,
+    st.sampled_from(["--ar", "--aspect", "--seed", "--no", "--SEED", "--Ar", "--steps", "--", "—seed"]),
+    st.sampled_from([" ", "  ", "\t", "\u3000", "\n", ""]),
+    FLAG_VALUES,
+)
+
+
+@given(
+    st.lists(st.one_of(st.text(max_size=40), INLINE_FLAGS, INLINE_FLAGS), max_size=6),
+    st.sampled_from([" ", "  ", "\t", "", "\n"]),
+)
+@example(["a lighthouse", "--seed ²", "--ar 16:9"], " ")  # the case, always tried
+@example(["cat", "--seed " + "9" * 5000], " ")
+def test_any_prompt_with_any_inline_flags_parses_or_is_refused_clearly(pieces, separator):
+    try:
+        params = params_from_request(separator.join(pieces))
+    except InvalidParams as refused:
+        assert str(refused) and "\n" not in str(refused) and len(str(refused)) < 200
+    else:
+        assert params.prompt and params.aspect_ratio in ASPECT_RATIOS
+        assert params.seed is None or 0 <= params.seed <= MAX_SEED
