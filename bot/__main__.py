@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -40,6 +41,11 @@ async def run_bot(settings: Settings, *, sync_only: bool = False) -> None:
     from bot.bot import make_bot  # the terminal commands need no discord.py start-up
 
     token = settings.require_discord_token()
+    if os.environ.get("DYNO") and settings.database_url.reveal().startswith("sqlite"):  # Heroku sets DYNO
+        log.warning(
+            "DATABASE_URL is a SQLite file on the dyno's disk, which is wiped at every restart (at least daily): "
+            "unfinished jobs, server keys and rules are lost with it. Add PostgreSQL and set DATABASE_URL."
+        )
     storage = await Storage.open(settings.database_url.reveal())
     async with aiohttp.ClientSession() as session, ImageFetcher() as fetcher:
         runpod = RunPodContext(session, fetcher, api_url=settings.runpod_api_url)

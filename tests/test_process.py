@@ -75,6 +75,19 @@ async def test_missing_or_refused_token_is_one_clear_line(tmp_path, discord_doub
     assert "Traceback" not in bot.log
 
 
+async def test_on_a_paas_a_sqlite_ledger_is_warned_about_at_start(tmp_path, discord_double, runpod):
+    bot = await start_bot(tmp_path, discord_double, runpod, DYNO="worker.1")
+    await ready(discord_double)
+    bot.process.send_signal(signal.SIGTERM)
+    assert await bot.finish() == 0
+    assert "SQLite file on the dyno's disk, which is wiped at every restart" in bot.log
+    quiet = await start_bot(tmp_path, discord_double, runpod)  # not on a PaaS: nothing to warn about
+    await ready(discord_double, connections=2)
+    quiet.process.send_signal(signal.SIGTERM)
+    assert await quiet.finish() == 0
+    assert "dyno" not in quiet.log
+
+
 async def test_keys_typed_into_the_setup_form_never_reach_a_debug_log(tmp_path, discord_double, runpod):
     """discord.py's gateway logger prints every incoming interaction at DEBUG, form values included: a key
     that was saved and a key RunPod refused must both stay out of the log."""
