@@ -16,6 +16,7 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -30,6 +31,7 @@ from bot.config import SECRET_VARIABLES, Secret, Settings, configure_logging, lo
 from bot.crypto import UndecryptableSecret, Vault
 from bot.engine import RunPodContext
 from bot.errors import (
+    BotError,
     ConfigError,
     RunPodAuthError,
     RunPodError,
@@ -39,7 +41,7 @@ from bot.errors import (
 )
 from bot.images import ImageFetcher
 from bot.runpod import RetryPolicy, RunPodClient
-from bot.storage import Storage, alembic_config
+from bot.storage import LedgerState, Storage, alembic_config
 
 if TYPE_CHECKING:
     from bot.bot import ImagineBot
@@ -242,8 +244,9 @@ async def check_storage(settings: Settings) -> list[Line]:
         database = Line(
             WARN, "database", f"{where} does not exist yet: the bot creates and migrates it at its first start"
         )
+        ledger: list[Line] = []
     else:
-        database, stored_keys = await _open_database(settings, where)
+        database, stored_keys, ledger = await _open_database(settings, where)
     if sqlite_file is not None and os.environ.get("DYNO"):  # Heroku sets DYNO on every dyno
         database = Line(
             WARN,
@@ -251,23 +254,62 @@ async def check_storage(settings: Settings) -> list[Line]:
             f"{where} is on the dyno's disk, which is wiped at every restart (at least daily), "
             "and every unfinished job with it: add PostgreSQL and set DATABASE_URL",
         )
-    return [database, _encryption_line(settings.encryption_keys, stored_keys)]
+    return [database, _encryption_line(settings.encryption_keys, stored_keys), *ledger]
 
 
-async def _open_database(settings: Settings, where: str) -> tuple[Line, list[str] | None]:
+async def _open_database(settings: Settings, where: str) -> tuple[Line, list[str] | None, list[Line]]:
+    """The database line, the stored server keys, and what the job ledger needs an operator to know."""
     try:
         storage = await asyncio.wait_for(Storage.open(settings.database_url.reveal(), migrate=False), DATABASE_TIMEOUT)
     except ConfigError as error:
-        return Line(FAIL, "database", str(error)), None
+        return Line(FAIL, "database", str(error)), None, []
     except TimeoutError:
-        return Line(FAIL, "database", f"{where} did not answer within {DATABASE_TIMEOUT:.0f} s"), None
+        return Line(FAIL, "database", f"{where} did not answer within {DATABASE_TIMEOUT:.0f} s"), None, []
     try:
-        return await _inspect_schema(storage, where)
+        line, stored = await _inspect_schema(storage, where)
+        current = line.mark == OK  # the ledger is read with today's schema only
+        return line, stored, await _ledger_lines(storage, settings.encryption_keys) if current else []
     except sa.exc.SQLAlchemyError as error:
         reason = str(getattr(error, "orig", None) or error).splitlines()[0][:200]
-        return Line(FAIL, "database", f"{where} reachable, but reading it failed: {reason}"), None
+        return Line(FAIL, "database", f"{where} reachable, but reading it failed: {reason}"), None, []
     finally:
         await storage.close()
+
+
+async def _ledger_lines(storage: Storage, keys: tuple[Secret, ...]) -> list[Line]:
+    """Jobs an operator should hear of, and nothing when there are none: unfinished jobs whose interaction
+    token the current keys cannot read, and finished pictures that could be posted nowhere (30 days)."""
+    lines = []
+    vault = Vault(keys)
+    unreadable = 0
+    for record in await storage.undelivered_jobs():
+        if record.token_encrypted:
+            try:
+                vault.decrypt(record.token_encrypted)
+            except BotError:  # undecryptable, or no key at all
+                unreadable += 1
+    if unreadable:
+        lines.append(
+            Line(
+                WARN,
+                "unfinished jobs",
+                f"{unreadable} unfinished job(s) hold an interaction token BOT_ENCRYPTION_KEY cannot read: they "
+                "go on, with their status in a channel message; keep the old key after the new one (new,old)",
+            )
+        )
+    month_ago = datetime.now(UTC) - timedelta(days=30)
+    lost = await storage.jobs_in_state(LedgerState.UNDELIVERABLE, since=month_ago)
+    if lost:
+        channels = ", ".join(sorted({str(job.channel_id) for job in lost})[:5])
+        lines.append(
+            Line(
+                WARN,
+                "undeliverable pictures",
+                f"{len(lost)} finished picture(s) in the last 30 days could be posted nowhere (the bot may not "
+                f"post in the channel, and the interaction had expired): channels {channels}",
+            )
+        )
+    return lines
 
 
 async def _inspect_schema(storage: Storage, where: str) -> tuple[Line, list[str] | None]:

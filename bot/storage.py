@@ -432,6 +432,14 @@ class Storage:
         return [(row.endpoint_id, row.delay_ms, row.execution_ms) for row in reversed(rows.all())]
 
     @_uninterruptible
+    async def jobs_in_state(self, state: LedgerState, *, since: datetime) -> list[JobRecord]:
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                sa.select(jobs).where(jobs.c.state == state, jobs.c.created_at >= since).order_by(jobs.c.created_at)
+            )
+        return [_job_record(row) for row in rows]
+
+    @_uninterruptible
     async def guild_jobs_since(self, guild_id: int, since: datetime) -> list[JobRecord]:
         """Every job of a guild since a moment: what quotas and usage reports count."""
         async with self.engine.connect() as connection:

@@ -163,6 +163,39 @@ async def test_database_not_migrated(tmp_path, discord_double, runpod):
     assert (tmp_path / "fresh.db").stat().st_size == 0  # the check never migrates
 
 
+async def test_jobs_an_operator_should_hear_of_are_reported(tmp_path, discord_double, runpod):
+    """After a key change, unfinished jobs whose interaction token no key reads; and pictures that could be
+    posted nowhere. Neither line appears when there is nothing to say (see test_all_good)."""
+    from datetime import UTC, datetime
+
+    from cryptography.fernet import Fernet
+
+    from bot.crypto import Vault
+    from bot.storage import JobRecord, KeySource, LedgerState
+
+    await synced(tmp_path, discord_double, runpod)
+    storage = await Storage.open(f"sqlite:///{tmp_path}/bot.db")
+    other_key = Vault((Secret(Fernet.generate_key().decode()),))
+    for request_id, state, token in (
+        (1, LedgerState.QUEUED, other_key.encrypt("itok-1")),
+        (2, LedgerState.RUNNING, Vault((TEST_ENCRYPTION_KEY,)).encrypt("itok-2")),  # readable: not reported
+        (3, LedgerState.UNDELIVERABLE, None),
+    ):
+        await storage.record_job(
+            JobRecord(
+                request_id=request_id, channel_id=555, user_id=1, user_name="m", params={"prompt": "x"},
+                endpoint_id="ep", worker="sdxl", key_source=KeySource.DEFAULT, state=state,
+                token_encrypted=token, created_at=datetime.now(UTC),
+            )
+        )  # fmt: skip
+    await storage.claim_delivery(3)
+    await storage.close()
+    report = await check(tmp_path, discord_double, runpod)
+    assert report.line("unfinished jobs").startswith("warn unfinished jobs: 1 unfinished job(s) hold an interaction")
+    assert report.line("undeliverable pictures").startswith("warn undeliverable pictures: 1 finished picture(s)")
+    assert report.line("undeliverable pictures").endswith("channels 555")
+
+
 async def test_malformed_log_level(tmp_path, discord_double, runpod):
     report = await check(tmp_path, discord_double, runpod, LOG_LEVEL="chatty")
     assert report.code == 1
