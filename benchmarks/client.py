@@ -121,11 +121,11 @@ def prepare(name: str, meter: DecodeMeter) -> Runner:
         importlib.import_module("aiohttp")
         for module in ("config", "errors", "params", "presets", "runpod"):
             importlib.import_module(f"bot.{module}")
-        import bot.engine as engine
         import bot.images as images
 
-        engine.find_images = meter.wrap(engine.find_images)  # base64, in a thread
-        images.decode_image = meter.wrap(images.decode_image)  # Pillow, in a thread
+        images.find_images = meter.wrap(images.find_images)  # base64, on the pictures' thread
+        images.read_header = meter.wrap(images.read_header)  # Pillow, likewise
+        images.decode_image = meter.wrap(images.decode_image)
         return lambda config, rows: asyncio.run(run_ours(config, rows))
     from benchmarks import peers
 

@@ -14,9 +14,8 @@ of filling the memory.
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
 import logging
-import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +24,7 @@ from typing import Any, NoReturn, TypeGuard
 
 import aiohttp
 
+from bot import safejson
 from bot.config import DEFAULT_RUNPOD_API_URL, Secret
 from bot.errors import (
     JobCancelled,
@@ -32,17 +32,27 @@ from bot.errors import (
     JobFailed,
     JobTimedOut,
     OutputError,
+    RunPodAnswerRefused,
     RunPodBadResponse,
     RunPodError,
     RunPodNotFound,
     RunPodRateLimited,
     RunPodUnavailable,
 )
-from bot.images import DecodedImage, ImageFetcher, find_images
+from bot.images import DecodedImage, ImageFetcher
 from bot.params import GenerationParams
 from bot.polling import Cadence, EndpointStats, PollPolicy
 from bot.presets import WorkerPreset
-from bot.runpod import JobState, JobStatus, RateLimiters, RetryPolicy, RunPodClient, endpoint_url
+from bot.runpod import (
+    MAX_ANSWER_BYTES,
+    Health,
+    JobState,
+    JobStatus,
+    RateLimiters,
+    RetryPolicy,
+    RunPodClient,
+    endpoint_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +73,12 @@ class JobUpdate:
     execution_ms: int | None = None
     worker_id: str | None = None
     progress: Progress | None = None
+    unanswered: bool = False  # RunPod has not answered the last polls: the job is still followed
 
     @property
     def view(self) -> tuple[object, ...]:
         """What a person watching would notice; executionTime ticks on every poll and is not news."""
-        return (self.state, self.worker_id, self.delay_ms, self.progress)
+        return (self.state, self.worker_id, self.delay_ms, self.progress, self.unanswered)
 
 
 @dataclass(frozen=True)
@@ -86,9 +97,11 @@ class RunPodContext:
     """What every job of this process shares on RunPod. Clients are cheap and made per job; through this
     context they share one rate limiter per endpoint and operation, and one `EndpointStats` per endpoint.
 
-    `picture_turns` is how many answers carrying pictures are read and checked at once (one per CPU, at
-    least two): an answer is megabytes, so when more jobs finish at once than the CPUs can take, the others
-    wait for a turn, first come first served, with their answers still unread in their sockets."""
+    `picture_turns` is how many answers carrying pictures are read and checked at once: an answer is megabytes
+    (up to `max_answer_bytes`, twice that while it is parsed), so when more jobs finish at once, the others wait
+    for a turn, first come first served, with their answers still unread in their sockets. Two by default: the
+    pictures are checked on one thread (`ImageFetcher.budget`), so one answer is checked while the next is read,
+    and more turns would only hold more answers in memory."""
 
     def __init__(
         self,
@@ -100,14 +113,16 @@ class RunPodContext:
         picture_turns: int | None = None,
         retry: RetryPolicy | None = None,
         request_timeout: float = 20.0,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self.session = session
         self.fetcher = fetcher
         self.api_url = api_url
         self.limiters = limiters or RateLimiters()
-        self.picture_turns = asyncio.Semaphore(picture_turns or max(2, os.cpu_count() or 1))
+        self.picture_turns = asyncio.Semaphore(picture_turns or 2)
         self._retry = retry
         self._request_timeout = request_timeout
+        self.max_answer_bytes = max_answer_bytes
         self._stats: dict[str, EndpointStats] = {}
 
     def client(self, api_key: Secret, endpoint_id: str) -> RunPodClient:
@@ -119,7 +134,18 @@ class RunPodContext:
             retry=self._retry,
             request_timeout=self._request_timeout,
             limiters=self.limiters,
+            max_answer_bytes=self.max_answer_bytes,
         )
+
+    async def queue_outlook(self, client: RunPodClient) -> tuple[Health | None, float | None]:
+        """The endpoint's health as RunPod reports it (None when /health fails) and its typical wait in the
+        queue, in seconds, as its finished jobs taught (None until one has)."""
+        try:
+            health: Health | None = await client.health()
+        except RunPodError as error:
+            log.info("endpoint %s: /health failed: %s", client.endpoint_id, error)
+            health = None
+        return health, self.stats(client.endpoint_id).typical_wait
 
     def stats(self, endpoint_id: str) -> EndpointStats:
         """What this endpoint's finished jobs taught (kept for the life of the context)."""
@@ -178,7 +204,10 @@ async def follow_job(
     submitted: JobStatus | None = None,
     submitted_at: float | None = None,
 ) -> AsyncIterator[JobUpdate | JobResult]:
-    """Poll one job until it ends. With `timeout`, a job still unfinished then is cancelled on RunPod.
+    """Poll one job until it ends. With `timeout`, a job still unfinished then is cancelled on RunPod: the
+    deadline bounds the whole wait, a request in flight included. Until then an outage (5xx, 429, dropped
+    connections, garbage answers) never ends the job, which may be running and billing: it is polled on with
+    capped backoff, and an update with `unanswered` says so.
 
     `submitted` is RunPod's answer to `/run`, just received: it stands for the first poll, so the job is
     not asked at once what it has just said. `stats` defaults to what the context learned of the endpoint.
@@ -198,18 +227,24 @@ async def follow_job(
             try:
                 sent = clock()
                 try:
-                    status = await client.status(job_id, admit=turn.admit)
+                    async with asyncio.timeout(None if deadline is None else max(0.0, deadline - clock())):
+                        status = await client.status(job_id, admit=turn.admit)
                     failures = 0
                 except RunPodNotFound:  # docs/runpod-api.md, Retention
                     raise JobExpired(
                         "RunPod no longer has this job (404): results are kept for 30 minutes after they finish.",
                         job_id,
                     ) from None
+                except RunPodAnswerRefused as refused:  # the same answer again on every poll: the job ends here
+                    await _stop_billing(client, job_id, refused)
+                    raise OutputError(f"RunPod's answer for this job {refused.reason}.", job_id) from None
+                except TimeoutError:  # the deadline passed during the request
+                    await _give_up(client, job_id, timeout or 0)
                 except (RunPodUnavailable, RunPodRateLimited, RunPodBadResponse) as error:
                     failures += 1
-                    if failures >= poll.max_failures:
-                        raise
-                    log.warning("job %s: status poll failed (%s); will retry", job_id, error)
+                    log.warning(
+                        "job %s: status poll failed %d time(s) in a row (%s); still trying", job_id, failures, error
+                    )
                     status = None
                 result = None
                 if status is not None and status.state.is_terminal:
@@ -221,16 +256,22 @@ async def follow_job(
                 yield result
                 return
 
+        update: JobUpdate | None = last
         if status is not None:
             cadence.observe(status, sent, clock())
             update = _update(status)
-            if last is None or update.view != last.view:
-                last, unchanged = update, 0
-                yield update
-            else:
-                unchanged += 1
+        elif failures >= poll.outage_after:
+            update = dataclasses.replace(last or JobUpdate(job_id, JobState.IN_QUEUE), unanswered=True)
+        if update is not None and (last is None or update.view != last.view):
+            last, unchanged = update, 0
+            yield update
+        else:
+            unchanged += 1
 
-        delay = cadence.delay(clock(), last.state if last else JobState.IN_QUEUE, unchanged)
+        if failures:
+            delay = poll.outage_delay(failures)
+        else:
+            delay = cadence.delay(clock(), last.state if last else JobState.IN_QUEUE, unchanged)
         if deadline is not None:
             remaining = deadline - clock()
             if remaining <= 0:
@@ -259,7 +300,7 @@ async def _finish(status: JobStatus, fetcher: ImageFetcher) -> JobResult:
         )
     try:
         # Finding the pictures base64-decodes megabytes: off the event loop, like the decoding itself.
-        sources = await asyncio.to_thread(find_images, status.output if status.has_output else None)
+        sources = await fetcher.find(status.output if status.has_output else None)
         images = await fetcher.decode_all(sources)
     except OutputError as error:
         error.job_id = job_id
@@ -267,12 +308,24 @@ async def _finish(status: JobStatus, fetcher: ImageFetcher) -> JobResult:
     return JobResult(job_id, tuple(images), status.delay_ms, status.execution_ms, status.worker_id)
 
 
+async def _stop_billing(client: RunPodClient, job_id: str, refused: RunPodAnswerRefused) -> None:
+    """An answer that cannot be read may be a job still running: cancel it, as far as RunPod lets us."""
+    log.warning("job %s: %s", job_id, refused)
+    try:
+        await client.cancel(job_id)
+    except RunPodError as error:
+        log.info("job %s: cancel after a refused answer failed: %s", job_id, error)
+
+
+CANCEL_PATIENCE = 3.0  # seconds a cancel at the deadline may take: the deadline is the member's, not RunPod's
+
+
 async def _give_up(client: RunPodClient, job_id: str, timeout: float) -> NoReturn:
     """Our deadline passed: cancel on RunPod so the job stops billing, then say so."""
     try:
-        await client.cancel(job_id)
+        await asyncio.wait_for(client.cancel(job_id), CANCEL_PATIENCE)
         outcome = "it was cancelled on RunPod so it stops costing GPU time"
-    except RunPodError as error:
+    except (RunPodError, TimeoutError) as error:
         log.warning("job %s: cancel after timeout failed: %s", job_id, error)
         outcome = "cancelling it on RunPod failed, so it may still run"
     raise JobTimedOut(f"No result after {timeout:g} s; {outcome}.", job_id)
@@ -326,8 +379,8 @@ def describe_worker_error(error: Any, output: Any = None) -> str:
     message: Any = error
     if isinstance(error, str):
         try:
-            decoded = json.loads(error)
-        except ValueError:
+            decoded = safejson.loads(error)
+        except ValueError:  # not JSON, or refused: too deep or too large to be an error report
             decoded = None
         if isinstance(decoded, dict):
             message = decoded.get("error_message") or decoded.get("error") or decoded.get("message")

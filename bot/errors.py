@@ -59,6 +59,26 @@ class RunPodRejected(RunPodError):
     """400 and other 4xx: RunPod refused the request itself (bad input)."""
 
 
+class RunPodAnswerRefused(RunPodBadResponse):
+    """An answer refused on sight: too large to read, or JSON nested too deep or made of too many values for a
+    worker's output. RunPod would send the same answer again, so it is never asked for again: it ends the job."""
+
+    advice = "A server admin should check the endpoint's worker: its output is not what image workers send."
+
+    def __init__(self, operation: str, reason: str) -> None:
+        super().__init__(f"RunPod's answer to /{operation} {reason}.")
+        self.operation = operation
+        self.reason = reason  # "is over 64 MB, so it was not read": what the engine tells the member
+
+
+class RunPodAnswerTooLarge(RunPodAnswerRefused):
+    """An answer over the client's cap (`RunPodClient.max_answer_bytes`), left unread."""
+
+    def __init__(self, operation: str, limit: int) -> None:
+        super().__init__(operation, f"is over {size_text(limit)}, so it was not read")
+        self.limit = limit
+
+
 # --- job outcomes ---------------------------------------------------------------------------------
 
 
@@ -94,3 +114,8 @@ class OutputError(JobError):
     """The job completed but its output held no usable picture."""
 
     advice = "A server admin should check the endpoint's worker and its settings."
+
+
+def size_text(size: int) -> str:
+    """A size as a member reads it: "64 MB", or "512 KB" below a megabyte (of 1024 x 1024 bytes)."""
+    return f"{size / (1024 * 1024):.0f} MB" if size >= 1024 * 1024 else f"{size / 1024:.0f} KB"

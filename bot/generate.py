@@ -141,6 +141,8 @@ class _ProgressLine:
                     bar = f" [{'#' * filled}{'.' * (20 - filled)}]"
                 text += f"{bar} {update.progress.text}"
             text += f", {elapsed:.0f}s"
+        if update.unanswered:
+            text += " (RunPod is not answering; still trying)"
         text = printable(text)
         if self._tty:
             self._out.write(f"\r\x1b[2K{text}")

@@ -9,14 +9,17 @@ strings. Each entry may be a `data:image/...;base64,` URI, raw base64 or an http
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import ipaddress
-import json
 import re
 import socket
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -25,13 +28,15 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from PIL import Image, UnidentifiedImageError
 
-from bot.errors import OutputError
+from bot import safejson
+from bot.errors import OutputError, size_text
 
-MAX_IMAGES = 16
+MAX_IMAGES = 10  # Discord's attachments per message (docs/discord-notes.md, Upload limits): all go in one edit
 MAX_PIXELS = 40_000_000  # ~6300x6300: far above any SD output, far below a decompression bomb
 MAX_IMAGE_BYTES = 40 * 1024 * 1024
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 _BASE64 = re.compile(r"[A-Za-z0-9+/=_\-\s]+")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,11 +73,14 @@ def find_images(output: Any) -> list[ImageSource]:
     seeds = _a1111_seeds(output) if isinstance(output, dict) else []
     sources = []
     for position, (where, value, seed) in enumerate(_candidates(output, "output")):
+        if position == MAX_IMAGES:  # counted before the next one is decoded
+            raise OutputError(
+                f"The worker returned more than {MAX_IMAGES} images, and Discord takes at most {MAX_IMAGES} in one "
+                "message: ask for fewer images per job."
+            )
         if seed is None and position < len(seeds):
             seed = seeds[position]
         sources.append(_source(where, value, seed if seed is not None else default_seed))
-        if len(sources) > MAX_IMAGES:
-            raise OutputError(f"The worker returned more than {MAX_IMAGES} images; refusing to post them all.")
     if not sources:
         keys = f" (keys: {', '.join(sorted(map(str, output))[:8])})" if isinstance(output, dict) else ""
         raise OutputError(f"The job completed but its output holds no image{keys}.")
@@ -119,8 +127,8 @@ def _a1111_seeds(output: dict[str, Any]) -> list[int]:
     if not isinstance(info, str):
         return []
     try:
-        parsed = json.loads(info)
-    except ValueError:
+        parsed = safejson.loads(info)
+    except ValueError:  # not JSON, or refused (nested too deep, too many values): the seeds are only a nicety
         return []
     seeds = parsed.get("all_seeds") if isinstance(parsed, dict) else None
     return [seed for seed in seeds if _seed(seed) is not None] if isinstance(seeds, list) else []
@@ -176,44 +184,195 @@ def _lenient_b64decode(text: str, where: str) -> bytes:
 # --- validating ---------------------------------------------------------------------------------
 
 
+# The memory a picture takes while it is decoded and re-encoded to PNG, in bytes per pixel, as measured with
+# Pillow 12 on pictures of noise (the worst case for the PNG they become), with some room. A JPEG decodes to 4 bytes
+# a pixel (Pillow keeps RGB in 32 bits), 4 more when its mode must be converted (grey, CMYK), and the PNG it becomes
+# takes up to 4: 7.5 to 11.5 measured. libwebp decodes into two canvases of its own and hands Pillow a copy, 12
+# bytes a pixel before Pillow's own 4 and the PNG: 18 to 25 measured. A PNG is only checked (see `decode_image`),
+# which inflates nothing; re-encoding one to fit Discord's upload limit is counted where it happens (bot/jobs.py).
+DECODE_BYTES_PER_PIXEL = {"PNG": 0, "JPEG": 12, "WEBP": 28}
+# How much memory the pictures being decoded or re-encoded at once may take together, process-wide
+# (`ImageFetcher.budget`): a hostile worker's output costs the bot this much at most, whatever it holds, and a
+# picture that alone would need more is refused without being decoded. Pictures up to a JPEG of 11 megapixels
+# (3340x3340) or a WebP of 4.7 (2190x2190) pass, where SDXL paints 1 megapixel and a 2x upscale 4; a PNG, only
+# checked, may have up to MAX_PIXELS. Decoded one after another, ten such pictures never take more than this.
+PICTURE_MEMORY = 128 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a picture says it is, read from its header before anything is decoded."""
+
+    width: int
+    height: int
+    format: str  # PNG, JPEG or WEBP
+
+    @property
+    def decode_bytes(self) -> int:
+        """The memory decoding it takes (`DECODE_BYTES_PER_PIXEL`)."""
+        return self.width * self.height * DECODE_BYTES_PER_PIXEL.get(self.format, max(DECODE_BYTES_PER_PIXEL.values()))
+
+
+def read_header(data: bytes, where: str, *, max_pixels: int = MAX_PIXELS) -> ImageHeader:
+    """The picture's size and format, from its header alone; the errors of `decode_image` for what is not a
+    picture or is over the pixel cap. Blocking, but quick: call it in a thread all the same."""
+    with _opened(data, where, max_pixels) as image:
+        return ImageHeader(image.width, image.height, image.format or "unknown")
+
+
 def decode_image(data: bytes, where: str, seed: int | None = None, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     """Open with Pillow under a pixel cap. A PNG is posted as sent, so it is checked, not decoded: its header,
     then every chunk's CRC, which a truncated or corrupted file fails (1 ms for 1.6 MB, a twentieth of
-    inflating it). JPEG and WebP are decoded and re-encoded to PNG. Blocking: call it in a thread."""
+    inflating it). JPEG and WebP are decoded and re-encoded to PNG. Blocking: call it in a thread, with its
+    memory (`read_header(...).decode_bytes`) held from `ImageFetcher.budget`, as `ImageFetcher.decode` does."""
+    with _opened(data, where, max_pixels) as image:
+        width, height = image.size
+        source_format = image.format or "unknown"
+        if source_format == "PNG":
+            image.verify()
+            png = data
+        else:
+            image.load()
+            png = _to_png(image)
+    return DecodedImage(png, width, height, source_format, seed)
+
+
+@contextlib.contextmanager
+def _opened(data: bytes, where: str, max_pixels: int) -> Iterator[Image.Image]:
+    """The picture, opened (its header read) under the pixel cap; Pillow's errors, here or in the `with` body,
+    turned into `OutputError`s that say what is wrong."""
     try:
         with Image.open(BytesIO(data), formats=ACCEPTED_FORMATS) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise OutputError(f"{where} claims {width}×{height} pixels, over the {max_pixels:,} allowed; refused.")
-            source_format = image.format or "unknown"
-            if source_format == "PNG":
-                image.verify()
-                png = data
-            else:
-                image.load()
-                png = _to_png(image)
+            yield image
     except Image.DecompressionBombError:
         raise OutputError(f"{where} is a decompression bomb (absurd pixel count); refused.") from None
     except UnidentifiedImageError:
         raise OutputError(f"{where} is not a PNG, JPEG or WebP image.") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise OutputError(f"{where} is a damaged image ({error}).") from None
-    return DecodedImage(png, width, height, source_format, seed)
 
 
 def _to_png(image: Image.Image) -> bytes:
     buffer = BytesIO()
-    image.convert("RGBA" if "A" in image.getbands() else "RGB").save(buffer, "PNG")
+    if image.mode not in ("RGB", "RGBA"):  # converting copies the whole picture: only when PNG needs it
+        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+class MemoryBudget:
+    """Bytes that the pictures being decoded or re-encoded at once may take together, shared by the whole process,
+    and the thread that does that work. Work that would go over waits, first come first served, so a big picture
+    is not overtaken forever by small ones; the memory stays counted until the work has ended, even if its caller
+    is cancelled meanwhile (a thread cannot be stopped).
+
+    The work runs on threads of its own, one by default: the C allocator keeps what a thread frees for that
+    thread's later use, so pictures decoded on many threads would each leave their high-water mark behind, and
+    the process would grow past the budget while never using more than it at once. On one thread, each picture
+    reuses the memory the last one freed."""
+
+    def __init__(self, limit: int, *, threads: int = 1) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self._threads = threads
+        self._executor: ThreadPoolExecutor | None = None
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def run(self, amount: int, work: Callable[[], T]) -> T:
+        """`work()` on the pictures' thread, once `amount` bytes are free, holding them until it has ended."""
+        if amount > self.limit:
+            raise ValueError(f"{amount:,} bytes can never be held from a budget of {self.limit:,}")
+        if amount > 0:
+            await self._acquire(amount)
+        try:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="pictures")
+            done = asyncio.get_running_loop().run_in_executor(self._executor, work)
+        except BaseException:
+            self._release(amount)
+            raise
+
+        def ended(done: asyncio.Future[T]) -> None:
+            self._release(amount)
+            if not done.cancelled():
+                done.exception()  # retrieved, in case the caller was cancelled and never will
+
+        done.add_done_callback(ended)
+        return await asyncio.shield(done)  # a cancelled caller leaves the work to end, its memory counted till then
+
+    def close(self) -> None:
+        """Let the thread go once it is idle (a later `run` starts another)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    async def _acquire(self, amount: int) -> None:
+        if not self._waiting and self.in_use + amount <= self.limit:
+            self.in_use += amount
+            return
+        granted = asyncio.get_running_loop().create_future()
+        entry = (amount, granted)
+        self._waiting.append(entry)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():  # granted just as it was cancelled: give it back
+                self._release(amount)
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(entry)
+                self._grant()  # it may have been the one the others waited behind
+            raise
+
+    def _release(self, amount: int) -> None:
+        self.in_use -= amount
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting:
+            amount, granted = self._waiting[0]
+            if granted.done():  # its waiter was cancelled and has not woken up yet
+                self._waiting.popleft()
+                continue
+            if self.in_use + amount > self.limit:
+                return
+            self._waiting.popleft()
+            self.in_use += amount
+            granted.set_result(None)
 
 
 # --- fetching -----------------------------------------------------------------------------------
 
 
+# IPv6 addresses that reach an IPv4 address, and which one. The NAT64 well-known prefix carries it in its last 32
+# bits: a NAT64 gateway connects to that IPv4 address, and on an IPv6-only host with DNS64 every IPv4-only image
+# host resolves to one, so it is judged by the IPv4 address it carries, like an IPv4-mapped address.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# Refused whatever they carry. Local-use NAT64: where the IPv4 address sits in it is each network's choice (any
+# prefix length from /32 to /96), so it cannot be read reliably. 6to4 and Teredo: tunnels, deprecated or nearly
+# unused, whose embedded IPv4 address is that of a relay or a client behind a NAT, not the host connected to; no
+# image host is reached only through them. IPv4-compatible (deprecated): a host may route it to the IPv4 address.
+_TUNNELS = (
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+    ipaddress.IPv6Network("2002::/16"),
+    ipaddress.IPv6Network("2001::/32"),
+    ipaddress.IPv6Network("::/96"),
+)
+
+
 def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Only globally routable unicast addresses: no loopback, private, link-local (cloud metadata) or CGNAT."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    """Only globally routable unicast addresses: no loopback, private, link-local (cloud metadata) or CGNAT,
+    including the IPv6 forms that lead to such IPv4 addresses (IPv4-mapped, NAT64, 6to4, Teredo)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if any(address in tunnel for tunnel in _TUNNELS):
+            return False
+        if address.ipv4_mapped:
+            address = address.ipv4_mapped
+        elif address in _NAT64:
+            address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address.is_global and not address.is_multicast
 
 
@@ -249,6 +408,7 @@ class ImageFetcher:
         *,
         max_bytes: int = MAX_IMAGE_BYTES,
         max_pixels: int = MAX_PIXELS,
+        memory: int = PICTURE_MEMORY,
         timeout: float = 30.0,
         max_redirects: int = 3,
         address_allowed: Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool] = is_public_address,
@@ -256,6 +416,7 @@ class ImageFetcher:
     ) -> None:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
+        self.budget = MemoryBudget(memory)  # one fetcher per process: every picture decoded or re-encoded shares it
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_redirects = max_redirects
         self._address_allowed = address_allowed
@@ -269,18 +430,43 @@ class ImageFetcher:
         await self.close()
 
     async def close(self) -> None:
+        self.budget.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
+    async def find(self, output: Any) -> list[ImageSource]:
+        """`find_images` on the pictures' thread: it base64-decodes megabytes, which stay there for the decoding."""
+        return await self.budget.run(0, functools.partial(find_images, output))
+
     async def decode_all(self, sources: list[ImageSource]) -> list[DecodedImage]:
-        return list(await asyncio.gather(*(self.decode(source) for source in sources)))
+        """All of a job's pictures, fetched at once and decoded as the budget allows; the first that fails fails
+        the job, and the others are not decoded for nothing."""
+        tasks = [asyncio.ensure_future(self.decode(source)) for source in sources]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     async def decode(self, source: ImageSource) -> DecodedImage:
         data = source.data if source.data is not None else await self.fetch(source.url or "", source.where)
         if len(data) > self.max_bytes:
             raise OutputError(f"{source.where} is {len(data):,} bytes, over the {self.max_bytes:,} allowed.")
-        return await asyncio.to_thread(decode_image, data, source.where, source.seed, max_pixels=self.max_pixels)
+        header = await self.budget.run(
+            0, functools.partial(read_header, data, source.where, max_pixels=self.max_pixels)
+        )
+        needed = header.decode_bytes
+        if needed > self.budget.limit:
+            raise OutputError(
+                f"{source.where} is a {header.width}×{header.height} {header.format}: decoding it would take about "
+                f"{size_text(needed)} of memory, over the {size_text(self.budget.limit)} the bot allows for "
+                "pictures; refused."
+            )
+        decode = functools.partial(decode_image, data, source.where, source.seed, max_pixels=self.max_pixels)
+        return await self.budget.run(needed, decode)
 
     async def fetch(self, url: str, where: str) -> bytes:
         for _ in range(self._max_redirects + 1):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,17 +25,17 @@ from bot.admission import Admission, check_quota_now
 from bot.buttons import RESULT_ACTIONS, ButtonAction, job_view
 from bot.config import Secret, Settings
 from bot.crypto import UndecryptableSecret, Vault
-from bot.delivery import Upload, fit_for_upload, reencoding_bytes, upload_stem
+from bot.delivery import Upload, fit_within, upload_stem
 from bot.endpoints import Endpoint, Endpoints
 from bot.engine import JobResult, RunPodContext, follow_job, submit_job
-from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut, OutputError, RunPodError, size_text
+from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut
 from bot.live import Address, LiveMessage
 from bot.params import GenerationParams
 from bot.policy import FairQueue, GuildPolicy, Ticket
 from bot.polling import PollPolicy
 from bot.presets import PRESETS
 from bot.ratelimit import RateLimit, RateLimiterPerKey
-from bot.runpod import JobState, JobStatus, RunPodClient
+from bot.runpod import JobState, JobStatus
 from bot.storage import JobRecord, LedgerState, Storage
 
 log = logging.getLogger(__name__)
@@ -156,7 +155,8 @@ class JobRunner:
         now = self.options.clock()
         record = origin.record(params, endpoint, self._vault, now)
         # The quota is counted and the job written under one lock per guild (a guild's interactions all reach
-        # the process of its shard): requests that arrive together cannot all pass a limit of one.
+        # the process of its shard): requests that arrive together cannot all pass a limit of one. Without a
+        # quota the lock still queues the writes, which SQLite takes one at a time anyway.
         async with self._reserving.setdefault(origin.guild_id or 0, asyncio.Lock()):
             if origin.guild_id is not None:
                 await check_quota_now(self._storage, admission.policy, origin.guild_id, origin.user_id, now)
@@ -283,8 +283,11 @@ class JobRunner:
                 if isinstance(event, JobResult):
                     await self._deliver(job, event)
                     return
-                if event.state is JobState.IN_QUEUE and queue.health is None:
-                    queue = await self._queue_info(client, job)
+                if event.state is JobState.IN_QUEUE and queue.health is None and not event.unanswered:
+                    health, wait = await self._runpod.queue_outlook(client)
+                    queue = render.QueueInfo(
+                        health, job.started + timedelta(seconds=wait) if wait is not None else None
+                    )
                 new_state = LedgerState.QUEUED if event.state is JobState.IN_QUEUE else LedgerState.RUNNING
                 if new_state != state:
                     state = new_state
@@ -305,30 +308,13 @@ class JobRunner:
         elapsed = (self.options.clock() - job.started).total_seconds()
         return max(1.0, job.policy.max_wall_seconds - elapsed)
 
-    async def _queue_info(self, client: RunPodClient, job: LiveJob) -> render.QueueInfo:
-        try:
-            health = await client.health()
-        except RunPodError as error:
-            log.info("%s: /health failed: %s", job.context, error)
-            return render.QueueInfo()
-        typical = self._runpod.stats(client.endpoint_id).typical_wait
-        eta = job.started + timedelta(seconds=typical) if typical is not None else None
-        return render.QueueInfo(health, eta)
-
     # --- the end of a job ----------------------------------------------------------------------------
 
     async def _deliver(self, job: LiveJob, result: JobResult) -> None:
-        limit = self._filesize_limit(job)
-        sizes = [(len(image.png), image.width, image.height) for image in result.images]
-        reencoding = reencoding_bytes(sizes, per_file_limit=limit)  # inflating a PNG: the same memory as decoding
-        pictures = self._runpod.fetcher.budget
-        if reencoding > pictures.limit:
-            raise OutputError(
-                f"The pictures are over Discord's {size_text(limit)} upload limit, and re-encoding them to fit would "
-                f"take about {size_text(reencoding)} of memory, over the {size_text(pictures.limit)} the bot allows "
-                "for pictures.",
-                job.job_id,
-            )
+        spoiler = job.policy.spoiler_outside_nsfw and not is_nsfw(self._discord.get_channel(job.record.channel_id))
+        stem = upload_stem(job.params.prompt, job.params.seed, spoiler=spoiler)
+        budget, limit = self._runpod.fetcher.budget, _upload_limit(self._discord, job)
+        uploads = await fit_within(budget, result.images, per_file_limit=limit, stem=stem, job_id=job.job_id)
         job.ending = True
         await self._storage.update_job(
             job.record.request_id,
@@ -336,11 +322,6 @@ class JobRunner:
             delay_ms=result.delay_ms,
             execution_ms=result.execution_ms,
         )
-        spoiler = job.policy.spoiler_outside_nsfw and not is_nsfw(self._discord.get_channel(job.record.channel_id))
-        stem = upload_stem(job.params.prompt, job.params.seed, spoiler=spoiler)
-        pngs = [image.png for image in result.images]
-        fit = functools.partial(fit_for_upload, pngs, per_file_limit=limit, stem=stem)
-        uploads = await pictures.run(reencoding, fit)
         seconds = (self.options.clock() - job.started).total_seconds()
         notes = [upload.note for upload in uploads if upload.note]
         embed = render.result_embed(job.params, job.record.user_name, result, seconds=seconds, notes=notes)
@@ -387,12 +368,6 @@ class JobRunner:
             self.queue.leave(job.ticket)
             job.ticket = None
 
-    def _filesize_limit(self, job: LiveJob) -> int:
-        if job.filesize_limit is not None:
-            return job.filesize_limit
-        guild = self._discord.get_guild(job.record.guild_id or 0)
-        return guild.filesize_limit if guild else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
-
     # --- after a restart, and stale jobs -----------------------------------------------------------
 
     async def resume_all(self) -> None:
@@ -409,7 +384,7 @@ class JobRunner:
     async def resume(self, record: JobRecord) -> None:
         if record.request_id in self.live:
             return
-        token, policy = self._token(record), await self._endpoints.policy(record.guild_id)
+        token, policy = _readable_token(self._vault, record), await self._endpoints.policy(record.guild_id)
         try:
             endpoint = await self._endpoints.of_record(record)
         except BotError as error:
@@ -454,7 +429,7 @@ class JobRunner:
             runpod_job_id,
         )
         log.info("job %s: swept after %g minutes", runpod_job_id, minutes)
-        await self._end(self._live_job(record, endpoint, policy, self._token(record)), stale)
+        await self._end(self._live_job(record, endpoint, policy, _readable_token(self._vault, record)), stale)
 
     async def sweep_forever(self) -> None:
         while True:
@@ -463,17 +438,6 @@ class JobRunner:
                 await self.sweep()
             except Exception:
                 log.exception("the stale-job sweeper failed; it will try again")
-
-    def _token(self, record: JobRecord) -> str | None:
-        """The interaction's token, or None when it cannot be read (after a change of BOT_ENCRYPTION_KEY):
-        the job then goes on, and its status continues in a channel message sent with the bot token."""
-        if not record.token_encrypted:
-            return None
-        try:
-            return self._vault.decrypt(record.token_encrypted).reveal()
-        except UndecryptableSecret:
-            log.warning("request %s: its interaction token cannot be decrypted; using the channel", record.request_id)
-            return None
 
     # --- shutdown ----------------------------------------------------------------------------------
 
@@ -504,6 +468,26 @@ _ENDINGS: dict[type[BotError], LedgerState] = {
     JobTimedOut: LedgerState.TIMED_OUT,
     JobExpired: LedgerState.EXPIRED,
 }
+
+
+def _upload_limit(client: discord.Client, job: LiveJob) -> int:
+    """The interaction's own upload limit, else (after a restart) the guild's, else Discord's default."""
+    if job.filesize_limit is not None:
+        return job.filesize_limit
+    guild = client.get_guild(job.record.guild_id or 0)
+    return guild.filesize_limit if guild else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+
+
+def _readable_token(vault: Vault, record: JobRecord) -> str | None:
+    """The interaction's token, or None when it cannot be read (after a change of BOT_ENCRYPTION_KEY): the
+    job then goes on, and its status continues in a channel message sent with the bot token."""
+    if not record.token_encrypted:
+        return None
+    try:
+        return vault.decrypt(record.token_encrypted).reveal()
+    except UndecryptableSecret:
+        log.warning("request %s: its interaction token cannot be decrypted; using the channel", record.request_id)
+        return None
 
 
 def is_nsfw(channel: Any) -> bool:

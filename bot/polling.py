@@ -30,7 +30,11 @@ class PollPolicy:
     queued: tuple[float, float] = (1.0, 4.0)  # first and longest interval while IN_QUEUE
     running: tuple[float, float] = (0.5, 1.0)
     growth: float = 1.5
-    max_failures: int = 6  # consecutive failed polls (each already retried by the client) before giving up
+    # A job RunPod has accepted is followed through an outage until it ends or its deadline passes: it may be
+    # running and billing. After this many failed polls in a row (each already retried by the client) the
+    # member is told RunPod is not answering, and polls back off to at most `outage_interval` seconds apart.
+    outage_after: int = 2
+    outage_interval: float = 30.0
     # Only jobs still running pay for dense polls, and late finishes are the likeliest among those still
     # running: dense for the last finishes only (tuned with benchmarks/cadence.py, confirmed by
     # benchmarks/polling.py: see RESULTS.md).
@@ -39,6 +43,10 @@ class PollPolicy:
     dense_share: float = 0.4
     progress_every: float = 2.0  # a worker that reports progress gets its bar moved at least this often
     sparse_factor: float = 4.0  # learned waits are at most this many times the plain backoff's longest
+
+    def outage_delay(self, failures: int) -> float:
+        """The wait after `failures` failed polls in a row: capped backoff, from the running cadence."""
+        return min(self.outage_interval, self.running[0] * self.growth ** min(failures, 64))
 
     def delay(self, state: JobState, unchanged_polls: int) -> float:
         first, longest = self.queued if state is JobState.IN_QUEUE else self.running

@@ -77,6 +77,19 @@ def waiting_embed(params: GenerationParams, requester: str, *, position: int, ru
 def status_embed(
     update: JobUpdate, params: GenerationParams, requester: str, *, started: datetime, queue: QueueInfo
 ) -> discord.Embed:
+    embed = _status_embed(update, params, requester, started=started, queue=queue)
+    if update.unanswered:
+        embed.add_field(
+            name="RunPod is not answering",
+            value="Still trying: your job is followed until it ends, and the picture will be posted here.",
+            inline=False,
+        )
+    return embed
+
+
+def _status_embed(
+    update: JobUpdate, params: GenerationParams, requester: str, *, started: datetime, queue: QueueInfo
+) -> discord.Embed:
     if update.state is JobState.IN_QUEUE:
         embed = _base("⏳ In queue", QUEUED_COLOUR, params, requester)
         health = queue.health

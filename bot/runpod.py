@@ -11,7 +11,6 @@ of one `RateLimiters` registry, so however many jobs are followed at once, RunPo
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import re
@@ -22,10 +21,12 @@ from enum import StrEnum
 from typing import Any
 
 import aiohttp
-import orjson
 
+from bot import safejson
 from bot.config import Secret
 from bot.errors import (
+    RunPodAnswerRefused,
+    RunPodAnswerTooLarge,
     RunPodAuthError,
     RunPodBadResponse,
     RunPodError,
@@ -40,6 +41,15 @@ log = logging.getLogger(__name__)
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")  # endpoint and job ids: never anything path-like
 _MISSING: Any = object()
+
+# The most of an answer that is read. A finished job's answer carries its pictures as base64 (docs/runpod-api.md,
+# Output shapes of image workers): at most MAX_IMAGES (bot/images.py) of them, a 1024x1024 PNG is 1-2 MB and an
+# upscaled one a few MB, 4/3 of that in base64, so ten of 4.5 MB fit. Whatever a worker returns beyond that is
+# refused unread: a Content-Length over it before reading, a body streamed past it as soon as it does.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+# Error answers are only quoted (200 characters at most): the rest of a long one is left unread.
+_ERROR_BYTES = 64 * 1024
+_CHUNK = 256 * 1024
 
 
 class JobState(StrEnum):
@@ -161,6 +171,7 @@ class RunPodClient:
         request_timeout: float = 20.0,
         sleep: Sleep = asyncio.sleep,
         limiters: RateLimiters | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         if not _ID.fullmatch(endpoint_id):
             raise RunPodRejected(f"{endpoint_id!r} is not a RunPod endpoint id.")
@@ -173,6 +184,7 @@ class RunPodClient:
         self._retry = retry or RetryPolicy()
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._sleep = sleep
+        self.max_answer_bytes = max_answer_bytes
 
     def __repr__(self) -> str:
         return f"RunPodClient(endpoint_id={self.endpoint_id!r})"
@@ -239,11 +251,13 @@ class RunPodClient:
                 async with self._session.request(
                     method, f"{self._base}/{path}", json=body, headers=headers, timeout=self._timeout
                 ) as response:
-                    if admit is not None and response.status == 200:
-                        await admit(-1 if response.content_length is None else response.content_length)
-                    payload = await response.read()
                     if response.status == 200:
-                        return _parse_json(payload, operation)
+                        if (response.content_length or 0) > self.max_answer_bytes:  # refused before any wait
+                            raise RunPodAnswerTooLarge(operation, self.max_answer_bytes)
+                        if admit is not None:
+                            await admit(-1 if response.content_length is None else response.content_length)
+                        return _parse_json(await self._read_capped(response, operation), operation)
+                    payload = await _read_start(response)
                     if response.status == 429:
                         failure = RunPodRateLimited()
                         delay = _retry_after(response.headers.get("Retry-After"), self._retry) or delay
@@ -265,6 +279,18 @@ class RunPodClient:
             if attempt + 1 < self._retry.attempts:
                 await self._sleep(delay)
         raise failure
+
+    async def _read_capped(self, response: aiohttp.ClientResponse, operation: str) -> bytearray:
+        """The whole body, or `RunPodAnswerTooLarge` as soon as it exceeds `max_answer_bytes` (whatever its
+        Content-Length said, and after decompression). Leaving the rest unread closes the connection, so RunPod
+        stops sending it."""
+        limit = self.max_answer_bytes
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                raise RunPodAnswerTooLarge(operation, limit)
+        return body
 
     def _client_error(self, status: int, payload: bytes, operation: str, job_id: str | None) -> RunPodError:
         if status == 401:
@@ -288,16 +314,24 @@ def _job_path(job_id: str) -> str:
     return job_id
 
 
-def _parse_json(payload: bytes, operation: str) -> dict[str, Any]:
+async def _read_start(response: aiohttp.ClientResponse) -> bytes:
+    """The first bytes of an error answer, which is only ever quoted."""
+    start = bytearray()
+    while len(start) < _ERROR_BYTES:
+        chunk = await response.content.read(_ERROR_BYTES - len(start))
+        if not chunk:
+            break
+        start += chunk
+    return bytes(start)
+
+
+def _parse_json(payload: bytes | bytearray, operation: str) -> dict[str, Any]:
     try:
-        # orjson reads a finished job's megabytes of base64 in half the time; the standard library takes
-        # what orjson refuses but JSON allows (integers beyond 64 bits).
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        try:
-            data = json.loads(payload)
-        except ValueError:
-            raise RunPodBadResponse(f"RunPod answered /{operation} with something that is not JSON.") from None
+        data = safejson.loads(payload)
+    except safejson.JSONRefused as refused:  # never a RecursionError, never a parse fifty times the text's size
+        raise RunPodAnswerRefused(operation, f"{refused}, so it was refused") from None
+    except ValueError:
+        raise RunPodBadResponse(f"RunPod answered /{operation} with something that is not JSON.") from None
     if not isinstance(data, dict):
         raise RunPodBadResponse(f"RunPod answered /{operation} with JSON that is not an object.")
     return data

@@ -18,6 +18,7 @@ from bot.engine import RunPodContext
 from bot.images import ImageFetcher
 from bot.jobs import RunnerOptions
 from bot.polling import PollPolicy
+from bot.runpod import RetryPolicy
 from bot.storage import Storage
 from doubles import outputs
 from doubles.discord import DiscordDouble, Interaction, Message, Recorded, run_bot
@@ -42,7 +43,7 @@ def script_for(job_input: dict[str, Any]) -> Script:
 
 def fast_options(**overrides: Any) -> RunnerOptions:
     values: dict[str, Any] = {
-        "poll": PollPolicy(queued=(0.02, 0.05), running=(0.02, 0.05)),
+        "poll": PollPolicy(queued=(0.02, 0.05), running=(0.02, 0.05), outage_interval=0.2),
         "edit_interval": 0.05,
         "notify_after": 60.0,
         "expiry_margin": timedelta(0),
@@ -158,6 +159,7 @@ async def running_bot(
     settings: Settings | None = None,
     database_url: str | None = None,
     discord_double: DiscordDouble | None = None,
+    retry: RetryPolicy | None = None,
     **double: Any,
 ) -> AsyncIterator[Harness]:
     """The bot on a database (a fresh SQLite file unless given), talking to both doubles."""
@@ -173,7 +175,7 @@ async def running_bot(
         storage = await Storage.open(database_url)
         stack.push_async_callback(storage.close)
         settings = settings or settings_for(runpod)
-        context = RunPodContext(session, fetcher, api_url=settings.runpod_api_url)
+        context = RunPodContext(session, fetcher, api_url=settings.runpod_api_url, retry=retry)
         bot = ImagineBot(
             settings,
             storage=storage,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from typing import Any
 
@@ -24,6 +25,14 @@ def make_png(width: int = 64, height: int = 64, seed: int = 1) -> bytes:
 def make_jpeg(width: int = 64, height: int = 64, seed: int = 1) -> bytes:
     buffer = BytesIO()
     Image.open(BytesIO(make_png(width, height, seed))).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def make_webp(width: int, height: int) -> bytes:
+    """A WebP of one colour (WebP goes up to 16383 pixels a side): a few bytes however many pixels it has, which a
+    decoder inflates to all of them, as it would a decompression bomb. Quick to make: lossless at its fastest."""
+    buffer = BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 40)).save(buffer, "WEBP", lossless=True, quality=0, method=0)
     return buffer.getvalue()
 
 
@@ -67,6 +76,22 @@ def sd_v1(*pngs: bytes) -> list[dict[str, Any]]:
 
 def sdxl_turbo(png: bytes) -> dict[str, Any]:
     return {"generation_time": 0.72, "images": [{"image": b64(png)}]}
+
+
+def streamed_status(size: int, job_id: str = "streamed-u1", chunk: int = 1024 * 1024) -> Callable[[], Iterator[bytes]]:
+    """A COMPLETED /status answer of about `size` bytes, one picture of base64 that goes on and on, for
+    `RunPodDouble.stream_next`: made as it is sent, never held whole."""
+    head = json.dumps({"id": job_id, "status": "COMPLETED"})[:-1].encode() + b', "output": {"images": ["'
+    tail = b'"]}}'
+
+    def chunks() -> Iterator[bytes]:
+        yield head
+        block = b"A" * chunk
+        for _ in range(max(0, size - len(head) - len(tail)) // chunk):
+            yield block
+        yield tail
+
+    return chunks
 
 
 def public_endpoint(url: str) -> dict[str, Any]:

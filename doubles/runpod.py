@@ -13,7 +13,7 @@ import math
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Final
@@ -189,12 +189,14 @@ class Job:
 
 @dataclass(frozen=True)
 class _Fault:
-    kind: str  # "fail" | "drop" | "delay"
+    kind: str  # "fail" | "drop" | "delay" | "stream"
     status: int = 0
     body: bytes = b""
     content_type: str = "text/plain"
     headers: Mapping[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    chunks: Callable[[], Iterator[bytes]] | None = None  # "stream": the body, made as it is sent
+    length: int | None = None  # "stream": the Content-Length announced, if any
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -209,6 +211,21 @@ def _error(status: int, message: str) -> web.Response:
 def _empty(status: int) -> web.Response:
     # 401 and 429 are text/plain with an empty body (OAS-2025), so clients must not call .json() on them.
     return web.Response(status=status, body=b"", content_type="text/plain")
+
+
+async def _stream(request: web.Request, fault: _Fault) -> web.StreamResponse:
+    assert fault.chunks is not None
+    response = web.StreamResponse(status=fault.status, headers={"Content-Type": fault.content_type})
+    if fault.length is not None:
+        response.content_length = fault.length
+    await response.prepare(request)
+    try:
+        for chunk in fault.chunks():
+            await response.write(chunk)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client stopped reading, as a client with a cap on answers does
+    return response
 
 
 def _parse_body(raw: bytes | None) -> Any:
@@ -321,6 +338,21 @@ class RunPodDouble:
         """Answer the next ``count`` requests of ``op`` with this canned response."""
         self._inject(op, count, _Fault("fail", status, body, content_type, dict(headers or {})))
 
+    def stream_next(
+        self,
+        op: str,
+        chunks: Callable[[], Iterator[bytes]],
+        *,
+        count: int = 1,
+        status: int = 200,
+        content_type: str = "application/json",
+        length: int | None = None,
+    ) -> None:
+        """Answer the next ``count`` requests of ``op`` with a body streamed from ``chunks()`` (called afresh for
+        each), so an answer far larger than the memory a test may use is never held whole: chunked, or with
+        ``length`` as its Content-Length. Sending stops when the client stops reading."""
+        self._inject(op, count, _Fault("stream", status, content_type=content_type, chunks=chunks, length=length))
+
     def drop_next(self, op: str, *, count: int = 1) -> None:
         """Close the connection without answering the next ``count`` requests of ``op``."""
         self._inject(op, count, _Fault("drop"))
@@ -389,6 +421,8 @@ class RunPodDouble:
             return web.Response(
                 status=fault.status, body=fault.body, content_type=fault.content_type, headers=fault.headers
             )
+        if fault is not None and fault.kind == "stream":
+            return await _stream(request, fault)
         if fault is not None and fault.kind == "drop":
             if request.transport is not None:
                 request.transport.abort()

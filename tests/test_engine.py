@@ -9,9 +9,10 @@ from dataclasses import replace
 
 import pytest
 
+from bot import engine
 from bot.config import Secret
 from bot.engine import JobResult, JobUpdate, RunPodContext, follow_job, parse_progress, submit_job
-from bot.errors import JobCancelled, JobExpired, JobFailed, JobTimedOut, OutputError, RunPodUnavailable
+from bot.errors import JobCancelled, JobExpired, JobFailed, JobTimedOut, OutputError
 from bot.images import ImageFetcher
 from bot.params import GenerationParams
 from bot.polling import EndpointStats, PollPolicy
@@ -91,7 +92,9 @@ async def test_worker_error_message_is_shown_without_its_traceback(client, runpo
         ("Job processing failed", {"details": ["Node 3: model not found"]}, "Node 3: model not found"),
         ('Traceback (most recent call last):\n  File "x"\nValueError: bad size', None, "ValueError: bad size"),
         ("x" * 5000, None, "…"),
+        ('{"error_message": ' + "[" * 5000 + "]" * 5000 + "}", None, r"The worker failed: \{\"error_message\": \[\[\["),
     ],
+    ids=["plain", "none", "comfyui-details", "traceback", "long", "nested-too-deep"],
 )
 async def test_every_failure_payload_gives_a_short_clear_message(client, runpod, context, error, output, expected):
     script = Script(outcome="FAILED", error=error)
@@ -134,7 +137,7 @@ async def test_stuck_in_progress_job_is_cancelled_at_the_deadline(client, runpod
     runpod.script_next(Script(run_s=0.05, stuck=True, progress=[(0.0, "finishing")], output=outputs.sdxl(make_png())))
     with pytest.raises(JobTimedOut):
         await run_job(context, client, timeout=0.3)
-    assert len(runpod.requests_for("cancel")) == 1
+    assert runpod.requests_for("cancel")  # tried, within the patience a deadline leaves it
 
 
 async def test_deadline_when_cancel_also_fails_says_the_job_may_still_run(client, runpod, context):
@@ -161,6 +164,34 @@ async def test_completed_with_no_output_or_no_image_is_an_output_error(client, r
         assert caught.value.job_id
 
 
+async def test_an_answer_too_large_to_read_ends_the_job_at_once_and_cancels_it(client, runpod, context):
+    runpod.script_next(Script(queue_s=60))
+    job = await client.run({"prompt": "x"})
+    runpod.stream_next("status", outputs.streamed_status(200 * 1024 * 1024, job.id))
+    with pytest.raises(
+        OutputError, match=r"^RunPod's answer for this job is over 64 MB, so it was not read\.$"
+    ) as caught:
+        async for _ in follow_job(context, client, job.id, poll=FAST_POLL):
+            pass
+    assert caught.value.job_id == job.id
+    assert "check the endpoint's worker" in caught.value.explanation
+    assert len(runpod.requests_for("status", job.id)) == 1  # a failure of the job, not of one poll: never asked again
+    assert [request.job_id for request in runpod.requests_for("cancel")] == [job.id]  # it may still be billing
+
+
+async def test_an_answer_nested_too_deep_ends_the_job_with_a_clear_message(client, runpod, context):
+    job = await client.run({"prompt": "x"})
+    nested = "[" * 5000 + "]" * 5000
+    answer = f'{{"id": "{job.id}", "status": "COMPLETED", "output": {{"images": {nested}}}}}'.encode()
+    runpod.fail_next("status", 200, body=answer, content_type="application/json")
+    with pytest.raises(
+        OutputError, match="RunPod's answer for this job nests deeper than 64 levels, so it was refused"
+    ):
+        async for _ in follow_job(context, client, job.id, poll=FAST_POLL):
+            pass
+    assert len(runpod.requests_for("status", job.id)) == 1
+
+
 @pytest.mark.parametrize(
     "output",
     [
@@ -185,15 +216,35 @@ async def test_polling_rides_out_a_short_outage(client, runpod, context):
     assert isinstance(events[-1], JobResult)
 
 
-async def test_polling_gives_up_when_runpod_stays_down(client, runpod, context):
+async def test_an_outage_never_ends_a_paid_job_it_says_so_and_recovers(client, runpod, context):
+    """RunPod answering 503 for many polls in a row: the job, which may be running and billing, is followed
+    on; the watcher is told RunPod is not answering, then sees it recover and gets the picture."""
+    png = make_png(seed=9)
+    runpod.script_next(Script(run_s=3.0, output=outputs.sdxl(png)))  # still running once RunPod answers again
+    job = await client.run({"prompt": "x"})
+    runpod.fail_next("status", 503, count=40)  # ten polls' worth of the client's own retries
+    poll = PollPolicy((0.001, 0.001), (0.001, 0.001), outage_interval=0.01)
+    events = [event async for event in follow_job(context, client, job.id, poll=poll, submitted=job)]
+    assert [event.unanswered for event in events if isinstance(event, JobUpdate)][:2] == [False, True]
+    assert not events[-2].unanswered  # answering again before the end
+    assert isinstance(events[-1], JobResult)
+    assert events[-1].images[0].png == png
+    assert runpod.requests_for("cancel") == []
+
+
+async def test_a_deadline_bounds_the_request_in_flight_too(client, runpod, context):
+    """RunPod stops answering altogether (each /status hangs): the job is given up at its deadline, not after
+    the client's retries of a 20 s request; the cancel is tried but cannot hold the caller either."""
     runpod.script_next(Script(queue_s=60))
     job = await client.run({"prompt": "x"})
-    runpod.fail_next("status", 503, count=1000)
-    with pytest.raises(RunPodUnavailable):
-        async for _ in follow_job(
-            context, client, job.id, poll=PollPolicy((0.001, 0.001), (0.001, 0.001), max_failures=3)
-        ):
+    runpod.delay_next("status", 60, count=100)
+    runpod.delay_next("cancel", 60, count=100)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(JobTimedOut, match="cancelling it on RunPod failed, so it may still run"):
+        async for _ in follow_job(context, client, job.id, timeout=0.5, poll=FAST_POLL, submitted=job):
             pass
+    assert asyncio.get_running_loop().time() - started < 0.5 + engine.CANCEL_PATIENCE + 1.0
+    assert runpod.requests_for("cancel")  # tried, within the patience a deadline leaves it
 
 
 async def test_poll_cadence_backs_off_while_nothing_changes():

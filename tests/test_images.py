@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ipaddress
+import json
 import ssl
 import struct
+import threading
+import time
 import zlib
 from io import BytesIO
 
 import pytest
 import trustme
 from aiohttp import web
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bot.errors import BotError, OutputError
-from bot.images import ImageFetcher, ImageSource, decode_image, find_images, is_public_address
+from bot import images
+from bot.engine import describe_worker_error, parse_progress
+from bot.errors import BotError, OutputError, RunPodError
+from bot.images import ImageFetcher, ImageSource, MemoryBudget, decode_image, find_images, is_public_address
+from bot.runpod import JobState, _parse_json, parse_status
 from doubles import outputs
 from doubles.outputs import make_jpeg, make_png, pixels
 
@@ -98,7 +105,7 @@ def _flip_a_pixel_byte(png: bytes) -> bytes:
         ({"images": [outputs.b64(b"hello, this is not a picture")]}, r"output.images\[0\] is not a PNG, JPEG or WebP"),
         ({"images": [outputs.b64(PNG_A[: len(PNG_A) // 2])]}, "damaged image"),
         ({"images": [outputs.b64(_flip_a_pixel_byte(PNG_A))]}, "damaged image"),
-        ({"images": [outputs.b64(PNG_A)] * 17}, "more than 16 images"),
+        ({"images": [outputs.b64(PNG_A)] * 11}, "more than 10 images, and Discord takes at most 10"),
     ],
 )
 async def test_bad_outputs_name_what_is_wrong(output, message):
@@ -184,6 +191,189 @@ def test_decoder_fed_arbitrary_bytes_raises_only_clear_errors(data):
         pass
 
 
+def test_a1111_info_nested_too_deep_is_ignored_and_the_pictures_still_come():
+    output = outputs.a1111(PNG_A, PNG_B)
+    output["info"] = "[" * 5000 + "]" * 5000  # the standard library's parser recursed until Python gave up
+    assert [(source.data, source.seed) for source in find_images(output)] == [(PNG_A, None), (PNG_B, None)]
+
+
+# --- arbitrary outputs, however nested ---------------------------------------------------------------
+
+picture_like = st.sampled_from(
+    [
+        outputs.b64(PNG_A),
+        outputs.data_uri(PNG_A),
+        outputs.data_uri(make_jpeg(8, 8), "image/jpeg"),
+        "iVBORw0KGgo" + "A" * 40,
+        "data:image/png;base64,AAAA",
+        "https://127.0.0.1/x.png",
+        "simulated_uploaded/x.png",
+        "[" * 3000 + "]" * 3000,
+        '{"error_message": ' + "[" * 3000 + "]" * 3000 + "}",
+        {"images": [outputs.b64(PNG_A)], "info": "[" * 3000 + "]" * 3000},
+        {"images": [outputs.b64(PNG_A)] * 11},
+    ]
+)
+wrappers = st.lists(
+    st.sampled_from([None, "images", "image", "image_url", "data", "message", "progress", "info", "error"]),
+    min_size=1,
+    max_size=6,
+)
+
+
+def nest(leaf: object, wrappers: list[str | None], depth: int) -> tuple[object, str]:
+    """`leaf` inside `depth` containers (a list for None, else a dict under that key), as a value and as JSON
+    text, both built without recursion however deep."""
+    value, openings, closings = leaf, [], []
+    for level in range(depth):
+        key = wrappers[level % len(wrappers)]
+        value = [value] if key is None else {key: value}
+        openings.append("[" if key is None else f'{{"{key}": ')
+        closings.append("]" if key is None else "}")
+    return value, "".join(reversed(openings)) + json.dumps(leaf) + "".join(closings)
+
+
+def pictures_or_a_clear_error(output: object) -> None:
+    try:
+        sources = find_images(output)
+    except OutputError:
+        return
+    for source in sources:
+        if source.data is not None:
+            try:
+                decode_image(source.data, source.where)
+            except OutputError:
+                pass
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    leaf=st.one_of(picture_like, json_values, shaped_values),
+    wrappers=wrappers,
+    depth=st.one_of(st.integers(0, 80), st.integers(900, 4000)),
+    state=st.sampled_from(["COMPLETED", "FAILED", "IN_PROGRESS"]),
+)
+@example(leaf=outputs.b64(PNG_A), wrappers=["images"], depth=5000, state="COMPLETED")
+@example(leaf=None, wrappers=["progress"], depth=900, state="IN_PROGRESS")
+@example(leaf="x", wrappers=[None], depth=900, state="FAILED")
+def test_any_output_however_nested_ends_in_pictures_or_a_clear_error(leaf, wrappers, depth, state):
+    output, text = nest(leaf, wrappers, depth)
+    pictures_or_a_clear_error(output)  # as a worker returned it
+
+    # ...and as RunPod's answer, through the status parsing and what the engine makes of each state.
+    answer = f'{{"id": "j-u1", "status": "{state}", "output": {text}, "error": {text}}}'.encode()
+    try:
+        status = parse_status(_parse_json(answer, "status"), "status")
+    except RunPodError as error:
+        assert str(error)
+        return
+    if status.state is JobState.COMPLETED:
+        pictures_or_a_clear_error(status.output)
+    elif status.state is JobState.FAILED:
+        assert describe_worker_error(status.error, status.output).startswith("The worker failed")
+    else:
+        parse_progress(status.output)
+
+
+# --- the memory pictures take --------------------------------------------------------------------
+
+
+def webp_decodes(monkeypatch) -> list[int]:
+    """Spy on decoding: how many WebPs were being decoded at once, each time one started."""
+    running, seen = [0], []
+    lock = threading.Lock()
+    real = images.decode_image
+
+    def spy(data, *args, **kwargs):
+        if not data.startswith(b"RIFF"):
+            return real(data, *args, **kwargs)
+        with lock:
+            running[0] += 1
+            seen.append(running[0])
+        try:
+            time.sleep(0.05)  # long enough that decodes started together surely overlap
+            return real(data, *args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(images, "decode_image", spy)
+    return seen
+
+
+async def test_a_picture_that_alone_would_take_more_than_the_budget_is_refused_without_decoding(monkeypatch):
+    bomb = outputs.make_webp(16383, 2400)  # a few bytes that a decoder inflates to over 600 MB
+    decoded: list[str] = []
+    monkeypatch.setattr(images, "decode_image", lambda data, where, *_, **__: decoded.append(where))
+    with pytest.raises(
+        OutputError,
+        match=r"output.images\[\d\] is a 16383×2400 WEBP: decoding it would take about 1050 MB of memory, over the "
+        r"128 MB the bot allows for pictures; refused",
+    ):
+        await decode({"images": [outputs.b64(bomb)] * 10})
+    assert decoded == []
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+async def test_pictures_that_fit_the_budget_only_one_at_a_time_are_decoded_one_at_a_time(monkeypatch, threads):
+    webp = outputs.make_webp(1600, 1600)  # 2.6 megapixels: 72 MB to decode, over half the budget
+    decoded = webp_decodes(monkeypatch)
+    async with ImageFetcher() as fetcher:
+        fetcher.budget = MemoryBudget(fetcher.budget.limit, threads=threads)  # the budget, not the one thread
+        pictures = await fetcher.decode_all(find_images({"images": [outputs.b64(webp)] * 4 + [outputs.b64(PNG_A)]}))
+        fetcher.budget.close()
+    assert [(picture.width, picture.height) for picture in pictures] == [(1600, 1600)] * 4 + [(32, 24)]
+    assert decoded == [1, 1, 1, 1]
+
+
+async def test_a_small_budget_is_honoured_and_named():
+    async with ImageFetcher(memory=20_000) as fetcher:
+        with pytest.raises(OutputError, match=r"64×64 JPEG: decoding it would take about 48 KB .* over the 20 KB"):
+            await fetcher.decode_all(find_images(outputs.data_uri(make_jpeg(64, 64), "image/jpeg")))
+        (png,) = await fetcher.decode_all(find_images(outputs.b64(PNG_A)))  # only checked: no memory needed
+    assert png.png == PNG_A
+
+
+async def test_memory_stays_counted_until_a_cancelled_callers_thread_has_ended():
+    budget = MemoryBudget(100)
+    release = threading.Event()
+    first = asyncio.ensure_future(budget.run(80, lambda: release.wait(5)))
+    await asyncio.sleep(0.05)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert budget.in_use == 80  # a thread cannot be stopped: its memory is still in use
+    second = asyncio.ensure_future(budget.run(50, lambda: "second"))
+    await asyncio.sleep(0.05)
+    assert not second.done()
+    release.set()
+    assert await second == "second"
+    assert budget.in_use == 0
+    budget.close()
+
+
+async def test_the_budget_serves_first_come_first_and_forgets_who_gave_up():
+    budget = MemoryBudget(100, threads=2)
+    release = threading.Event()
+    order: list[str] = []
+    holder = asyncio.ensure_future(budget.run(60, lambda: release.wait(5)))
+    await asyncio.sleep(0.02)
+    big = asyncio.ensure_future(budget.run(80, lambda: order.append("big")))
+    await asyncio.sleep(0.02)
+    small = asyncio.ensure_future(budget.run(10, lambda: order.append("small")))  # would fit, but comes later
+    await asyncio.sleep(0.05)
+    assert order == []
+    big.cancel()  # the one it waited behind gives up: it goes ahead
+    await asyncio.wait_for(small, 1)
+    assert order == ["small"]
+    release.set()
+    await holder
+    assert budget.in_use == 0
+    with pytest.raises(ValueError, match="can never be held"):
+        await budget.run(101, lambda: None)
+    budget.close()
+
+
 @pytest.mark.parametrize(
     ("address", "public"),
     [
@@ -201,6 +391,22 @@ def test_decoder_fed_arbitrary_bytes_raises_only_clear_errors(data):
         ("fc00::1", False),
         ("::ffff:127.0.0.1", False),
         ("224.0.0.1", False),
+        # NAT64's well-known prefix leads to the IPv4 address in its last 32 bits: judged by it.
+        ("64:ff9b::7f00:1", False),
+        ("64:ff9b::a00:5", False),
+        ("64:ff9b::a9fe:a9fe", False),
+        ("64:ff9b::6440:1", False),
+        ("64:ff9b::808:808", True),
+        # Local-use NAT64, 6to4, Teredo and IPv4-compatible addresses: refused whatever they carry.
+        ("64:ff9b:1::a00:1", False),
+        ("64:ff9b:1:808:8:800::", False),
+        ("2002:7f00:1::1", False),
+        ("2002:a9fe:a9fe::1", False),
+        ("2002:808:808::1", False),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),
+        ("2001:0:7f00:1::1", False),
+        ("::7f00:1", False),
+        ("::ffff:808:808", True),
     ],
 )
 def test_only_public_addresses_are_fetchable(address, public):
@@ -217,6 +423,8 @@ def test_only_public_addresses_are_fetchable(address, public):
         ("https://[::1]/a.png", "private or local"),
         ("https://10.0.0.5:8443/a.png", "private or local"),
         ("https://localhost/a.png", "private or local"),
+        ("https://[64:ff9b::a9fe:a9fe]/latest/meta-data", "private or local"),
+        ("https://[2002:7f00:1::1]/a.png", "private or local"),
     ],
 )
 async def test_unsafe_urls_are_refused_without_fetching(url, message):

@@ -10,6 +10,7 @@ import pytest
 
 from bot.config import Secret
 from bot.ratelimit import RateLimit
+from bot.runpod import RetryPolicy
 from doubles import outputs
 from doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID, DEFAULT_USER_ID, Limit, RateLimits, UserSpec
 from doubles.harness import button, fast_options, field_value, png_for, running_bot, settings_for
@@ -476,7 +477,7 @@ async def test_a_database_locked_while_the_job_runs_delays_the_ledger_but_loses_
         )
         interaction = await harness.imagine("x")
         await harness.discord.wait_for(lambda: harness.runpod.jobs)
-        locker = sqlite3.connect(tmp_path / "bot.db", isolation_level=None, check_same_thread=False)
+        locker = sqlite3.connect(tmp_path / "bot.db", timeout=30, isolation_level=None, check_same_thread=False)
         locker.execute("BEGIN EXCLUSIVE")
         try:
             await asyncio.sleep(7)
@@ -491,3 +492,20 @@ async def test_a_database_locked_while_the_job_runs_delays_the_ledger_but_loses_
         assert (record.state, record.delivered_at is not None) == ("completed", True)
     edits_with_pictures = [call for call in harness.edits(interaction) if call.files]
     assert len(edits_with_pictures) == 1
+
+
+async def test_a_runpod_outage_mid_job_is_said_honestly_and_the_picture_still_arrives(runpod):
+    """RunPod answers 503 to every poll for a while: the member is told RunPod is not answering and that the
+    job goes on (never "try again" while it may be running and billing); then the picture arrives, once."""
+    fast_retry = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)
+    async with running_bot(runpod, retry=fast_retry) as harness:
+        harness.runpod.default_script = lambda job_input: Script(run_s=3.0, output=outputs.sdxl(png_for("outage")))
+        interaction = await harness.imagine("outage")
+        await harness.discord.wait_for(lambda: harness.title(interaction) == "🎨 Painting…")
+        harness.runpod.fail_next("status", 503, count=30)
+        await harness.discord.wait_for(lambda: field_value(harness.shown(interaction), "RunPod is not answering"))
+        final = await harness.finished(interaction, timeout=15)
+    assert final.embeds[0]["title"] == "✅ Done"
+    assert [attachment.data for attachment in final.attachments] == [png_for("outage")]
+    assert [call for call in harness.edits(interaction) if call.files][1:] == []  # posted once
+    assert harness.runpod.requests_for("cancel") == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 
 import pytest
 
@@ -11,6 +12,8 @@ from benchmarks.report import peak_in_window
 from bot.config import Secret
 from bot.engine import RunPodContext
 from bot.errors import (
+    RunPodAnswerRefused,
+    RunPodAnswerTooLarge,
     RunPodAuthError,
     RunPodBadResponse,
     RunPodNotFound,
@@ -26,6 +29,7 @@ from bot.runpod import (
     RunPodClient,
     endpoint_url,
 )
+from doubles import outputs
 from doubles.runpod import Script
 from tests.conftest import API_KEY, ENDPOINT, FAST_RETRY
 
@@ -220,6 +224,64 @@ async def test_the_key_only_travels_in_the_authorization_header(client, runpod):
         )
         assert API_KEY not in visible
     assert API_KEY not in repr(client)
+
+
+def counted(chunks):
+    """The double's body, counting what it has been asked to send."""
+    sent = [0]
+
+    def body():
+        for chunk in chunks():
+            sent[0] += len(chunk)
+            yield chunk
+
+    return body, sent
+
+
+async def test_an_answer_over_the_cap_is_refused_unread_and_never_asked_again(runpod, client):
+    size = 830 * 1024 * 1024
+    for announced in (None, size):  # streamed without a length, then announced by its Content-Length
+        body, sent = counted(outputs.streamed_status(size))
+        runpod.stream_next("status", body, length=announced)
+        with pytest.raises(RunPodAnswerTooLarge, match=r"RunPod's answer to /status is over 64 MB, so it was not read"):
+            await client.status("any-u1")
+        await asyncio.sleep(0.2)  # let the double notice that nobody reads any more
+        assert sent[0] < size / 10  # the rest was never sent, let alone held
+    assert len(runpod.requests_for("status")) == 2  # never retried: asking again brings the same answer
+
+    # The client goes on working, and the cap leaves room for ten pictures of 4.5 MB, 60 MB as base64.
+    pictures = [random.Random(n).randbytes(4_500_000) for n in range(10)]
+    runpod.script_next(Script(output=outputs.comfyui(*pictures)))
+    job = await client.run({"prompt": "x"})
+    status = await client.status(job.id)
+    assert [image["data"] for image in status.output["images"]] == [outputs.b64(picture) for picture in pictures]
+
+
+def nested(depth: int) -> bytes:
+    return b'{"id": "deep-u1", "status": "COMPLETED", "output": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (nested(100), "nests deeper than 64 levels"),
+        (nested(5000), "nests deeper than 64 levels"),  # past orjson's own limit, where the standard library recursed
+        (b'{"id": "many-u1", "status": "COMPLETED", "output": [' + b"[]," * 200_000 + b"[]]}", "more than 100,000"),
+    ],
+    ids=["deep", "deeper-than-orjson-goes", "tiny-values"],
+)
+async def test_json_that_would_recurse_or_swell_is_refused_with_a_clear_error(client, runpod, body, reason):
+    runpod.fail_next("status", 200, body=body, content_type="application/json")
+    with pytest.raises(RunPodAnswerRefused, match=reason) as caught:
+        await client.status("x-u1")
+    assert isinstance(caught.value, RunPodBadResponse)
+    assert len(runpod.requests_for("status")) == 1
+
+
+async def test_json_nested_as_deep_as_a_worker_could_mean_it_is_read(client, runpod):
+    runpod.fail_next("status", 200, body=nested(60), content_type="application/json")
+    status = await client.status("deep-u1")
+    assert status.state is JobState.COMPLETED and status.has_output
 
 
 # --- the shared per-endpoint rate limiter -----------------------------------------------------------------

@@ -143,6 +143,7 @@ class Interaction:
     token: str
     payload: dict[str, Any]
     callback_type: int | None = None  # set once the bot has answered the callback
+    dispatched_at: float | None = None  # time.monotonic() once send() wrote INTERACTION_CREATE, as Recorded.at
 
     @property
     def guild_id(self) -> int | None:

@@ -363,6 +363,7 @@ class DiscordDouble:
     async def send(self, interaction: Interaction) -> None:
         """Dispatch INTERACTION_CREATE to the connected shard that owns the interaction's guild."""
         await self.dispatch("INTERACTION_CREATE", interaction.payload, guild_id=interaction.guild_id)
+        interaction.dispatched_at = time.monotonic()
 
     async def dispatch(self, event: str, data: dict[str, Any], *, guild_id: int | None = None) -> None:
         """Send any gateway event to the shard owning ``guild_id`` (shard 0 when None)."""
