@@ -121,8 +121,8 @@ class Imagine(commands.Cog):
         try:
             admission = await preflight(self.bot.endpoints, request, params, model)
             await self.bot.runner.start(await _origin(interaction), admission)
-        except BotError:
-            # The public "thinking" placeholder goes; the error handler tells the reason privately.
+        except Exception:
+            # Refused (or failed): the public "thinking" placeholder goes; the error handler tells why privately.
             with contextlib.suppress(discord.HTTPException):
                 await interaction.delete_original_response()
             raise
