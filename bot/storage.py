@@ -13,7 +13,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -21,8 +21,9 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bot.config import normalise_database_url
 from bot.errors import ConfigError
@@ -134,6 +135,19 @@ jobs = sa.Table(
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("delivered_at", UTCDateTime(), index=True),
     sa.Index("ix_jobs_guild_created", "guild_id", "created_at"),
+)
+
+# What counts against quotas, per guild, day (of `created_at`, UTC) and member: kept in the same transaction
+# as every change of a job's state or GPU time, so a quota check reads at most a month of days x members rows,
+# however long the ledger (benchmarks/preflight.py).
+usage_days = sa.Table(
+    "usage_days",
+    metadata,
+    sa.Column("guild_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("user_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("jobs", sa.Integer, nullable=False),
+    sa.Column("gpu_ms", sa.BigInteger, nullable=False),
 )
 
 
@@ -381,6 +395,9 @@ class Storage:
         try:
             async with self.engine.begin() as connection:
                 await connection.execute(sa.insert(jobs).values(**values))
+                if record.guild_id is not None and LedgerState(record.state).counted:
+                    day = values["created_at"].astimezone(UTC).date()
+                    await _count(connection, record.guild_id, day, record.user_id, 1, record.execution_ms or 0)
         except sa.exc.IntegrityError:
             return False
         return True
@@ -389,9 +406,26 @@ class Storage:
     @_patient
     async def update_job(self, request_id: int, **changes: Any) -> None:
         async with self.engine.begin() as connection:
+            before = None
+            if "state" in changes or "execution_ms" in changes:  # what the quotas count may change
+                query = sa.select(jobs.c.guild_id, jobs.c.user_id, jobs.c.created_at, jobs.c.state, jobs.c.execution_ms)
+                if connection.dialect.name == "postgresql":
+                    query = query.with_for_update()
+                before = (await connection.execute(query.where(jobs.c.request_id == request_id))).first()
             await connection.execute(
                 sa.update(jobs).where(jobs.c.request_id == request_id).values(**changes, updated_at=_now())
             )
+            if before is not None and before.guild_id is not None:
+                counted_before, counted_after = (
+                    LedgerState(before.state).counted,
+                    LedgerState(changes.get("state", before.state)).counted,
+                )
+                gpu_before = (before.execution_ms or 0) if counted_before else 0
+                gpu_after = (changes.get("execution_ms", before.execution_ms) or 0) if counted_after else 0
+                jobs_change, gpu_change = int(counted_after) - int(counted_before), gpu_after - gpu_before
+                if jobs_change or gpu_change:
+                    day = before.created_at.astimezone(UTC).date()
+                    await _count(connection, before.guild_id, day, before.user_id, jobs_change, gpu_change)
 
     @_uninterruptible
     @_patient
@@ -452,24 +486,21 @@ class Storage:
 
     @_uninterruptible
     async def usage(self, guild_id: int, member_id: int, today: datetime, month: datetime) -> Usage:
-        """What counts against quotas since the start of the month and of the day, summed by the database
-        over the guild's jobs of the month (the (guild_id, created_at) index), never loaded row by row."""
-        counted = jobs.c.state.in_([state.value for state in LedgerState if state.counted])
-        is_today = jobs.c.created_at >= today
-        gpu_ms = sa.func.coalesce(jobs.c.execution_ms, 0)
+        """What counts against quotas since the start of the month and of the day, from the per-day counters
+        (`usage_days`): at most a month of days x members rows, however long the ledger."""
+        is_today = usage_days.c.day >= today.astimezone(UTC).date()
 
         def total(value: Any, condition: sa.ColumnElement[bool] | None = None) -> Any:
-            return sa.func.coalesce(
-                sa.func.sum(value if condition is None else sa.case((condition, value), else_=0)), 0
-            )
+            counted_value = value if condition is None else sa.case((condition, value), else_=0)
+            return sa.func.coalesce(sa.func.sum(counted_value), 0)
 
         query = sa.select(
-            total(1, is_today & (jobs.c.user_id == member_id)),
-            total(1, is_today),
-            sa.func.count(),
-            total(gpu_ms, is_today),
-            total(gpu_ms),
-        ).where(jobs.c.guild_id == guild_id, jobs.c.created_at >= month, counted)
+            total(usage_days.c.jobs, is_today & (usage_days.c.user_id == member_id)),
+            total(usage_days.c.jobs, is_today),
+            total(usage_days.c.jobs),
+            total(usage_days.c.gpu_ms, is_today),
+            total(usage_days.c.gpu_ms),
+        ).where(usage_days.c.guild_id == guild_id, usage_days.c.day >= month.astimezone(UTC).date())
         async with self.engine.connect() as connection:
             member_today, guild_today, guild_month, gpu_today_ms, gpu_month_ms = (await connection.execute(query)).one()
         return Usage(
@@ -481,10 +512,50 @@ class Storage:
         )
 
     @_uninterruptible
+    async def rebuild_usage(self) -> None:
+        """Sum the per-day counters afresh from the ledger (for a ledger written behind the bot's back)."""
+        async with self.engine.begin() as connection:
+            await connection.execute(sa.delete(usage_days))
+            await connection.execute(usage_from_jobs(connection.dialect.name))
+
+    @_uninterruptible
     async def _one(self, condition: sa.ColumnElement[bool]) -> JobRecord | None:
         async with self.engine.connect() as connection:
             row = (await connection.execute(sa.select(jobs).where(condition))).first()
         return _job_record(row) if row else None
+
+
+def usage_from_jobs(dialect: str) -> sa.Insert:
+    """INSERT INTO usage_days the counters summed from `jobs` (the day of `created_at`, in UTC)."""
+    if dialect == "sqlite":
+        day: Any = sa.func.date(jobs.c.created_at)  # stored as 'YYYY-MM-DD HH:MM:SS.ffffff', in UTC
+    else:
+        day = sa.cast(sa.func.timezone("UTC", jobs.c.created_at), sa.Date)
+    counted = [state.value for state in LedgerState if state.counted]
+    summed = (
+        sa.select(
+            jobs.c.guild_id,
+            day,
+            jobs.c.user_id,
+            sa.func.count(),
+            sa.func.coalesce(sa.func.sum(sa.func.coalesce(jobs.c.execution_ms, 0)), 0),
+        )
+        .where(jobs.c.guild_id.is_not(None), jobs.c.state.in_(counted))
+        .group_by(jobs.c.guild_id, day, jobs.c.user_id)
+    )
+    return sa.insert(usage_days).from_select(["guild_id", "day", "user_id", "jobs", "gpu_ms"], summed)
+
+
+async def _count(connection: AsyncConnection, guild_id: int, day: date, user_id: int, jobs_: int, gpu_ms: int) -> None:
+    """Add to a guild's, day's and member's counters (an upsert, in the caller's transaction)."""
+    insert = (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(usage_days)
+    upsert = insert.values(guild_id=guild_id, day=day, user_id=user_id, jobs=jobs_, gpu_ms=gpu_ms)
+    await connection.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[usage_days.c.guild_id, usage_days.c.day, usage_days.c.user_id],
+            set_={"jobs": usage_days.c.jobs + jobs_, "gpu_ms": usage_days.c.gpu_ms + gpu_ms},
+        )
+    )
 
 
 def _job_record(row: sa.Row[Any]) -> JobRecord:

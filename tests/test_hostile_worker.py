@@ -29,6 +29,7 @@ async def test_eleven_images_end_the_job_with_a_clear_message_and_it_stays_ended
         assert final.embeds[0]["title"] == "⚠️ No picture this time"
         assert "more than 10 images, and Discord takes at most 10 in one message" in field_value(final, "What happened")
         assert final.attachments == []
+        await harness.discord.wait_for(lambda: harness.bot.runner.live == {})  # the card shows before the claim
         assert await harness.bot.storage.undelivered_jobs() == []  # ended for good: nothing left to deliver
 
         harness.runpod.default_script = lambda job_input: Script(output=outputs.sdxl(png_for("next")))

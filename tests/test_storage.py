@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot.errors import ConfigError
-from bot.policy import Usage
+from bot.policy import Usage, start_of_day, start_of_month
 from bot.storage import GuildEndpoint, JobRecord, Storage, async_url
 
 
@@ -36,11 +36,11 @@ def job(request_id: int = 1, **changes) -> JobRecord:
 
 
 async def test_migrations_from_an_empty_database(storage):
-    assert await storage.schema_revision() == "0003"
+    assert await storage.schema_revision() == "0004"
     async with storage.engine.connect() as connection:
         tables = await connection.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
         columns = await connection.run_sync(lambda sync: {c["name"] for c in sa.inspect(sync).get_columns("jobs")})
-    assert {"jobs", "guild_endpoints", "guild_policies", "alembic_version"} <= tables
+    assert {"jobs", "usage_days", "guild_endpoints", "guild_policies", "alembic_version"} <= tables
     assert {"delay_ms", "execution_ms"} <= columns
 
 
@@ -69,7 +69,7 @@ async def test_migrations_upgrade_a_previous_schema_in_place(database_url):
 
     upgraded = await Storage.open(database_url)
     try:
-        assert await upgraded.schema_revision() == "0003"
+        assert await upgraded.schema_revision() == "0004"
         (record,) = await upgraded.undelivered_jobs()
         assert (record.runpod_job_id, record.params, record.state) == (
             "old-job-u1",
@@ -77,8 +77,12 @@ async def test_migrations_upgrade_a_previous_schema_in_place(database_url):
             "running",
         )
         assert record.delay_ms is None
+        # The quota counters start from the jobs the previous version wrote, then follow every change.
+        today, month = start_of_day(now), start_of_month(now)
+        assert await upgraded.usage(10, 30, today, month) == Usage(1, 1, 1, 0.0, 0.0)
         await upgraded.update_job(5, delay_ms=1500, execution_ms=4200)
         assert (await upgraded.job(5)).execution_ms == 4200
+        assert await upgraded.usage(10, 30, today, month) == Usage(1, 1, 1, 4.2, 4.2)
         (model,) = await upgraded.guild_endpoints(10)  # the guild's one endpoint became its "default" model
         assert (model.name, model.endpoint_id, model.api_key_encrypted) == ("default", "ep-old", "gAAAA-old")
     finally:
@@ -179,7 +183,7 @@ async def test_processes_starting_together_migrate_once(database_url):
         pytest.skip("scale-out shares one PostgreSQL; a SQLite file belongs to one process")
     first, second = await asyncio.gather(Storage.open(database_url), Storage.open(database_url))
     try:
-        assert await first.schema_revision() == await second.schema_revision() == "0003"
+        assert await first.schema_revision() == await second.schema_revision() == "0004"
     finally:
         await first.close()
         await second.close()
@@ -203,3 +207,25 @@ async def test_usage_is_summed_by_the_database_counting_only_what_quotas_count(s
     assert (usage.member_today, usage.guild_today, usage.guild_month) == (1, 2, 3)
     assert (usage.gpu_seconds_today, usage.gpu_seconds_month) == (4.0, 6.5)
     assert await storage.usage(12, 30, today, month) == Usage()  # nothing at all: zeros, not None
+
+
+async def test_quota_counters_follow_every_change_and_match_a_rebuild(storage):
+    """The counters `/imagine` reads are kept in the transaction of each change: a failure gives the picture
+    back, GPU time arrives with completion, and a rebuild from the ledger finds the very same figures."""
+    now = datetime.now(UTC)
+    today, month = start_of_day(now), start_of_month(now)
+    for request_id in (1, 2, 3):
+        await storage.record_job(job(request_id, created_at=now, state="waiting"))
+    assert await storage.usage(10, 30, today, month) == Usage(3, 3, 3, 0.0, 0.0)
+    await storage.update_job(1, state="queued")  # counted before and after: nothing changes
+    await storage.update_job(1, state="completed", execution_ms=2500)
+    await storage.update_job(2, state="failed", notice="CUDA error")  # failures are free
+    await storage.update_job(3, state="cancelled")
+    assert await storage.usage(10, 30, today, month) == Usage(1, 1, 1, 2.5, 2.5)
+    await storage.update_job(1, state="undeliverable")  # paid for, so still counted
+    await storage.record_job(job(4, created_at=now, user_id=31))  # another member: the guild's, not mine
+    await storage.record_job(job(5, guild_id=None, created_at=now))  # no guild, no quota
+    counted = await storage.usage(10, 30, today, month)
+    assert counted == Usage(1, 2, 2, 2.5, 2.5)
+    await storage.rebuild_usage()
+    assert await storage.usage(10, 30, today, month) == counted
