@@ -277,6 +277,8 @@ async def follow_job(
             if remaining <= 0:
                 await _give_up(client, job_id, timeout or 0)
             delay = min(delay, remaining)
+        shown = "not answering" if failures else (last.state if last else "submitted")
+        log.debug("job %s: %s; next poll in %.2f s", job_id, shown, delay)
         await sleep(delay)
 
 

@@ -133,7 +133,7 @@ class _ProgressLine:
         if update.state is JobState.IN_QUEUE:
             text = f"in queue, {elapsed:.0f}s"
         else:
-            text = f"running on worker {update.worker_id or '?'}"
+            text = f"running on worker {update.worker_id}" if update.worker_id else "running"
             if update.progress is not None:
                 bar = ""
                 if update.progress.fraction is not None:

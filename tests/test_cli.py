@@ -183,11 +183,16 @@ async def test_timeout_against_a_runpod_that_stops_answering_is_kept(tmp_path, r
 
 
 async def test_log_level_debug_shows_the_engine_but_never_the_key(tmp_path, runpod):
-    runpod.script_next(Script(output=outputs.sdxl(make_png())))
+    runpod.script_next(Script(queue_s=0.5, run_s=2.5, output=outputs.sdxl(make_png())))
     finished = await generate(tmp_path, "--prompt", "x", runpod=runpod, env={"LOG_LEVEL": "DEBUG"})
     assert finished.code == 0
     assert "bot.engine: job" in finished.stdout + finished.stderr
     assert API_KEY not in finished.stdout + finished.stderr
+    # One line per poll, as the README promises: what RunPod said and when the next poll comes.
+    polls = len(runpod.requests_for("status"))
+    assert polls >= 2
+    assert finished.stderr.count("; next poll in ") == polls  # the answer to /run, then all but the last
+    assert "worker ?" not in finished.stderr
 
 
 HOSTILE_PROGRESS = "\x1b]0;pwned\x07step\x1b[2J 2/4\rEVIL \x1b]8;;http://evil\x07link\x1b]8;;\x07 \x9b2J"
