@@ -14,7 +14,7 @@ import discord
 
 from bot import generate
 from bot.config import Settings, configure_logging, load_settings
-from bot.engine import RunPodContext
+from bot.engine import LOCAL_MODE_NOTE, RunPodContext
 from bot.errors import BotError, ConfigError
 from bot.images import ImageFetcher
 from bot.storage import Storage
@@ -46,9 +46,11 @@ async def run_bot(settings: Settings, *, sync_only: bool = False) -> None:
             "DATABASE_URL is a SQLite file on the dyno's disk, which is wiped at every restart (at least daily): "
             "unfinished jobs, server keys and rules are lost with it. Add PostgreSQL and set DATABASE_URL."
         )
+    if settings.runpod_local:
+        log.warning("%s", LOCAL_MODE_NOTE.format(url=settings.runpod_api_url))
     storage = await Storage.open(settings.database_url.reveal())
     async with aiohttp.ClientSession() as session, ImageFetcher() as fetcher:
-        runpod = RunPodContext(session, fetcher, api_url=settings.runpod_api_url)
+        runpod = RunPodContext(session, fetcher, api_url=settings.runpod_api_url, local=settings.runpod_local)
         bot = make_bot(settings, storage=storage, runpod=runpod)
         loop = asyncio.get_running_loop()
         closing: set[asyncio.Task[None]] = set()

@@ -27,7 +27,15 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bot.config import SECRET_VARIABLES, Secret, Settings, configure_logging, load_settings, normalise_database_url
+from bot.config import (
+    LOCAL_ENDPOINT,
+    SECRET_VARIABLES,
+    Secret,
+    Settings,
+    configure_logging,
+    load_settings,
+    normalise_database_url,
+)
 from bot.crypto import UndecryptableSecret, Vault
 from bot.engine import RunPodContext
 from bot.errors import (
@@ -389,6 +397,8 @@ def _encryption_line(keys: tuple[Secret, ...], stored: list[str] | None) -> Line
 
 
 async def check_runpod(settings: Settings) -> Line:
+    if settings.runpod_local:
+        return await _check_local_server(settings)
     subject = "RunPod default endpoint"
     if settings.runpod_api_key is None and settings.runpod_endpoint_id is None:
         return Line(
@@ -451,6 +461,27 @@ async def check_runpod(settings: Settings) -> Line:
             "endpoint cannot have: /imagine on it is refused (only `python -m bot generate --workflow`)",
         )
     return Line(OK, subject, detail)
+
+
+async def _check_local_server(settings: Settings) -> Line:
+    """RunPod's local test server has no /health: a status request for a job it never had shows it answers."""
+    subject = "RunPod local test server"
+    url = settings.runpod_api_url
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = RunPodClient(
+                session, api_key=Secret(""), endpoint_id=LOCAL_ENDPOINT, api_url=url, retry=_CHECK_RETRY, local=True
+            )
+            await asyncio.wait_for(client.status("bot-check"), RUNPOD_TIMEOUT)
+    except (RunPodError, TimeoutError) as error:
+        reason = str(error).rstrip(".") or "no answer"
+        return Line(FAIL, subject, f"{url}: {reason}; start it with: python handler.py --rp_serve_api")
+    return Line(
+        WARN,
+        subject,
+        f"{url} answers (RUNPOD_BASE_URL with no /v2/<id> path): for trying a worker, not for members; "
+        "jobs there cannot be cancelled and no queue or worker counts are known",
+    )
 
 
 # --- putting it together ------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from bot.errors import ConfigError
 from bot.presets import PRESETS
 
 DEFAULT_RUNPOD_API_URL = "https://api.runpod.ai/v2"
+# The endpoint id of RunPod's local test server, which serves one worker with no id in its paths.
+LOCAL_ENDPOINT = "local"
 DEFAULT_DATABASE_URL = "sqlite:///data/bot.db"
 _DATABASE_SCHEMES = ("sqlite", "postgres", "postgresql")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -57,6 +59,7 @@ class Settings:
     runpod_api_key: Secret | None = None
     runpod_endpoint_id: str | None = None
     runpod_api_url: str = DEFAULT_RUNPOD_API_URL
+    runpod_local: bool = False  # RunPod's local test server (docs/runpod-api.md, Local test server)
     runpod_worker: str = "sdxl"
     database_url: Secret = Secret(DEFAULT_DATABASE_URL)
     encryption_keys: tuple[Secret, ...] = ()
@@ -87,6 +90,8 @@ class Settings:
 
     def require_runpod(self) -> tuple[Secret, str]:
         """The operator's default key and endpoint, for the CLI and for guilds without their own."""
+        if self.runpod_local:  # the local test server asks for no key
+            return self.runpod_api_key or Secret(""), LOCAL_ENDPOINT
         if self.runpod_api_key is None:
             raise ConfigError("RUNPOD_API_KEY is not set (RUNPOD_KEY is accepted too)")
         if self.runpod_endpoint_id is None:
@@ -101,7 +106,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ
     env = {key: value.strip() for key, value in environ.items() if value.strip()}
 
-    api_url, endpoint_from_base = _runpod_urls(env)
+    api_url, endpoint_from_base, local = _runpod_urls(env)
     worker = env.get("RUNPOD_WORKER", "sdxl").lower()
     if worker not in PRESETS:
         raise ConfigError(f"RUNPOD_WORKER must be one of {', '.join(PRESETS)}, not {worker!r}")
@@ -109,8 +114,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         discord_token=_secret(env.get("DISCORD_TOKEN")),
         runpod_api_key=_secret(key),
-        runpod_endpoint_id=_endpoint_id(env.get("RUNPOD_ENDPOINT_ID") or endpoint_from_base),
+        runpod_endpoint_id=endpoint_from_base
+        if local
+        else _endpoint_id(env.get("RUNPOD_ENDPOINT_ID") or endpoint_from_base),
         runpod_api_url=api_url,
+        runpod_local=local,
         runpod_worker=worker,
         database_url=Secret(_database_url(env.get("DATABASE_URL", DEFAULT_DATABASE_URL))),
         encryption_keys=_fernet_keys(env.get("BOT_ENCRYPTION_KEY", "")),
@@ -124,20 +132,24 @@ def _secret(value: str | None) -> Secret | None:
     return Secret(value) if value else None
 
 
-def _runpod_urls(env: Mapping[str, str]) -> tuple[str, str | None]:
-    """RUNPOD_API_URL is the API root; RUNPOD_BASE_URL (the original script's) names one endpoint."""
+def _runpod_urls(env: Mapping[str, str]) -> tuple[str, str | None, bool]:
+    """RUNPOD_API_URL is the API root; RUNPOD_BASE_URL (the original script's) names one endpoint, or with no
+    path at all RunPod's local test server (`python handler.py --rp_serve_api`)."""
     endpoint = None
     root = env.get("RUNPOD_API_URL")
     base = env.get("RUNPOD_BASE_URL")
     if base:
         _check_http_url("RUNPOD_BASE_URL", base)
+        parts = urlsplit(base)
+        if parts.path in ("", "/") and parts.hostname != urlsplit(DEFAULT_RUNPOD_API_URL).hostname:
+            return base.rstrip("/"), LOCAL_ENDPOINT, True
         parent, _, endpoint = base.rstrip("/").rpartition("/")
         if not endpoint or urlsplit(parent).path in ("", "/"):
             raise ConfigError(f"RUNPOD_BASE_URL must look like {DEFAULT_RUNPOD_API_URL}/<endpoint_id>")
         root = root or parent
     root = root or DEFAULT_RUNPOD_API_URL
     _check_http_url("RUNPOD_API_URL", root)
-    return root.rstrip("/"), endpoint
+    return root.rstrip("/"), endpoint, False
 
 
 def _check_http_url(name: str, value: str) -> None:

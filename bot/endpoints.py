@@ -14,7 +14,7 @@ from typing import Any
 from bot.config import Secret, Settings
 from bot.crypto import Vault
 from bot.engine import RunPodContext
-from bot.errors import BotError
+from bot.errors import BotError, ConfigError
 from bot.policy import GuildPolicy
 from bot.presets import PRESETS, WorkerPreset, parse_workflow
 from bot.runpod import Health, RunPodClient
@@ -67,9 +67,11 @@ class Endpoints:
             if model is not None:
                 raise BotError(f"This server has no model called “{model}”. Pick one from the list.")
         settings = self._settings
-        if settings.runpod_api_key is None or settings.runpod_endpoint_id is None:
-            raise NotConfigured()
-        return Endpoint(settings.runpod_api_key, settings.runpod_endpoint_id, PRESETS[settings.runpod_worker])
+        try:
+            key, endpoint_id = settings.require_runpod()
+        except ConfigError:
+            raise NotConfigured() from None
+        return Endpoint(key, endpoint_id, PRESETS[settings.runpod_worker])
 
     async def of_record(self, record: JobRecord) -> Endpoint:
         """The endpoint a recorded job ran on, never another guild's or a newer one."""

@@ -38,6 +38,7 @@ from bot.errors import (
     RunPodNotFound,
     RunPodRateLimited,
     RunPodUnavailable,
+    RunPodUnsupported,
 )
 from bot.images import DecodedImage, ImageFetcher
 from bot.params import GenerationParams
@@ -90,6 +91,10 @@ class JobResult:
     worker_id: str | None = None
 
 
+LOCAL_MODE_NOTE = (
+    "RUNPOD_BASE_URL {url} is RunPod's local test server (python handler.py --rp_serve_api): no key is sent, each "
+    "job runs inside its status request, and jobs cannot be cancelled there"
+)
 _LARGE_ANSWER = 256 * 1024  # bytes; status answers without a picture are a few hundred
 
 
@@ -114,8 +119,10 @@ class RunPodContext:
         retry: RetryPolicy | None = None,
         request_timeout: float = 20.0,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
+        local: bool = False,
     ) -> None:
         self.session = session
+        self.local = local  # RunPod's local test server (`python handler.py --rp_serve_api`)
         self.fetcher = fetcher
         self.api_url = api_url
         self.limiters = limiters or RateLimiters()
@@ -135,6 +142,7 @@ class RunPodContext:
             request_timeout=self._request_timeout,
             limiters=self.limiters,
             max_answer_bytes=self.max_answer_bytes,
+            local=self.local,
         )
 
     async def queue_outlook(self, client: RunPodClient) -> tuple[Health | None, float | None]:
@@ -327,6 +335,8 @@ async def _give_up(client: RunPodClient, job_id: str, timeout: float) -> NoRetur
     try:
         await asyncio.wait_for(client.cancel(job_id), CANCEL_PATIENCE)
         outcome = "it was cancelled on RunPod so it stops costing GPU time"
+    except RunPodUnsupported:
+        outcome = "RunPod's local test server cannot cancel it, so it may still run"
     except (RunPodError, TimeoutError) as error:
         log.warning("job %s: cancel after timeout failed: %s", job_id, error)
         outcome = "cancelling it on RunPod failed, so it may still run"

@@ -59,6 +59,10 @@ class RunPodRejected(RunPodError):
     """400 and other 4xx: RunPod refused the request itself (bad input)."""
 
 
+class RunPodUnsupported(RunPodError):
+    """What RunPod's local test server does not offer (cancel, health): said, never tried."""
+
+
 class RunPodAnswerRefused(RunPodBadResponse):
     """An answer refused on sight: too large to read, or JSON nested too deep or made of too many values for a
     worker's output. RunPod would send the same answer again, so it is never asked for again: it ends the job."""

@@ -14,7 +14,7 @@ from typing import TextIO
 import aiohttp
 
 from bot.config import Settings
-from bot.engine import JobResult, JobUpdate, RunPodContext, follow_job, submit_job
+from bot.engine import LOCAL_MODE_NOTE, JobResult, JobUpdate, RunPodContext, follow_job, submit_job
 from bot.errors import BotError
 from bot.images import ImageFetcher
 from bot.params import ASPECT_RATIOS, params_from_request
@@ -44,8 +44,10 @@ async def generate(args: argparse.Namespace, settings: Settings, out: TextIO = s
     api_key, endpoint_id = settings.require_runpod()
     display = _ProgressLine(out)
     async with aiohttp.ClientSession() as session, ImageFetcher() as fetcher:
-        runpod = RunPodContext(session, fetcher, api_url=settings.runpod_api_url)
+        runpod = RunPodContext(session, fetcher, api_url=settings.runpod_api_url, local=settings.runpod_local)
         client = runpod.client(api_key, endpoint_id)
+        if settings.runpod_local:
+            display.note(LOCAL_MODE_NOTE.format(url=settings.runpod_api_url))
         job_id, submitted = args.job_id, None
         if job_id is None:
             preset = PRESETS[args.worker or settings.runpod_worker]

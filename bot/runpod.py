@@ -34,6 +34,7 @@ from bot.errors import (
     RunPodRateLimited,
     RunPodRejected,
     RunPodUnavailable,
+    RunPodUnsupported,
 )
 from bot.ratelimit import Clock, RateLimit, RateLimiter, Sleep
 
@@ -172,17 +173,22 @@ class RunPodClient:
         sleep: Sleep = asyncio.sleep,
         limiters: RateLimiters | None = None,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
+        local: bool = False,
     ) -> None:
         if not _ID.fullmatch(endpoint_id):
             raise RunPodRejected(f"{endpoint_id!r} is not a RunPod endpoint id.")
         self.endpoint_id = endpoint_id
         self._session = session
         self._api_key = api_key
-        self._base = endpoint_url(api_url, endpoint_id)
+        # RunPod's local test server (docs/runpod-api.md, Local test server): one worker at the root, status by
+        # POST, the job run inside that request, a result read once, no /cancel and no /health.
+        self.local = local
+        self._base = api_url.rstrip("/") if local else endpoint_url(api_url, endpoint_id)
         # Clients are made per job: `bot.engine.RunPodContext` hands them one registry to share.
         self._limiters = RateLimiters() if limiters is None else limiters
         self._retry = retry or RetryPolicy()
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        # Locally a job runs inside its /status request: only the caller's deadline bounds it.
+        self._timeout = aiohttp.ClientTimeout(total=None if local else request_timeout)
         self._sleep = sleep
         self.max_answer_bytes = max_answer_bytes
 
@@ -201,14 +207,25 @@ class RunPodClient:
         return parse_status(data, "run")
 
     async def status(self, job_id: str, *, admit: Admit | None = None) -> JobStatus:
-        data = await self._request("GET", f"status/{_job_path(job_id)}", job_id=job_id, admit=admit)
+        # Locally a finished result is read once: a status request is never repeated on a doubt.
+        data = await self._request(
+            "POST" if self.local else "GET",
+            f"status/{_job_path(job_id)}",
+            job_id=job_id,
+            admit=admit,
+            retry_ambiguous=not self.local,
+        )
         return parse_status(data, "status")
 
     async def cancel(self, job_id: str) -> JobStatus:
+        if self.local:
+            raise RunPodUnsupported("RunPod's local test server cannot cancel a job (it has no /cancel).")
         data = await self._request("POST", f"cancel/{_job_path(job_id)}", job_id=job_id)
         return parse_status(data, "cancel")
 
     async def health(self) -> Health:
+        if self.local:
+            raise RunPodUnsupported("RunPod's local test server reports no health (it has no /health).")
         data = await self._request("GET", "health")
         jobs, workers = data.get("jobs"), data.get("workers")
         if not isinstance(jobs, dict) or not isinstance(workers, dict):
@@ -238,7 +255,7 @@ class RunPodClient:
         """One API call with retries. `retry_ambiguous=False` for calls that must not happen twice:
         those are retried only after a 429 or a failure to connect, when RunPod surely did nothing."""
         operation = path.split("/")[0]
-        headers = {"Authorization": f"Bearer {self._api_key.reveal()}"}
+        headers = {} if self.local else {"Authorization": f"Bearer {self._api_key.reveal()}"}
         limiter = self._limiters.get(self._base, operation)
         failure: RunPodError = RunPodUnavailable("RunPod could not be reached.")
         for attempt in range(self._retry.attempts):

@@ -175,7 +175,9 @@ async def running_bot(
         storage = await Storage.open(database_url)
         stack.push_async_callback(storage.close)
         settings = settings or settings_for(runpod)
-        context = RunPodContext(session, fetcher, api_url=settings.runpod_api_url, retry=retry)
+        context = RunPodContext(
+            session, fetcher, api_url=settings.runpod_api_url, retry=retry, local=settings.runpod_local
+        )
         bot = ImagineBot(
             settings,
             storage=storage,

@@ -171,3 +171,16 @@ def test_whatever_a_member_typed_is_blanked_in_gateway_events():
     assert "quoted" not in line
     assert line.count("'value': '<typed>'") == 2
     assert "'custom_id': 'api_key'" in line  # what was asked stays readable
+
+
+def test_a_base_url_with_no_endpoint_path_means_the_local_test_server():
+    """`python handler.py --rp_serve_api` serves one worker at the root, no key needed (SPEC's contract)."""
+    settings = load_settings({"RUNPOD_BASE_URL": "http://localhost:8000/"})
+    assert (settings.runpod_local, settings.runpod_api_url, settings.runpod_endpoint_id) == (
+        True,
+        "http://localhost:8000",
+        "local",
+    )
+    assert settings.require_runpod()[1] == "local"  # no RUNPOD_API_KEY needed
+    hosted = load_settings({"RUNPOD_KEY": "k", "RUNPOD_BASE_URL": "https://api.runpod.ai/v2/xyz789"})
+    assert not hosted.runpod_local
