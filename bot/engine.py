@@ -305,7 +305,8 @@ async def _finish(status: JobStatus, fetcher: ImageFetcher) -> JobResult:
     if status.state is JobState.TIMED_OUT:
         raise JobTimedOut(
             "RunPod timed the job out: no worker picked it up in time, or it ran past the endpoint's execution "
-            "timeout. Try again, or raise the endpoint's timeout.",
+            "timeout. Try again; if it keeps happening, a server admin can raise the endpoint's execution timeout "
+            "on RunPod.",
             job_id,
         )
     try:
@@ -409,4 +410,4 @@ def describe_worker_error(error: Any, output: Any = None) -> str:
         return "The worker failed without saying why."
     if len(text) > MAX_ERROR_LENGTH:
         text = text[: MAX_ERROR_LENGTH - 1] + "…"
-    return f"The worker failed: {text}"
+    return f"The worker failed: {text}" + ("" if text.endswith((".", "!", "?", "…")) else ".")

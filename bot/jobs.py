@@ -347,7 +347,7 @@ class JobRunner:
         log.info("%s: %s: %s", job.context, state, error)
         job.ending = True
         await self._storage.update_job(job.record.request_id, state=state, notice=error.explanation)
-        embed = render.failure_embed(error, job.params, job.record.user_name, job.record.runpod_job_id)
+        embed = render.failure_embed(error, job.params, job.record.user_name)
         if not await self._final(job, embed):
             log.error("%s: its end could be told nowhere; not trying again", job.context)
         await self._storage.claim_delivery(job.record.request_id)
@@ -452,7 +452,7 @@ class JobRunner:
         await asyncio.gather(*(job.task for job in waiting if job.task), return_exceptions=True)
 
         async def tell(job: LiveJob) -> None:
-            await job.message.final(render.restarting_embed(job.params, job.record.user_name, job.job_id))
+            await job.message.final(render.restarting_embed(job.params, job.record.user_name))
 
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(

@@ -131,28 +131,24 @@ def result_embed(
     embed.add_field(name="Took", value=f"{seconds:.0f} s")
     if notes:
         embed.add_field(name="Note", value="\n".join(notes)[:1024], inline=False)
-    embed.set_footer(text=f"Requested by {requester} · job {result.job_id}")
     return embed
 
 
-def failure_embed(error: BotError, params: GenerationParams, requester: str, job_id: str | None) -> discord.Embed:
+def failure_embed(error: BotError, params: GenerationParams, requester: str) -> discord.Embed:
     cancelled = isinstance(error, JobCancelled)
     title, colour = ("🚫 Cancelled", CANCELLED_COLOUR) if cancelled else ("⚠️ No picture this time", FAILED_COLOUR)
     embed = _base(title, colour, params, requester)
     embed.add_field(name="What happened", value=error.explanation[:1024], inline=False)
-    if job_id:
-        embed.set_footer(text=f"Requested by {requester} · job {job_id}")
     return embed
 
 
-def restarting_embed(params: GenerationParams, requester: str, job_id: str) -> discord.Embed:
+def restarting_embed(params: GenerationParams, requester: str) -> discord.Embed:
     embed = _base("🔄 Bot restarting", QUEUED_COLOUR, params, requester)
     embed.add_field(
         name="Your job keeps running",
         value="The bot is restarting; your job keeps running on RunPod and the picture will be posted here.",
         inline=False,
     )
-    embed.set_footer(text=f"Requested by {requester} · job {job_id}")
     return embed
 
 
@@ -167,7 +163,7 @@ def info_embed(record: JobRecord, cost: float | None = None) -> discord.Embed:
     embed.add_field(name="Images", value=str(params.count))
     embed.add_field(name="Steps", value=str(params.steps or "worker default"))
     embed.add_field(name="Guidance", value=f"{params.guidance:g}" if params.guidance is not None else "worker default")
-    embed.add_field(name="Worker", value=f"{record.worker} on endpoint {record.endpoint_id}")
+    embed.add_field(name="Worker", value=record.worker)  # the server's endpoint id stays the admins' business
     if record.delay_ms is not None:
         embed.add_field(name="Time in queue", value=f"{record.delay_ms / 1000:.1f} s")
     if record.execution_ms is not None:

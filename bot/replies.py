@@ -40,5 +40,9 @@ async def reply_privately(interaction: discord.Interaction[Any], text: str) -> N
         log.warning("could not tell user %s about an error: %s", interaction.user.id, error)
 
 
+# Where Discord's settings call a permission by another name than its API does.
+_SHOWN_AS = {"manage_guild": "Manage Server", "manage_messages": "Manage Messages"}
+
+
 def _permission_names(permissions: list[str]) -> list[str]:
-    return [permission.replace("_", " ").title() for permission in permissions]
+    return [_SHOWN_AS.get(permission, permission.replace("_", " ").title()) for permission in permissions]

@@ -35,7 +35,7 @@ class UsageReport:
     cost: float | None
 
     def summary(self) -> str:
-        cost = f", about ${self.cost:.2f}" if self.cost is not None else ""
+        cost = f", about {dollars(self.cost)}" if self.cost is not None else ""
         lines = [
             f"Last {len(self.days)} days: {self.total_jobs} pictures, {self.total_gpu_seconds:.0f} GPU seconds{cost}.",
             f"Failed or cancelled (not counted): {self.not_counted}.",
@@ -44,6 +44,11 @@ class UsageReport:
             top = ", ".join(f"{m.name} {m.jobs} ({m.gpu_seconds:.0f} s)" for m in self.members[:5])
             lines.append(f"Most active: {top}.")
         return "\n".join(lines)
+
+
+def dollars(amount: float) -> str:
+    """Cents as usual; a smaller amount to four places, so $0.0035 is not shown as $0.00."""
+    return f"${amount:.2f}" if amount == 0 or amount >= 0.01 else f"${amount:.4f}"
 
 
 def build_report(records: list[JobRecord], now: datetime, policy: GuildPolicy) -> UsageReport:

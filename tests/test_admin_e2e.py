@@ -101,13 +101,13 @@ async def test_a_member_without_manage_server_gets_no_modal(harness):
     interaction = await open_setup(harness, permissions=0)
     (callback,) = harness.discord.calls_for("callback", interaction.token)
     assert callback.json["type"] == 4  # a message, not a modal
-    assert harness.private_replies(interaction) == ["You need the Manage Guild permission for this."]
+    assert harness.private_replies(interaction) == ["You need the Manage Server permission for this."]
 
 
 async def test_an_admin_who_lost_manage_server_before_submitting_saves_nothing(harness):
     setup = await open_setup(harness)
     reply = await submit(harness, {"api_key": GUILD_KEY, "endpoint_id": GUILD_ENDPOINT}, setup, permissions=0)
-    assert reply == "You need the Manage Guild permission for this."
+    assert reply == "You need the Manage Server permission for this."
     assert harness.runpod.requests == []
     assert await harness.bot.storage.guild_endpoint(DEFAULT_GUILD_ID) is None
 

@@ -225,7 +225,7 @@ async def test_a_hostile_workers_words_cannot_rewrite_the_terminal(tmp_path, run
     assert "hidden" in running[0] and "step" in running[0] and "EVIL" in running[0] and "link" in running[0]
     last = finished.stderr.strip().splitlines()[-1]  # the error is still one line, in the worker's words
     assert last.startswith("error: The worker failed: CUDA ")
-    assert "out of memory" in last and "all good" in last and "second" in last and last.endswith("line")
+    assert "out of memory" in last and "all good" in last and "second" in last and last.endswith("line.")
 
 
 async def test_runpods_own_refusal_text_cannot_rewrite_the_terminal(tmp_path, runpod):

@@ -86,7 +86,7 @@ async def test_a_worker_that_raises_is_one_clear_line(tmp_path, sdk):
     finished = await generate(tmp_path, "--prompt", "please fail", env={"RUNPOD_BASE_URL": sdk})
     assert finished.code == 1
     assert finished.stderr.strip().splitlines()[-1] == (
-        "error: The worker failed: CUDA out of memory: tried to allocate 2.00 GiB"
+        "error: The worker failed: CUDA out of memory: tried to allocate 2.00 GiB."
     )
 
 
