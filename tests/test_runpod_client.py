@@ -364,11 +364,12 @@ async def test_a_429_burst_ends_without_a_synchronized_retry_storm(runpod, sessi
     """Forty jobs polled at the same moment and all refused retry spread out, not in step; all get through."""
     runpod.script_next(*[Script(queue_s=60) for _ in range(40)])
     retry = RetryPolicy(attempts=8, base_delay=0.2, max_delay=1.0)
-    retries: list[float] = []  # when each backoff ended and a refused request went out again
+    retries: list[float] = []  # when each refused request was due to go out again
 
     async def sleep(seconds):
+        # The moment the client chose, not the moment a busy machine woke it: the spread is the client's.
+        retries.append(asyncio.get_running_loop().time() + seconds)
         await asyncio.sleep(seconds)
-        retries.append(asyncio.get_running_loop().time())
 
     client = RunPodClient(
         session, api_key=Secret(API_KEY), endpoint_id=ENDPOINT, api_url=runpod.api_url, retry=retry, sleep=sleep
