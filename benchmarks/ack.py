@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import logging
 import random
 import sys
 import time
@@ -42,7 +41,9 @@ from benchmarks.report import (
     now_utc,
     number,
     peak_in_window,
+    publish,
     quantile,
+    quiet_logging,
     table,
 )
 from benchmarks.workload import job_index, prompt_for
@@ -477,12 +478,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> Report:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    quiet_logging()
     run = asyncio.run(benchmark(args))
     text = markdown(run.report)
-    print(text)
-    if args.results is not None:
-        args.results.write_text(text)
+    publish(text, args.results)
     return run.report
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import logging
 import random
 import sys
 import time
@@ -43,7 +42,9 @@ from benchmarks.report import (
     now_utc,
     number,
     peak_in_window,
+    publish,
     quantile,
+    quiet_logging,
     table,
 )
 from benchmarks.workload import job_index, make_png, prompt_for, worker_output
@@ -525,13 +526,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> Report:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    # discord.py says so when it is rate limited or must wait; the bot's own INFO lines would drown that.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    quiet_logging()
     run = asyncio.run(benchmark(args))
     text = markdown(run.report)
-    print(text)
-    if args.results is not None:
-        args.results.write_text(text)
+    publish(text, args.results)
     return run.report
 
 

@@ -48,6 +48,7 @@ from benchmarks.report import (
     now_utc,
     number,
     peak_in_window,
+    publish,
     quantile,
     table,
 )
@@ -661,9 +662,7 @@ def main(argv: Sequence[str] | None = None) -> Report:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     report = asyncio.run(benchmark(args))
     text = markdown(report)
-    print(text)
-    if args.results is not None:
-        args.results.write_text(text)
+    publish(text, args.results)
     if args.json is not None:
         args.json.write_text(json.dumps(to_json(report), indent=2))
     return report

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import logging
 import os
 import random
 import sys
@@ -53,7 +52,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from benchmarks.report import command_line, describe_machine, machine, now_utc, number, quantile, table
+from benchmarks.report import (
+    command_line,
+    describe_machine,
+    machine,
+    now_utc,
+    number,
+    publish,
+    quantile,
+    quiet_logging,
+    table,
+)
 from bot.policy import Usage, start_of_day, start_of_month
 from bot.storage import JobRecord, KeySource, LedgerState, Storage, async_url, jobs, usage_days
 
@@ -877,12 +886,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> Report:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    quiet_logging()
     report = asyncio.run(benchmark(args))
     text = markdown(report)
-    print(text)
-    if args.results is not None:
-        args.results.write_text(text)
+    publish(text, args.results)
     return report
 
 

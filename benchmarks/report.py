@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
+import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,3 +77,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def publish(text: str, results: Path | None) -> None:
+    """A benchmark's report on stdout, and in `results` when given (`--results`)."""
+    print(text)
+    if results is not None:
+        results.write_text(text)
+
+
+def quiet_logging() -> None:
+    """Warnings only, on stderr: what discord.py says when it is rate limited or must wait, without the bot's INFO."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
