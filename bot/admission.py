@@ -46,11 +46,16 @@ async def preflight(endpoints: Endpoints, request: Request, params: GenerationPa
         raise Refused(f"I cannot post pictures in this channel: I am missing {names}. Ask an admin to allow it.")
     check_size(policy, params)
     moderate(policy, params, nsfw_channel=request.nsfw_channel)
-    endpoint.preset.build_input(params.with_seed(), endpoint.workflow)
+    # The worker's own refusals, for the largest of the jobs the request runs as (`WorkerPreset.parts`).
+    endpoint.preset.refuse(endpoint.preset.parts(params.with_seed())[0], endpoint.workflow)
     return Admission(params, endpoint, policy)
 
 
-async def check_quota_now(storage: Storage, policy: GuildPolicy, guild_id: int, member_id: int, now: datetime) -> None:
-    """Refuse when a quota is used up, as the ledger counts it now (nothing is counted without a quota)."""
+async def check_quota_now(
+    storage: Storage, policy: GuildPolicy, guild_id: int, member_id: int, now: datetime, *, pictures: int = 1
+) -> None:
+    """Refuse when a quota has fewer than the `pictures` asked for left, as the ledger counts it now (nothing is
+    counted without a quota)."""
     if policy.has_quota:
-        check_quota(policy, await storage.usage(guild_id, member_id, start_of_day(now), start_of_month(now)), now)
+        usage = await storage.usage(guild_id, member_id, start_of_day(now), start_of_month(now))
+        check_quota(policy, usage, now, pictures)

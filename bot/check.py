@@ -446,8 +446,8 @@ async def check_runpod(settings: Settings) -> Line:
     except TimeoutError:
         return Line(FAIL, subject, f"RunPod did not answer /health within {RUNPOD_TIMEOUT:.0f} s")
     detail = (
-        f"healthy ({settings.runpod_worker} preset): workers {health.warm_workers} ready, "
-        f"{health.initializing} initializing, {health.throttled} throttled; "
+        f"healthy ({settings.runpod_worker} preset): workers {health.ready_workers} ready, {health.running} busy, "
+        f"{health.initializing} starting, {health.throttled} throttled; "
         f"jobs {health.in_queue} in queue, {health.in_progress} running"
     )
     if health.warm_workers == 0:

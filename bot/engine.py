@@ -189,10 +189,12 @@ async def submit_job(
     preset: WorkerPreset,
     *,
     workflow: Any = None,
+    image: bytes | None = None,
     execution_timeout_s: float | None = None,
 ) -> JobStatus:
-    """Build the worker's input and POST /run. `params` must carry a seed."""
-    job_input = preset.build_input(params, workflow)
+    """Build the worker's input and POST /run. `params` must carry a seed; `image` is the picture to start from,
+    for a worker that takes it in base64 (`WorkerPreset.image_input`)."""
+    job_input = preset.build_input(params, workflow, image)
     policy = {"executionTimeout": int(execution_timeout_s * 1000)} if execution_timeout_s else None
     status = await client.run(job_input, policy=policy)
     log.info("job %s submitted to endpoint %s (%s)", status.id, client.endpoint_id, preset.name)
@@ -305,7 +307,7 @@ async def _finish(status: JobStatus, fetcher: ImageFetcher) -> JobResult:
     if status.state is JobState.TIMED_OUT:
         raise JobTimedOut(
             "RunPod timed the job out: no worker picked it up in time, or it ran past the endpoint's execution "
-            "timeout. Try again; if it keeps happening, a server admin can raise the endpoint's execution timeout "
+            "timeout. Try again; if it keeps happening, ask a server admin to raise the endpoint's execution timeout "
             "on RunPod.",
             job_id,
         )

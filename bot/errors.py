@@ -13,6 +13,11 @@ class BotError(Exception):
         """What happened, then what to do: the whole message a member sees."""
         return f"{self} {self.advice}".strip()
 
+    @property
+    def for_members(self) -> str:
+        """What a channel is told: the explanation, unless it is in words only an operator reads."""
+        return self.explanation
+
 
 class ConfigError(BotError):
     """A missing or malformed setting; the message names the variable."""
@@ -26,7 +31,7 @@ class RunPodError(BotError):
 
 
 class RunPodAuthError(RunPodError):
-    advice = "A server admin should check the RunPod key with /runpod setup."
+    advice = "Ask a server admin to check the RunPod key with /runpod setup."
 
     def __init__(self) -> None:
         super().__init__("RunPod refused the API key (401). Check that the key is valid and has access.")
@@ -35,7 +40,7 @@ class RunPodAuthError(RunPodError):
 class RunPodNotFound(RunPodError):
     """404: the endpoint id is wrong, or the job is unknown or past RunPod's retention."""
 
-    advice = "A server admin should check the endpoint id with /runpod setup."
+    advice = "Ask a server admin to check the endpoint id with /runpod setup."
 
 
 class RunPodRateLimited(RunPodError):
@@ -67,7 +72,7 @@ class RunPodAnswerRefused(RunPodBadResponse):
     """An answer refused on sight: too large to read, or JSON nested too deep or made of too many values for a
     worker's output. RunPod would send the same answer again, so it is never asked for again: it ends the job."""
 
-    advice = "A server admin should check the endpoint's worker: its output is not what image workers send."
+    advice = "Ask a server admin to check the endpoint's worker: its output is not what image workers send."
 
     def __init__(self, operation: str, reason: str) -> None:
         super().__init__(f"RunPod's answer to /{operation} {reason}.")
@@ -95,9 +100,19 @@ class JobError(BotError):
 
 
 class JobFailed(JobError):
-    """RunPod reported FAILED; the message is the worker's own error text."""
+    """RunPod reported FAILED; the message is the worker's own error text (for Info, logs and the terminal),
+    and `for_members` says it in a member's words."""
 
     advice = "Try again, perhaps with a different prompt or settings."
+
+    @property
+    def for_members(self) -> str:
+        text = str(self).lower()
+        if "out of memory" in text or "outofmemory" in text:
+            what = "The GPU ran out of memory painting this. Try a smaller size or fewer pictures."
+        else:
+            what = "The worker stopped with an error before the picture was done. Press Retry to try again."
+        return f"{what} If it keeps happening, ask a server admin: the worker's own words are under Info."
 
 
 class JobCancelled(JobError):
@@ -117,7 +132,7 @@ class JobExpired(JobError):
 class OutputError(JobError):
     """The job completed but its output held no usable picture."""
 
-    advice = "A server admin should check the endpoint's worker and its settings."
+    advice = "Ask a server admin to check the endpoint's worker and its settings."
 
 
 def size_text(size: int) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,20 +23,21 @@ import discord
 
 from bot import render
 from bot.admission import Admission, check_quota_now
-from bot.buttons import RESULT_ACTIONS, ButtonAction, job_view
+from bot.buttons import ENDED_ACTIONS, ButtonAction, job_view, result_view
 from bot.config import Secret, Settings
 from bot.crypto import UndecryptableSecret, Vault
 from bot.delivery import Upload, fit_within, upload_stem
 from bot.endpoints import Endpoint, Endpoints
-from bot.engine import JobResult, RunPodContext, follow_job, submit_job
+from bot.engine import JobResult, JobUpdate, RunPodContext, follow_job, submit_job
 from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut
+from bot.images import enlarge, read_header
 from bot.live import Address, LiveMessage
 from bot.params import GenerationParams
 from bot.policy import FairQueue, GuildPolicy, Ticket
 from bot.polling import PollPolicy
 from bot.presets import PRESETS
 from bot.ratelimit import RateLimit, RateLimiterPerKey
-from bot.runpod import JobState, JobStatus
+from bot.runpod import Health, JobState, JobStatus, RunPodClient
 from bot.storage import JobRecord, LedgerState, Storage
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,10 @@ class RunnerOptions:
     pings_per_channel: RateLimit = PING_PACE
     expiry_margin: timedelta = timedelta(seconds=60)
     sweep_interval: float = 60.0
+    # A live status is drawn again this often even when RunPod says nothing new, so an estimate that came due
+    # reads "any moment now"; the queue's /health is read again at most this often while the job waits.
+    status_refresh: float = 5.0
+    health_interval: float = 15.0
     # A final message that could be posted nowhere (no channel permission, token gone) is tried again after
     # each of these pauses, then the job is recorded as undeliverable: never retried forever, never cancelled.
     delivery_retries: tuple[float, ...] = (2.0, 10.0)
@@ -107,6 +113,14 @@ class LiveJob:
     ending: bool = False  # delivering its picture or its failure: let it finish, do not overwrite
     policy: GuildPolicy = field(default_factory=GuildPolicy)
     ticket: Ticket | None = None  # its place in the fair queue, released when it ends
+    # What its live status shows beyond RunPod's last word (see `JobRunner._show_status`).
+    update: JobUpdate | None = None
+    submitted_at: datetime | None = None  # by this process; after a restart the request time stands in
+    painting_since: datetime | None = None
+    place: int | None = None  # among the endpoint's waiting jobs this process follows; only ever goes down
+    health: Health | None = None
+    health_read_at: float = float("-inf")  # event-loop time
+    pictures_ready: int | None = None  # of a request sent as several jobs: the pictures its finished parts made
 
     @property
     def key(self) -> str:
@@ -159,7 +173,9 @@ class JobRunner:
         # quota the lock still queues the writes, which SQLite takes one at a time anyway.
         async with self._reserving.setdefault(origin.guild_id or 0, asyncio.Lock()):
             if origin.guild_id is not None:
-                await check_quota_now(self._storage, admission.policy, origin.guild_id, origin.user_id, now)
+                await check_quota_now(
+                    self._storage, admission.policy, origin.guild_id, origin.user_id, now, pictures=params.count
+                )
             if not await self._storage.record_job(record):
                 log.warning("request %s arrived twice; already recorded, not paying again", origin.request_id)
                 return
@@ -179,12 +195,15 @@ class JobRunner:
         if job is None or job.ending:
             raise BotError("This job has already finished.")
         job.cancelled_by = by
-        if job.record.runpod_job_id is not None:
+        refusals = []
+        for runpod_job_id in job.record.runpod_job_ids:  # every part of the set
             try:
-                await self._endpoints.client(job.endpoint).cancel(job.record.runpod_job_id)
-            except BotError:
-                job.cancelled_by = None
-                raise
+                await self._endpoints.client(job.endpoint).cancel(runpod_job_id)
+            except BotError as error:
+                refusals.append(error)
+        if refusals and len(refusals) == len(job.record.runpod_job_ids):
+            job.cancelled_by = None
+            raise refusals[0]
 
     def _live_job(self, record: JobRecord, endpoint: Endpoint, policy: GuildPolicy, token: str | None) -> LiveJob:
         async def remember_channel_message(message_id: int) -> None:
@@ -212,14 +231,18 @@ class JobRunner:
         """Wait for the job's turn if it has not been submitted yet, then follow it to the end."""
         guild_id = job.record.guild_id or 0
         try:
-            submitted = None
+            submitted: list[JobStatus] = []
             if job.record.runpod_job_id is None:
                 job.ticket = self.queue.join(guild_id, job.record.user_id, job.policy)
                 log.info("%s: waiting for a turn, place %s", job.context, self.queue.position(job.ticket) or "-")
                 await self._wait_for_turn(job)
-                submitted = await self._submit(job)
-                if submitted is None:
+                answers = await self._submit(job)
+                if answers is None:
                     return
+                submitted = answers
+                if job.cancelled_by is not None:  # cancelled while its parts were being sent
+                    await self._cancel_parts(job, job.record.runpod_job_ids)
+                    raise JobCancelled(f"Cancelled by {job.cancelled_by}.")
             else:
                 job.ticket = self.queue.occupy(guild_id, job.record.user_id, job.policy)
             await self._follow(job, submitted)
@@ -247,61 +270,192 @@ class JobRunner:
                 shown = position
                 running = self.queue.running(job.record.guild_id or 0, job.record.user_id)
                 embed = render.waiting_embed(job.params, job.record.user_name, position=position, running=running)
-                job.message.show(embed, job_view(job.key, ButtonAction.CANCEL))
+                job.message.show(embed, _cancel_view(job))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(job.ticket.admitted), 1.0)
 
-    async def _submit(self, job: LiveJob) -> JobStatus | None:
-        """RunPod's answer to `/run`, or None when the job has ended here already."""
+    async def _submit(self, job: LiveJob) -> list[JobStatus] | None:
+        """Send the request as the RunPod jobs that make it (`WorkerPreset.parts`): RunPod's answers to `/run`,
+        or None when it has ended here already. Each part's id is in the ledger as soon as RunPod gives it."""
         await self._storage.update_job(job.record.request_id, state=LedgerState.PENDING)
+        client, preset = self._endpoints.client(job.endpoint), job.endpoint.preset
+        submitted: list[JobStatus] = []
         try:
-            submitted = await submit_job(
-                self._endpoints.client(job.endpoint), job.params, job.endpoint.preset, workflow=job.endpoint.workflow
-            )
+            params, image = await self._start_image(job)
+            for part in preset.parts(params):
+                status = await submit_job(client, part, preset, workflow=job.endpoint.workflow, image=image)
+                submitted.append(status)
+                job.submitted_at = job.submitted_at or self.options.clock()
+                first, *more = (status.id for status in submitted)
+                job.record = dataclasses.replace(job.record, runpod_job_id=first, more_job_ids=more or None)
+                await self._storage.update_job(job.record.request_id, runpod_job_id=first, more_job_ids=more or None)
         except BotError as error:
+            await self._cancel_parts(job, [status.id for status in submitted])  # they would bill for nothing shown
             await self._end(job, error)
             return None
-        job.record = dataclasses.replace(job.record, runpod_job_id=submitted.id, state=LedgerState.QUEUED)
-        await self._storage.update_job(job.record.request_id, runpod_job_id=submitted.id, state=LedgerState.QUEUED)
+        job.record = dataclasses.replace(job.record, state=LedgerState.QUEUED)
+        await self._storage.update_job(job.record.request_id, state=LedgerState.QUEUED)
         job.message.context = job.context
-        log.info("%s: submitted for request %s", job.context, job.record.request_id)
+        log.info("%s: submitted as %d job(s) for request %s", job.context, len(submitted), job.record.request_id)
         return submitted
 
-    async def _follow(self, job: LiveJob, submitted: JobStatus | None = None) -> None:
-        client = self._endpoints.client(job.endpoint)
-        queue = render.QueueInfo()
-        state = job.record.state
+    async def _start_image(self, job: LiveJob) -> tuple[GenerationParams, bytes | None]:
+        """The picture an image job starts from, in the form its worker takes: Discord's URL where the worker
+        fetches it; the bytes where it wants base64. An upscale starts from the picture enlarged here; a worker
+        that fetches URLs finds that enlarged picture attached to the job's own status message."""
+        params, preset = job.params, job.endpoint.preset
+        if params.image_url is None or (preset.image_input == "url" and not params.upscale):
+            return params, None
+        where = "The picture to start from"
         try:
-            async for event in follow_job(
-                self._runpod,
-                client,
-                job.job_id,
-                timeout=self._remaining(job),
-                poll=self.options.poll,
-                submitted=submitted,
-            ):
-                if isinstance(event, JobResult):
-                    await self._deliver(job, event)
-                    return
-                if event.state is JobState.IN_QUEUE and queue.health is None and not event.unanswered:
-                    health, wait = await self._runpod.queue_outlook(client)
-                    queue = render.QueueInfo(
-                        health, job.started + timedelta(seconds=wait) if wait is not None else None
-                    )
-                new_state = LedgerState.QUEUED if event.state is JobState.IN_QUEUE else LedgerState.RUNNING
-                if new_state != state:
-                    state = new_state
-                    log.info("%s: %s on RunPod (worker %s)", job.context, state, event.worker_id or "-")
-                    await self._storage.update_job(job.record.request_id, state=state, delay_ms=event.delay_ms)
-                embed = render.status_embed(event, job.params, job.record.user_name, started=job.started, queue=queue)
-                job.message.show(embed, job_view(job.key, ButtonAction.CANCEL))
-        except JobError as failure:
-            # Say who cancelled, rather than RunPod's plain "cancelled".
-            await self._end(
-                job, failure if job.cancelled_by is None else JobCancelled(f"Cancelled by {job.cancelled_by}.")
-            )
-        except BotError as error:  # RunPod itself failed us (key, endpoint, outage)
+            data = await self._discord.http.get_from_cdn(params.image_url)
+        except discord.HTTPException as error:
+            raise BotError(
+                f"{where} could not be read from Discord ({error.status}); it may have been deleted."
+            ) from None
+        budget = self._runpod.fetcher.budget
+        header = await budget.run(0, functools.partial(read_header, data, where))
+        if params.upscale:
+            data = await budget.run(header.decode_bytes * 5, functools.partial(enlarge, data, "The picture"))
+        if preset.image_input == "base64":
+            return params, data
+        embed = render.starting_embed(job.params, job.record.user_name)
+        url = await job.message.attach(embed, Upload("start.png", data))
+        if url is None:
+            raise BotError("The enlarged picture could not be posted for the worker to fetch. Try again.")
+        return dataclasses.replace(params, image_url=url), None
+
+    async def _follow(self, job: LiveJob, submitted: Sequence[JobStatus] = ()) -> None:
+        """Follow every part in turn (they run side by side on RunPod), then deliver their pictures as one set.
+        A part that fails costs only its own pictures: the others are posted, with a note saying so."""
+        client = self._endpoints.client(job.endpoint)
+        refresher = asyncio.create_task(self._keep_status_fresh(job, client), name=f"status {job.context}")
+        parts = job.record.runpod_job_ids
+        results: list[JobResult] = []
+        failures: list[BotError] = []
+        try:
+            for index, runpod_job_id in enumerate(parts):
+                if len(parts) > 1:
+                    job.pictures_ready = sum(len(result.images) for result in results)
+                try:
+                    answer = submitted[index] if index < len(submitted) else None
+                    results.append(await self._follow_part(job, client, runpod_job_id, answer))
+                except JobError as failure:
+                    if job.cancelled_by is not None:  # say who cancelled, rather than RunPod's plain "cancelled"
+                        raise JobCancelled(f"Cancelled by {job.cancelled_by}.") from None
+                    log.info("%s: part %d of %d ended: %s", job.context, index + 1, len(parts), failure)
+                    failures.append(failure)
+                except BotError:  # RunPod itself failed us (key, endpoint, outage): the parts not followed yet
+                    await self._cancel_parts(job, parts[index + 1 :])  # would bill with nobody to post them
+                    raise
+        except BotError as error:
             await self._end(job, error)
+            return
+        finally:
+            refresher.cancel()
+        if not results:
+            await self._end(job, failures[0])
+            return
+        await self._deliver(job, _one_set(results), failures)
+
+    async def _cancel_parts(self, job: LiveJob, runpod_job_ids: Sequence[str]) -> None:
+        for runpod_job_id in runpod_job_ids:
+            try:
+                await self._endpoints.client(job.endpoint).cancel(runpod_job_id)
+            except BotError as error:
+                log.warning("%s: could not cancel part %s: %s", job.context, runpod_job_id, error)
+
+    async def _follow_part(
+        self, job: LiveJob, client: RunPodClient, runpod_job_id: str, submitted: JobStatus | None
+    ) -> JobResult:
+        state = job.record.state
+        async for event in follow_job(
+            self._runpod,
+            client,
+            runpod_job_id,
+            timeout=self._remaining(job),
+            poll=self.options.poll,
+            submitted=submitted,
+        ):
+            if isinstance(event, JobResult):
+                return event
+            new_state = LedgerState.QUEUED if event.state is JobState.IN_QUEUE else LedgerState.RUNNING
+            if new_state != state:
+                state = new_state
+                log.info("%s: %s on RunPod (worker %s)", job.context, state, event.worker_id or "-")
+                await self._storage.update_job(job.record.request_id, state=state, delay_ms=event.delay_ms)
+            if event.state is not JobState.IN_QUEUE and job.painting_since is None:
+                job.painting_since = self._run_start(job, event)
+            job.update = event
+            await self._show_status(job, client)
+        raise AssertionError("follow_job ends with a result or an error")
+
+    async def _keep_status_fresh(self, job: LiveJob, client: RunPodClient) -> None:
+        """Between RunPod's news, draw the status again now and then: estimates come due, the place moves up."""
+        while True:
+            await asyncio.sleep(self.options.status_refresh)
+            if job.update is not None and not job.ending:
+                await self._show_status(job, client)
+
+    async def _show_status(self, job: LiveJob, client: RunPodClient) -> None:
+        update = job.update
+        if update is None:
+            return
+        stats = self._runpod.stats(job.endpoint.endpoint_id)
+        now, loop_now = self.options.clock(), asyncio.get_running_loop().time()
+        queued_at = job.submitted_at or job.started
+        expected_start = expected_done = None
+        if update.state is JobState.IN_QUEUE:
+            if not update.unanswered and loop_now - job.health_read_at >= self.options.health_interval:
+                job.health_read_at = loop_now
+                job.health, _ = await self._runpod.queue_outlook(client)
+            job.place = self._place(job)
+            if stats.typical_wait is not None:
+                expected_start = queued_at + timedelta(seconds=stats.typical_wait)
+        elif job.painting_since is not None:
+            expected_done = _expected_done(job.painting_since, now, update, stats.typical_run)
+        outlook = render.Outlook(
+            now=now,
+            waiting_since=job.started,
+            health=job.health,
+            place=job.place,
+            expected_start=expected_start,
+            painting_since=job.painting_since,
+            expected_done=expected_done,
+            pictures=(job.pictures_ready, job.params.count) if job.pictures_ready is not None else None,
+        )
+        if job.ending:  # its picture or its end is being shown: a late status must not cover it
+            return
+        job.message.show(render.status_embed(update, job.params, job.record.user_name, outlook), _cancel_view(job))
+
+    def _place(self, job: LiveJob) -> int:
+        """This job's place among the jobs of its endpoint that wait on RunPod, as far as this process knows:
+        jobs sent earlier and still waiting are ahead of it. Only ever goes down: jobs ahead leave, new ones join
+        behind. RunPod's own count of waiting jobs bounds it, for jobs ahead that started since their last poll."""
+
+        def sent(other: LiveJob) -> datetime:
+            return other.submitted_at or other.started
+
+        ahead = sum(
+            1
+            for other in self.live.values()
+            if other is not job
+            and other.endpoint.endpoint_id == job.endpoint.endpoint_id
+            and other.update is not None
+            and other.update.state is JobState.IN_QUEUE
+            and sent(other) < sent(job)
+        )
+        place = ahead + 1
+        if job.health is not None:
+            place = min(place, max(job.health.in_queue, 1))
+        return place if job.place is None else min(place, job.place)
+
+    def _run_start(self, job: LiveJob, update: JobUpdate) -> datetime:
+        """When painting began: sent + RunPod's time in queue, or now when the bot did not see it sent."""
+        now = self.options.clock()
+        if job.submitted_at is None or update.delay_ms is None:
+            return now
+        return min(now, job.submitted_at + timedelta(milliseconds=update.delay_ms))
 
     def _remaining(self, job: LiveJob) -> float:
         """The guild's maximum wall time counts from the request, across restarts."""
@@ -310,24 +464,30 @@ class JobRunner:
 
     # --- the end of a job ----------------------------------------------------------------------------
 
-    async def _deliver(self, job: LiveJob, result: JobResult) -> None:
+    async def _deliver(self, job: LiveJob, result: JobResult, failures: Sequence[BotError] = ()) -> None:
         spoiler = job.policy.spoiler_outside_nsfw and not is_nsfw(self._discord.get_channel(job.record.channel_id))
         stem = upload_stem(job.params.prompt, job.params.seed, spoiler=spoiler)
         budget, limit = self._runpod.fetcher.budget, _upload_limit(self._discord, job)
         uploads = await fit_within(budget, result.images, per_file_limit=limit, stem=stem, job_id=job.job_id)
         job.ending = True
+        # A set whose parts failed in part counts the pictures that arrived, not those asked for.
+        counted = {"pictures": len(result.images)} if failures else {}
         await self._storage.update_job(
             job.record.request_id,
             state=LedgerState.COMPLETED,
             delay_ms=result.delay_ms,
             execution_ms=result.execution_ms,
+            **counted,
         )
         seconds = (self.options.clock() - job.started).total_seconds()
         notes = [upload.note for upload in uploads if upload.note]
+        if failures:  # some parts of the set made nothing: say how many pictures arrived, and why not the rest
+            notes.insert(0, f"{len(uploads)} of {job.params.count} pictures arrived. {failures[0].for_members}")
         embed = render.result_embed(job.params, job.record.user_name, result, seconds=seconds, notes=notes)
         # Editing the status message is idempotent: a bot killed between this edit and the claim below
         # edits the same message again after its restart, and nobody sees the picture twice.
-        if not await self._final(job, embed, job_view(job.key, *RESULT_ACTIONS), uploads):
+        view = result_view(job.key, len(uploads), can_vary=job.endpoint.preset.takes_image(job.endpoint.workflow))
+        if not await self._final(job, embed, view, uploads):
             await self._storage.update_job(job.record.request_id, state=LedgerState.UNDELIVERABLE)
             await self._storage.claim_delivery(job.record.request_id)  # its usage stays counted
             log.error("%s: finished but could not be posted anywhere; recorded as undeliverable", job.context)
@@ -338,9 +498,8 @@ class JobRunner:
         if seconds >= self.options.notify_after or job.message.in_channel:
             self._leave_queue(job)  # the next job need not wait for this ping's turn in the channel
             await self._pings.get(job.record.channel_id).acquire()
-            link = job.message.message.jump_url if job.message.message else "above"
-            user = discord.Object(job.record.user_id)
-            await job.message.notify(f"<@{job.record.user_id}> your picture is ready: {link}", user)
+            ready = "your pictures are ready" if len(uploads) > 1 else "your picture is ready"
+            await job.message.notify(f"<@{job.record.user_id}> {ready}.", discord.Object(job.record.user_id))
 
     async def _end(self, job: LiveJob, error: BotError) -> None:
         state = _ENDINGS.get(type(error), LedgerState.FAILED)
@@ -348,7 +507,7 @@ class JobRunner:
         job.ending = True
         await self._storage.update_job(job.record.request_id, state=state, notice=error.explanation)
         embed = render.failure_embed(error, job.params, job.record.user_name)
-        if not await self._final(job, embed):
+        if not await self._final(job, embed, job_view(job.key, *ENDED_ACTIONS)):
             log.error("%s: its end could be told nowhere; not trying again", job.context)
         await self._storage.claim_delivery(job.record.request_id)
 
@@ -409,17 +568,19 @@ class JobRunner:
             if record.state in _FINISHED or not self._settings.owns_guild(record.guild_id):
                 continue  # finished on RunPod (resuming delivers it), or another process's shards' job
             try:
-                await self._sweep_one(record, record.runpod_job_id, record.created_at)
+                await self._sweep_one(record, record.created_at)
             except Exception:  # one job's trouble must not stop the sweep of the others
                 log.exception("job %s: the sweeper failed on it", record.runpod_job_id)
 
-    async def _sweep_one(self, record: JobRecord, runpod_job_id: str, created_at: datetime) -> None:
+    async def _sweep_one(self, record: JobRecord, created_at: datetime) -> None:
         policy = await self._endpoints.policy(record.guild_id)
         if (self.options.clock() - created_at).total_seconds() < policy.max_wall_seconds:
             return
+        runpod_job_id = record.runpod_job_ids[0]
         try:
             endpoint = await self._endpoints.of_record(record)
-            await self._endpoints.client(endpoint).cancel(runpod_job_id)
+            for part in record.runpod_job_ids:
+                await self._endpoints.client(endpoint).cancel(part)
         except BotError as error:
             log.warning("job %s: sweeper could not cancel it: %s", runpod_job_id, error)
             return
@@ -468,6 +629,34 @@ _ENDINGS: dict[type[BotError], LedgerState] = {
     JobTimedOut: LedgerState.TIMED_OUT,
     JobExpired: LedgerState.EXPIRED,
 }
+
+
+def _one_set(results: Sequence[JobResult]) -> JobResult:
+    """The parts' pictures as one result: in order, the first part's queue time, and the GPU time of them all
+    (what RunPod bills, and what usage counts)."""
+    runs = [result.execution_ms for result in results if result.execution_ms is not None]
+    return JobResult(
+        results[0].job_id,
+        tuple(image for result in results for image in result.images),
+        delay_ms=results[0].delay_ms,
+        execution_ms=sum(runs) if runs else None,
+        worker_id=results[0].worker_id,
+    )
+
+
+def _cancel_view(job: LiveJob) -> discord.ui.View:
+    return job_view(job.key, ButtonAction.CANCEL)
+
+
+def _expected_done(since: datetime, now: datetime, update: JobUpdate, typical_run: float | None) -> datetime | None:
+    """When painting should end: from the worker's own progress once it says enough, else from how long this
+    endpoint's runs took."""
+    fraction = update.progress.fraction if update.progress is not None else None
+    if fraction is not None and fraction >= 0.1:
+        return since + (now - since) / fraction
+    if typical_run is not None:
+        return since + timedelta(seconds=typical_run)
+    return None
 
 
 def _upload_limit(client: discord.Client, job: LiveJob) -> int:

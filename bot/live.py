@@ -35,6 +35,7 @@ class _Look:
     embed: discord.Embed
     view: discord.ui.View | None = None
     uploads: Sequence[Upload] = ()
+    final: bool = False  # a final look sets the attachments; a status leaves them as they are
     key: Any = field(init=False)
 
     def __post_init__(self) -> None:
@@ -123,7 +124,15 @@ class LiveMessage:
     ) -> bool:
         """Stop the pump and show this look now. False when it could not be shown anywhere."""
         await self.stop()
-        return await self._send(_Look(embed, view, uploads))
+        return await self._send(_Look(embed, view, uploads, final=True))
+
+    async def attach(self, embed: discord.Embed, upload: Upload) -> str | None:
+        """Show this look with one picture attached, now; the picture's address on Discord's CDN, or None when
+        it could not be shown. Later statuses keep the picture; the final look replaces it."""
+        look = _Look(embed, None, (upload,), final=True)
+        if not await self._send(look) or self.message is None or not isinstance(self.message, discord.Message):
+            return None
+        return self.message.attachments[0].url if self.message.attachments else None
 
     async def stop(self) -> None:
         self._closing.set()
@@ -133,8 +142,19 @@ class LiveMessage:
                 await self._pump_task
 
     async def notify(self, content: str, user: discord.abc.Snowflake) -> None:
-        """A new message that pings only `user`: edits never notify anyone."""
-        mentions = discord.AllowedMentions(everyone=False, roles=False, users=[user])
+        """A reply to the job's message that pings only `user` (edits never notify anyone): one click leads to
+        the picture. Where the bot cannot reply in the channel, a follow-up of the interaction says it instead."""
+        mentions = discord.AllowedMentions(everyone=False, roles=False, users=[user], replied_user=False)
+        shown = self.message.id if self.message is not None else self._address.message_id
+        try:
+            if shown is not None:
+                reference = discord.MessageReference(
+                    message_id=shown, channel_id=self._address.channel_id, fail_if_not_exists=False
+                )
+                await self._channel.send(content, reference=reference, allowed_mentions=mentions)
+                return
+        except discord.HTTPException as error:
+            log.info("%s: could not reply to the job's message (%s); following up instead", self.context, error)
         try:
             if self._webhook is not None and self._token_usable():
                 await self._webhook.send(content, allowed_mentions=mentions)
@@ -175,7 +195,7 @@ class LiveMessage:
             return False
         try:
             self.message = await self._webhook.edit_message(
-                self._address.message_id or 0, embed=look.embed, view=look.view, attachments=_files(look.uploads)
+                self._address.message_id or 0, embed=look.embed, view=look.view, attachments=_attachments(look)
             )
             return True
         except discord.HTTPException as error:
@@ -201,7 +221,7 @@ class LiveMessage:
                     await self._on_channel_message(sent.id)
             else:
                 self._channel_message = await self._channel_message.edit(
-                    embed=look.embed, view=look.view, attachments=_files(look.uploads)
+                    embed=look.embed, view=look.view, attachments=_attachments(look)
                 )
             self.message = self._channel_message
             return True
@@ -210,6 +230,10 @@ class LiveMessage:
                 self.unreachable = True
             log.error("%s: cannot post in channel %s: %s", self.context, self._channel.id, error)
             return False
+
+
+def _attachments(look: _Look) -> Any:
+    return _files(look.uploads) if look.final else discord.utils.MISSING
 
 
 def _files(uploads: Sequence[Upload]) -> list[discord.File]:

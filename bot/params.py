@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import secrets
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from bot.errors import BotError
 
@@ -15,6 +17,9 @@ MAX_SEED = 2**32 - 1
 MAX_COUNT = 4
 MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
+MAX_IMAGE_URL_LENGTH = 2048
+DEFAULT_STRENGTH = 0.6  # how far a variation or image prompt moves from its picture unless asked otherwise
+UPSCALE_STRENGTH = 0.3  # low, so "Upscale (2x)" adds detail without repainting the picture
 
 
 class InvalidParams(BotError):
@@ -30,6 +35,10 @@ class GenerationParams:
     steps: int | None = None
     guidance: float | None = None
     count: int = 1
+    # Image-to-image. Defaults keep ledger rows written before these fields loadable with GenerationParams(**row).
+    image_url: str | None = None  # http(s) URL of the picture to start from; only ever a Discord attachment's
+    strength: float | None = None  # 0..1, how far to move from image_url; None lets the preset pick its default
+    upscale: bool = False  # "Upscale (2x)": image_url at twice the size, gently (UPSCALE_STRENGTH)
 
     def __post_init__(self) -> None:
         prompt = self.prompt.strip()
@@ -49,6 +58,22 @@ class GenerationParams:
             raise InvalidParams(f"Guidance must be between 0 and {MAX_GUIDANCE:g}.")
         if not 1 <= self.count <= MAX_COUNT:
             raise InvalidParams(f"Count must be between 1 and {MAX_COUNT}.")
+        self._check_image()
+
+    def _check_image(self) -> None:
+        if self.image_url is not None:
+            _check_image_url(self.image_url)
+        if self.strength is not None:
+            # bool is an int too, and NaN passes no comparison: both refused by the same sentence
+            if isinstance(self.strength, bool) or not isinstance(self.strength, int | float):
+                raise InvalidParams("Strength must be a number between 0 and 1.")
+            if not (math.isfinite(self.strength) and 0.0 <= self.strength <= 1.0):
+                raise InvalidParams("Strength must be between 0 and 1.")
+            object.__setattr__(self, "strength", float(self.strength))
+            if self.image_url is None:
+                raise InvalidParams("Strength only applies when you attach an image to start from.")
+        if self.upscale and self.image_url is None:
+            raise InvalidParams("Upscale needs a picture to start from.")
 
     def with_seed(self) -> GenerationParams:
         """A copy with a concrete seed, so the picture can be reproduced and re-rolled."""
@@ -86,6 +111,8 @@ def params_from_request(
     steps: int | None = None,
     guidance: float | None = None,
     count: int = 1,
+    image_url: str | None = None,
+    strength: float | None = None,
 ) -> GenerationParams:
     """Merge explicit options with inline flags; an explicit option wins over a flag."""
     text, flags = split_inline_flags(prompt)
@@ -100,6 +127,8 @@ def params_from_request(
         steps=steps,
         guidance=guidance,
         count=count,
+        image_url=image_url,
+        strength=strength,
     )
 
 
@@ -114,6 +143,25 @@ def _whole_number(flag: str, value: str, most: int) -> int:
     if len(digits) > len(str(most)) or int(digits) > most:
         raise InvalidParams(f"{flag} must be between 0 and {most}, not {_shown(value)}.")
     return int(digits)
+
+
+def _check_image_url(url: object) -> None:
+    """An image to start from must be a plain http(s) URL the worker can fetch (no data:, file: or the like)."""
+    if not isinstance(url, str) or len(url) > MAX_IMAGE_URL_LENGTH:
+        raise InvalidParams(f"The image link must be an http(s) URL of at most {MAX_IMAGE_URL_LENGTH} characters.")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        parts = None
+    # whitespace or control characters would be re-read differently by the worker's HTTP client
+    if (
+        parts is None
+        or parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+        or not url.isprintable()
+        or " " in url
+    ):
+        raise InvalidParams("The image to start from must be an http(s) link.")
 
 
 def _shown(value: str, limit: int = 40) -> str:

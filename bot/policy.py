@@ -142,13 +142,23 @@ def check_size(policy: GuildPolicy, params: GenerationParams) -> None:
 
 @dataclass(frozen=True)
 class Usage:
-    """What has been used so far, as counted from the ledger."""
+    """What has been used so far, as counted from the ledger: pictures (not jobs) and GPU seconds."""
 
     member_today: int = 0
     guild_today: int = 0
     guild_month: int = 0
     gpu_seconds_today: float = 0.0
     gpu_seconds_month: float = 0.0
+
+
+def number(amount: float) -> str:
+    """`3`, `3,600`, `1.5`: whole numbers grouped, fractions to two places at most."""
+    return f"{amount:,.0f}" if float(amount).is_integer() else f"{amount:,.2f}".rstrip("0").rstrip(".")
+
+
+def plural(amount: float, unit: str) -> str:
+    """`1 picture`, `3 pictures`, `3,600 GPU seconds`, `1.5 minutes`."""
+    return f"{number(amount)} {unit}" if amount == 1 else f"{number(amount)} {unit}s"
 
 
 def start_of_day(now: datetime) -> datetime:
@@ -159,22 +169,43 @@ def start_of_month(now: datetime) -> datetime:
     return start_of_day(now).replace(day=1)
 
 
-def check_quota(policy: GuildPolicy, usage: Usage, now: datetime) -> None:
-    """Refuse when a daily or monthly quota is used up, saying when it resets (a relative timestamp)."""
+def check_quota(policy: GuildPolicy, usage: Usage, now: datetime, pictures: int = 1) -> None:
+    """Refuse when a daily or monthly quota is used up, or has fewer than the `pictures` asked for left,
+    saying how many are left and when the quota resets (a relative timestamp)."""
     tomorrow = start_of_day(now) + timedelta(days=1)
     next_month = (start_of_month(now) + timedelta(days=32)).replace(day=1)
     reset_day = f"<t:{int(tomorrow.timestamp())}:R>"
     reset_month = f"<t:{int(next_month.timestamp())}:R>"
-    if policy.member_daily and usage.member_today >= policy.member_daily:
-        raise Refused(f"You have used your {policy.member_daily} pictures for today; you can make more {reset_day}.")
-    if policy.guild_daily_jobs and usage.guild_today >= policy.guild_daily_jobs:
-        raise Refused(f"This server has used its {policy.guild_daily_jobs} pictures for today; more {reset_day}.")
+
+    def over(limit: int, used: int, used_up: str, who: str, period: str, reset: str) -> None:
+        if not limit or used + pictures <= limit:
+            return
+        left = limit - used
+        if left <= 0:
+            raise Refused(used_up)
+        # A request for several pictures that would cross the limit: what is left can still be had.
+        raise Refused(
+            f"{who} {plural(left, 'picture')} left for {period} and you asked for {pictures}: "
+            f"ask for {left} or fewer now, or for more {reset}."
+        )
+
+    over(
+        policy.member_daily, usage.member_today,
+        f"You have used your {plural(policy.member_daily, 'picture')} for today; you can make more {reset_day}.",
+        "You have", "today", reset_day,
+    )  # fmt: skip
+    over(
+        policy.guild_daily_jobs, usage.guild_today,
+        f"This server has used its {plural(policy.guild_daily_jobs, 'picture')} for today; more {reset_day}.",
+        "This server has", "today", reset_day,
+    )  # fmt: skip
     if policy.guild_daily_gpu_seconds and usage.gpu_seconds_today >= policy.guild_daily_gpu_seconds:
         raise Refused(f"This server has used today's GPU time; more {reset_day}.")
-    if policy.guild_monthly_jobs and usage.guild_month >= policy.guild_monthly_jobs:
-        raise Refused(
-            f"This server has used its {policy.guild_monthly_jobs} pictures for this month; more {reset_month}."
-        )
+    over(
+        policy.guild_monthly_jobs, usage.guild_month,
+        f"This server has used its {plural(policy.guild_monthly_jobs, 'picture')} for this month; more {reset_month}.",
+        "This server has", "this month", reset_month,
+    )  # fmt: skip
     if policy.guild_monthly_gpu_seconds and usage.gpu_seconds_month >= policy.guild_monthly_gpu_seconds:
         raise Refused(f"This server has used this month's GPU time; more {reset_month}.")
 

@@ -5,16 +5,39 @@ Output parsing needs no preset (see `bot.images`); only the `input` we send diff
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
 import json
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from bot.params import GenerationParams, InvalidParams
+from bot.params import DEFAULT_STRENGTH, MAX_SEED, UPSCALE_STRENGTH, GenerationParams, InvalidParams
 
-Builder = Callable[[GenerationParams, int, int, Any], dict[str, Any]]
+
+@dataclass(frozen=True)
+class StartImage:
+    """The picture an image-to-image job starts from, as a builder needs it."""
+
+    url: str
+    strength: float
+    data: bytes | None = None  # the picture's bytes, for workers that take base64 rather than fetch the URL
+
+
+_IMAGE_PROBE = GenerationParams("probe", image_url="https://example.com/probe.png")
+
+Builder = Callable[[GenerationParams, int, int, Any, StartImage | None], dict[str, Any]]
+Check = Callable[[GenerationParams, Any], None]
+
+
+def start_strength(params: GenerationParams) -> float:
+    """The strength an image job runs at: the member's, else the upscale or the variation default."""
+    if params.strength is not None:
+        return params.strength
+    return UPSCALE_STRENGTH if params.upscale else DEFAULT_STRENGTH
 
 
 @dataclass(frozen=True)
@@ -25,31 +48,120 @@ class WorkerPreset:
     max_count: int  # images one job can make
     build: Builder
     sides: tuple[int, ...] | None = None  # the only sizes the worker accepts, if it restricts them
+    # How the worker takes a picture to start from: it fetches a URL, or it wants the bytes in base64.
+    # None: it cannot start from one (no Vary/Upscale buttons, `/imagine image:` refused).
+    image_input: Literal["url", "base64"] | None = None
+    max_image_count: int | None = None  # images one image-to-image job makes, when fewer than max_count
+    check: Check | None = None  # the preset's own refusals (e.g. a ComfyUI template unfit for the job)
+
+    @property
+    def can_start_from_image(self) -> bool:
+        return self.image_input is not None
+
+    def max_count_for(self, params: GenerationParams) -> int:
+        """Images one job can make for these params (worker-sdxl's image-to-image path makes one)."""
+        if params.image_url is not None and self.max_image_count is not None:
+            return self.max_image_count
+        return self.max_count
+
+    def parts(self, params: GenerationParams) -> list[GenerationParams]:
+        """A request as the RunPod jobs that make it: one, or several when the worker makes fewer pictures per job
+        than asked (worker-sdxl makes 2, and 1 from an image). Each part has its own seed, the request's plus the
+        pictures before it, so a set never repeats a picture and stays reproducible. `params` must carry a seed."""
+        if params.seed is None:
+            raise ValueError("parts needs a concrete seed")
+        most, parts, done = self.max_count_for(params), [], 0
+        while done < params.count:
+            count = min(most, params.count - done)
+            parts.append(dataclasses.replace(params, count=count, seed=(params.seed + done) % (MAX_SEED + 1)))
+            done += count
+        return parts
 
     def size(self, params: GenerationParams) -> tuple[int, int]:
         area = self.base_side**2
         width, height = math.sqrt(area * params.ratio), math.sqrt(area / params.ratio)
         return self._snap(width), self._snap(height)
 
+    def job_size(self, params: GenerationParams) -> tuple[int, int]:
+        """The width and height sent: `size`, doubled for an upscale (within the worker's allowed sides)."""
+        width, height = self.size(params)
+        if not params.upscale:
+            return width, height
+        factor = 2.0
+        if self.sides:  # as large as allowed, keeping the shape rather than squashing both sides to the maximum
+            factor = min(factor, max(self.sides) / max(width, height))
+        return self._snap(width * factor), self._snap(height * factor)
+
     def _snap(self, side: float) -> int:
         if self.sides:
             return min(self.sides, key=lambda allowed: abs(allowed - side))
         return max(64, round(side / 64) * 64)
 
-    def build_input(self, params: GenerationParams, workflow: Any = None) -> dict[str, Any]:
-        """The `input` object for POST /run. `params` must carry a seed (`params.with_seed()`)."""
+    def refuse(self, params: GenerationParams, workflow: Any = None) -> None:
+        """Raise InvalidParams if this worker cannot run `params`; needs no seed and no image bytes (preflight)."""
+        if params.image_url is not None and not self.can_start_from_image:
+            raise InvalidParams(f"This server's worker ({self.name}) cannot start from an image.")
+        most = self.max_count_for(params)
+        if params.count > most:
+            if most < self.max_count:
+                pictures = "1 image" if most == 1 else f"{most} images"
+                raise InvalidParams(
+                    f"This endpoint's worker ({self.name}) makes at most {pictures} per job"
+                    " when it starts from an image."
+                )
+            raise InvalidParams(f"This endpoint's worker ({self.name}) makes at most {most} images per job.")
+        if self.check is not None:
+            self.check(params, workflow)
+
+    def takes_image(self, workflow: Any = None) -> bool:
+        """Whether image jobs can run on this endpoint, its workflow template included (Vary/Upscale, `image:`)."""
+        if not self.can_start_from_image:
+            return False
+        try:
+            self.refuse(_IMAGE_PROBE, workflow)
+        except InvalidParams:
+            return False
+        return True
+
+    def build_input(self, params: GenerationParams, workflow: Any = None, image: bytes | None = None) -> dict[str, Any]:
+        """The `input` object for POST /run. `params` must carry a seed (`params.with_seed()`).
+
+        For an image job (`params.image_url`), a "base64" preset needs the picture's `image` bytes, downloaded
+        (and, for an upscale, enlarged if wanted) by the caller; a "url" preset sends the URL and ignores them.
+        """
         if params.seed is None:
             raise ValueError("build_input needs a concrete seed")
-        if params.count > self.max_count:
-            raise InvalidParams(f"This endpoint's worker ({self.name}) makes at most {self.max_count} images per job.")
-        width, height = self.size(params)
-        return self.build(params, width, height, workflow)
+        self.refuse(params, workflow)
+        start = None
+        if params.image_url is not None:
+            if self.image_input == "base64" and image is None:
+                raise ValueError(f"the {self.name} worker needs the image's bytes, not only its URL")
+            start = StartImage(
+                params.image_url, start_strength(params), image if self.image_input == "base64" else None
+            )
+        width, height = self.job_size(params)
+        return self.build(params, width, height, workflow, start)
 
 
-def _named(steps: str, guidance: str, count: str, default_steps: int, default_guidance: float) -> Builder:
-    """A builder for the diffusers-style workers: the same parameters under the worker's own names."""
+def _named(
+    steps: str,
+    guidance: str,
+    count: str,
+    default_steps: int,
+    default_guidance: float,
+    image: str | None = None,
+    strength: str | None = None,
+    image_steps: str | None = None,
+    image_default_steps: int | None = None,
+) -> Builder:
+    """A builder for the diffusers-style workers: the same parameters under the worker's own names.
 
-    def build(params: GenerationParams, width: int, height: int, _: Any) -> dict[str, Any]:
+    `image` and `strength` name the URL and strength fields of its image-to-image path; `image_steps` the steps
+    field that path reads, if not `steps`, and `image_default_steps` the worker's default for it.
+    """
+    path_default = image_default_steps or default_steps
+
+    def build(params: GenerationParams, width: int, height: int, _: Any, start: StartImage | None) -> dict[str, Any]:
         values = {
             "prompt": params.prompt,
             "negative_prompt": params.negative_prompt,
@@ -60,13 +172,37 @@ def _named(steps: str, guidance: str, count: str, default_steps: int, default_gu
             guidance: params.guidance if params.guidance is not None else default_guidance,
             count: params.count,
         }
+        if start is not None and image is not None and strength is not None:
+            values[image] = start.url
+            values[strength] = _at_least_one_step(start.strength, params.steps or path_default)
+            if image_steps is not None:
+                values[image_steps] = params.steps  # left out (worker default) unless the member chose steps
         return {key: value for key, value in values.items() if value is not None}
 
     return build
 
 
+def _at_least_one_step(strength: float, steps: int) -> float:
+    """diffusers img2img runs int(steps * strength) steps and fails on none, so send at least enough for one."""
+    least = 1 / steps
+    while int(steps * least) < 1:  # 1/n * n can land just under 1.0
+        least = math.nextafter(least, 1.0)
+    return max(strength, least)
+
+
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
-COMFY_PLACEHOLDERS = ("prompt", "negative_prompt", "width", "height", "seed", "steps", "guidance", "count")
+COMFY_PLACEHOLDERS = (
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "seed",
+    "steps",
+    "guidance",
+    "count",
+    "image",  # the file name of the uploaded picture, for a LoadImage node
+    "strength",  # how far to move from it, for a KSampler's denoise (1.0 in a text job: paint from noise)
+)
 
 
 def parse_workflow(text: str) -> dict[str, Any]:
@@ -88,9 +224,39 @@ def parse_workflow(text: str) -> dict[str, Any]:
     return workflow
 
 
-def _comfyui(params: GenerationParams, width: int, height: int, workflow: Any) -> dict[str, Any]:
+def workflow_placeholders(workflow: Any) -> set[str]:
+    """The placeholder names a parsed workflow template uses."""
+    return set(_PLACEHOLDER.findall(json.dumps(workflow)))
+
+
+def _check_comfyui(params: GenerationParams, workflow: Any) -> None:
     if not isinstance(workflow, dict):
         raise InvalidParams("This endpoint uses ComfyUI but no workflow template is configured for it.")
+    takes_image = "image" in workflow_placeholders(workflow)
+    # A template either loads a picture or it does not; the other kind of job would silently lose its meaning.
+    if params.image_url is not None and not takes_image:
+        raise InvalidParams(
+            "This server's ComfyUI workflow cannot start from an image: it has no {{image}} placeholder."
+        )
+    if params.image_url is None and takes_image:
+        raise InvalidParams("This server's ComfyUI workflow starts from an image: attach one with the image option.")
+
+
+# ComfyUI lists only files with an image extension in LoadImage, so the upload's name must carry the right one.
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF8", "gif"))
+
+
+def comfy_image_name(image: bytes) -> str:
+    """The file name the picture is uploaded under: named by its content, so jobs never clash on a worker."""
+    extension = next((ext for magic, ext in _SIGNATURES if image.startswith(magic)), "png")
+    if image[:4] == b"RIFF" and image[8:12] == b"WEBP":
+        extension = "webp"
+    return f"imagine-{hashlib.sha256(image).hexdigest()[:16]}.{extension}"
+
+
+def _comfyui(
+    params: GenerationParams, width: int, height: int, workflow: Any, start: StartImage | None
+) -> dict[str, Any]:
     values: dict[str, Any] = {
         "prompt": params.prompt,
         "negative_prompt": params.negative_prompt or "",
@@ -100,7 +266,13 @@ def _comfyui(params: GenerationParams, width: int, height: int, workflow: Any) -
         "steps": params.steps or 25,
         "guidance": params.guidance if params.guidance is not None else 7.0,
         "count": params.count,
+        "strength": start.strength if start is not None else 1.0,
     }
+    images: list[dict[str, str]] = []
+    if start is not None and start.data is not None:
+        values["image"] = comfy_image_name(start.data)
+        # raw base64, not a data URI: worker-comfyui before 5.x decodes the string as it comes
+        images.append({"name": values["image"], "image": base64.b64encode(start.data).decode("ascii")})
 
     def fill(node: Any) -> Any:
         if isinstance(node, dict):
@@ -114,7 +286,10 @@ def _comfyui(params: GenerationParams, width: int, height: int, workflow: Any) -
             return _PLACEHOLDER.sub(lambda match: str(values[match.group(1)]), node)
         return node
 
-    return {"workflow": fill(workflow)}
+    job: dict[str, Any] = {"workflow": fill(workflow)}
+    if images:
+        job["images"] = images
+    return job
 
 
 PRESETS: dict[str, WorkerPreset] = {
@@ -125,7 +300,20 @@ PRESETS: dict[str, WorkerPreset] = {
             "worker-sdxl (SDXL 1.0 with refiner)",
             1024,
             2,
-            _named("num_inference_steps", "guidance_scale", "num_images", 25, 7.5),
+            # handler.py: with image_url only the refiner runs, on the fetched picture at its own size, one image
+            _named(
+                "num_inference_steps",
+                "guidance_scale",
+                "num_images",
+                25,
+                7.5,
+                image="image_url",
+                strength="strength",
+                image_steps="refiner_inference_steps",
+                image_default_steps=50,  # schemas.py: refiner_inference_steps defaults to 50
+            ),
+            image_input="url",
+            max_image_count=1,
         ),
         WorkerPreset(
             "a1111",
@@ -133,15 +321,33 @@ PRESETS: dict[str, WorkerPreset] = {
             1024,
             4,
             _named("steps", "cfg_scale", "batch_size", 25, 7.0),
+            image_input=None,  # the stock handler posts to /sdapi/v1/txt2img only
         ),
         WorkerPreset(
             "sd15",
             "Stable Diffusion v1 quick deploy",
             512,
             4,
-            _named("num_inference_steps", "guidance_scale", "num_outputs", 30, 7.5),
+            _named(
+                "num_inference_steps",
+                "guidance_scale",
+                "num_outputs",
+                30,
+                7.5,
+                image="init_image",
+                strength="prompt_strength",
+            ),
             sides=(128, 256, 384, 448, 512, 576, 640, 704, 768),
+            image_input="url",  # rp_handler.py downloads init_image over HTTP(S)
         ),
-        WorkerPreset("comfyui", "worker-comfyui (your workflow template)", 1024, 4, _comfyui),
+        WorkerPreset(
+            "comfyui",
+            "worker-comfyui (your workflow template)",
+            1024,
+            4,
+            _comfyui,
+            image_input="base64",  # input.images: uploaded into ComfyUI's input folder before the workflow runs
+            check=_check_comfyui,
+        ),
     )
 }

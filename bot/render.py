@@ -7,7 +7,7 @@ embed stays identical between polls and costs no edit while nothing happens.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import discord
 
@@ -26,12 +26,23 @@ BAR_CELLS = 12
 PROMPT_PREVIEW = 300
 
 
-@dataclass(frozen=True)
-class QueueInfo:
-    """What `/health` told us, and when we expect the job to start."""
+DUE_MARGIN = timedelta(seconds=3)  # an estimate this close is shown as "any moment now", never as past
 
+
+@dataclass(frozen=True)
+class Outlook:
+    """What the bot knows about a job's wait and run beyond RunPod's status: what `/health` said, its own place
+    among the endpoint's waiting jobs, and estimates learned from the endpoint's finished jobs. `now` is when it
+    is rendered, so an estimate that has come due reads "any moment now" instead of "4 seconds ago"."""
+
+    now: datetime
+    waiting_since: datetime
     health: Health | None = None
-    eta: datetime | None = None
+    place: int | None = None  # 1 = next to start, counting the waiting jobs of this endpoint the bot knows
+    expected_start: datetime | None = None
+    painting_since: datetime | None = None
+    expected_done: datetime | None = None
+    pictures: tuple[int, int] | None = None  # (ready, asked for) of a request sent as several jobs
 
 
 def safe_text(text: str, limit: int = PROMPT_PREVIEW) -> str:
@@ -74,10 +85,14 @@ def waiting_embed(params: GenerationParams, requester: str, *, position: int, ru
     return embed
 
 
-def status_embed(
-    update: JobUpdate, params: GenerationParams, requester: str, *, started: datetime, queue: QueueInfo
-) -> discord.Embed:
-    embed = _status_embed(update, params, requester, started=started, queue=queue)
+def status_embed(update: JobUpdate, params: GenerationParams, requester: str, outlook: Outlook) -> discord.Embed:
+    embed = (
+        _queued(params, requester, outlook)
+        if update.state is JobState.IN_QUEUE
+        else _painting(update, params, requester, outlook)
+    )
+    if outlook.pictures is not None:
+        embed.add_field(name="Pictures", value="{} of {} ready".format(*outlook.pictures))
     if update.unanswered:
         embed.add_field(
             name="RunPod is not answering",
@@ -87,31 +102,63 @@ def status_embed(
     return embed
 
 
-def _status_embed(
-    update: JobUpdate, params: GenerationParams, requester: str, *, started: datetime, queue: QueueInfo
-) -> discord.Embed:
-    if update.state is JobState.IN_QUEUE:
-        embed = _base("⏳ In queue", QUEUED_COLOUR, params, requester)
-        health = queue.health
-        if health is not None:
-            embed.add_field(name="Queue", value=f"{health.in_queue} waiting · {health.warm_workers} workers ready")
-            if health.warm_workers == 0:
-                embed.add_field(
-                    name="Cold start",
-                    value="No worker is warm, so RunPod is starting one: the first picture can take a minute or two.",
-                    inline=False,
-                )
-        if queue.eta is not None:
-            embed.add_field(name="Expected start", value=timestamp(queue.eta))
-        embed.add_field(name="Waiting since", value=timestamp(started))
-        return embed
+def _queued(params: GenerationParams, requester: str, outlook: Outlook) -> discord.Embed:
+    embed = _base("⏳ In queue", QUEUED_COLOUR, params, requester)
+    health = outlook.health
+    if outlook.place is not None:
+        waiting = max(outlook.place, health.in_queue if health else 0)
+        embed.add_field(name="Your place", value=f"{ordinal(outlook.place)} of {waiting} waiting")
+    if health is not None:
+        embed.add_field(name="Workers", value=describe_workers(health))
+        if health.ready_workers == 0:
+            embed.add_field(name="Why the wait", value=_why_waiting(health), inline=False)
+    if outlook.expected_start is not None:
+        embed.add_field(name="Expected start", value=when(outlook.expected_start, outlook.now))
+    embed.add_field(name="Waiting since", value=timestamp(outlook.waiting_since))
+    return embed
+
+
+def _painting(update: JobUpdate, params: GenerationParams, requester: str, outlook: Outlook) -> discord.Embed:
     embed = _base("🎨 Painting…", RUNNING_COLOUR, params, requester)
     if update.progress is not None:
         embed.add_field(name="Progress", value=progress_bar(update.progress), inline=False)
-    embed.add_field(name="Started", value=timestamp(started))
+    if outlook.painting_since is not None:
+        embed.add_field(name="Painting since", value=timestamp(outlook.painting_since))
+    if outlook.expected_done is not None:
+        embed.add_field(name="Expected done", value=when(outlook.expected_done, outlook.now))
+
     if update.delay_ms is not None:
-        embed.add_field(name="Time in queue", value=f"{update.delay_ms / 1000:.1f} s")
+        embed.add_field(name="Time in queue", value=f"{update.delay_ms / 1000:.0f} s")
     return embed
+
+
+def when(moment: datetime, now: datetime) -> str:
+    """An expected moment as Discord counts it down, or "any moment now" once it is (nearly) due."""
+    return timestamp(moment) if moment - now > DUE_MARGIN else "any moment now"
+
+
+def ordinal(number: int) -> str:
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+def describe_workers(health: Health) -> str:
+    """RunPod's worker counts in three words: ready for a job, busy with one, starting up (a cold start)."""
+    counts = (
+        (health.ready_workers, "ready"),
+        (health.running, "busy"),
+        (health.initializing, "starting"),
+    )
+    shown = [f"{count} {word}" for count, word in counts if count]
+    return " · ".join(shown) or "none running yet"
+
+
+def _why_waiting(health: Health) -> str:
+    if health.initializing:
+        return "RunPod is starting a worker (a cold start): the first picture can take a minute or two."
+    if health.running:
+        return "Every worker is busy: yours starts when one is free."
+    return "No worker is running, so RunPod is starting one: the first picture can take a minute or two."
 
 
 def result_embed(
@@ -134,11 +181,23 @@ def result_embed(
     return embed
 
 
+def picked_embed(params: GenerationParams, requester: str, number: int) -> discord.Embed:
+    """U<n>: one picture of a set, on its own."""
+    return _base(f"🖼️ Picture {number}", DONE_COLOUR, params, requester)
+
+
 def failure_embed(error: BotError, params: GenerationParams, requester: str) -> discord.Embed:
     cancelled = isinstance(error, JobCancelled)
     title, colour = ("🚫 Cancelled", CANCELLED_COLOUR) if cancelled else ("⚠️ No picture this time", FAILED_COLOUR)
     embed = _base(title, colour, params, requester)
-    embed.add_field(name="What happened", value=error.explanation[:1024], inline=False)
+    embed.add_field(name="What happened", value=error.for_members[:1024], inline=False)
+    return embed
+
+
+def starting_embed(params: GenerationParams, requester: str) -> discord.Embed:
+    """An upscale about to be sent: the picture enlarged here, which the worker fetches and paints detail into."""
+    embed = _base("⏳ Sending to RunPod…", QUEUED_COLOUR, params, requester)
+    embed.add_field(name="Upscaling", value="Starting from this picture at twice its size.", inline=False)
     return embed
 
 
@@ -163,7 +222,7 @@ def info_embed(record: JobRecord, cost: float | None = None) -> discord.Embed:
     embed.add_field(name="Images", value=str(params.count))
     embed.add_field(name="Steps", value=str(params.steps or "worker default"))
     embed.add_field(name="Guidance", value=f"{params.guidance:g}" if params.guidance is not None else "worker default")
-    embed.add_field(name="Worker", value=record.worker)  # the server's endpoint id stays the admins' business
+    embed.add_field(name="Worker", value=record.worker)
     if record.delay_ms is not None:
         embed.add_field(name="Time in queue", value=f"{record.delay_ms / 1000:.1f} s")
     if record.execution_ms is not None:
@@ -171,5 +230,11 @@ def info_embed(record: JobRecord, cost: float | None = None) -> discord.Embed:
     if cost is not None:
         embed.add_field(name="Estimated cost", value=f"${cost:.4f}")
     embed.add_field(name="State", value=record.state)
-    embed.set_footer(text=f"Requested by {record.user_name} · job {record.runpod_job_id}")
+    if record.notice:
+        embed.add_field(name="What happened", value=record.notice[:1024], inline=False)
+    # Ids help whoever asks RunPod's support about this job; this embed is private.
+    embed.add_field(
+        name="RunPod", value=f"job `{record.runpod_job_id or 'never submitted'}`\nendpoint `{record.endpoint_id}`"
+    )
+    embed.set_footer(text=f"Requested by {record.user_name}")
     return embed

@@ -91,6 +91,11 @@ class Health:
     throttled: int = 0
 
     @property
+    def ready_workers(self) -> int:
+        """Workers waiting for a job: one can start now, without a cold start."""
+        return self.idle + self.ready
+
+    @property
     def warm_workers(self) -> int:
         """Workers that can start a job without a cold start."""
         return self.idle + self.running + self.ready

@@ -114,6 +114,7 @@ jobs = sa.Table(
     metadata,
     sa.Column("request_id", sa.BigInteger, primary_key=True, autoincrement=False),  # the interaction id
     sa.Column("runpod_job_id", sa.String(128), unique=True),
+    sa.Column("more_job_ids", sa.JSON),  # the other parts' RunPod job ids, when a request runs as several jobs
     sa.Column("guild_id", sa.BigInteger, index=True),
     sa.Column("channel_id", sa.BigInteger, nullable=False),
     sa.Column("user_id", sa.BigInteger, nullable=False),
@@ -131,22 +132,24 @@ jobs = sa.Table(
     sa.Column("notice", sa.Text),
     sa.Column("delay_ms", sa.Integer),
     sa.Column("execution_ms", sa.Integer),
+    # What quotas and usage count: the pictures the job asks for (its params' count), 1 for rows from before.
+    sa.Column("pictures", sa.Integer, nullable=False, server_default="1"),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("delivered_at", UTCDateTime(), index=True),
     sa.Index("ix_jobs_guild_created", "guild_id", "created_at"),
 )
 
-# What counts against quotas, per guild, day (of `created_at`, UTC) and member: kept in the same transaction
-# as every change of a job's state or GPU time, so a quota check reads at most a month of days x members rows,
-# however long the ledger (benchmarks/preflight.py).
+# What counts against quotas (pictures and GPU time), per guild, day (of `created_at`, UTC) and member: kept in
+# the same transaction as every change of a job's state or GPU time, so a quota check reads at most a month of
+# days x members rows, however long the ledger (benchmarks/preflight.py).
 usage_days = sa.Table(
     "usage_days",
     metadata,
     sa.Column("guild_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("day", sa.Date, primary_key=True),
     sa.Column("user_id", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("jobs", sa.Integer, nullable=False),
+    sa.Column("pictures", sa.Integer, nullable=False),
     sa.Column("gpu_ms", sa.BigInteger, nullable=False),
 )
 
@@ -176,6 +179,7 @@ class JobRecord:
     model: str | None = None
     guild_id: int | None = None
     runpod_job_id: str | None = None
+    more_job_ids: list[str] | None = None  # the other parts' (bot/jobs.py, `parts`)
     token_encrypted: str | None = dataclasses.field(default=None, repr=False)
     token_expires_at: datetime | None = None
     message_id: int | None = None
@@ -184,9 +188,27 @@ class JobRecord:
     notice: str | None = None
     delay_ms: int | None = None
     execution_ms: int | None = None
+    # 0: as many as `params` asks for (filled in below), so the job runner need not say it twice.
+    pictures: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None
     delivered_at: datetime | None = None
+
+    @property
+    def runpod_job_ids(self) -> tuple[str, ...]:
+        """Every RunPod job this request was sent as, in order."""
+        first = (self.runpod_job_id,) if self.runpod_job_id else ()
+        return (*first, *(self.more_job_ids or ()))
+
+    def __post_init__(self) -> None:
+        if self.pictures < 1:
+            object.__setattr__(self, "pictures", pictures_asked(self.params))
+
+
+def pictures_asked(params: dict[str, Any]) -> int:
+    """How many pictures a job's parameters ask for: its `count`, at least 1."""
+    count = params.get("count", 1)
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1
 
 
 def async_url(url: str) -> str:
@@ -397,7 +419,9 @@ class Storage:
                 await connection.execute(sa.insert(jobs).values(**values))
                 if record.guild_id is not None and LedgerState(record.state).counted:
                     day = values["created_at"].astimezone(UTC).date()
-                    await _count(connection, record.guild_id, day, record.user_id, 1, record.execution_ms or 0)
+                    await _count(
+                        connection, record.guild_id, day, record.user_id, record.pictures, record.execution_ms or 0
+                    )
         except sa.exc.IntegrityError:
             return False
         return True
@@ -407,8 +431,15 @@ class Storage:
     async def update_job(self, request_id: int, **changes: Any) -> None:
         async with self.engine.begin() as connection:
             before = None
-            if "state" in changes or "execution_ms" in changes:  # what the quotas count may change
-                query = sa.select(jobs.c.guild_id, jobs.c.user_id, jobs.c.created_at, jobs.c.state, jobs.c.execution_ms)
+            if changes.keys() & {"state", "execution_ms", "pictures"}:  # what the quotas count may change
+                query = sa.select(
+                    jobs.c.guild_id,
+                    jobs.c.user_id,
+                    jobs.c.created_at,
+                    jobs.c.state,
+                    jobs.c.execution_ms,
+                    jobs.c.pictures,
+                )
                 if connection.dialect.name == "postgresql":
                     query = query.with_for_update()
                 before = (await connection.execute(query.where(jobs.c.request_id == request_id))).first()
@@ -420,12 +451,14 @@ class Storage:
                     LedgerState(before.state).counted,
                     LedgerState(changes.get("state", before.state)).counted,
                 )
+                pictures_before = before.pictures if counted_before else 0
+                pictures_after = changes.get("pictures", before.pictures) if counted_after else 0
                 gpu_before = (before.execution_ms or 0) if counted_before else 0
                 gpu_after = (changes.get("execution_ms", before.execution_ms) or 0) if counted_after else 0
-                jobs_change, gpu_change = int(counted_after) - int(counted_before), gpu_after - gpu_before
-                if jobs_change or gpu_change:
+                pictures_change, gpu_change = pictures_after - pictures_before, gpu_after - gpu_before
+                if pictures_change or gpu_change:
                     day = before.created_at.astimezone(UTC).date()
-                    await _count(connection, before.guild_id, day, before.user_id, jobs_change, gpu_change)
+                    await _count(connection, before.guild_id, day, before.user_id, pictures_change, gpu_change)
 
     @_uninterruptible
     @_patient
@@ -495,9 +528,9 @@ class Storage:
             return sa.func.coalesce(sa.func.sum(counted_value), 0)
 
         query = sa.select(
-            total(usage_days.c.jobs, is_today & (usage_days.c.user_id == member_id)),
-            total(usage_days.c.jobs, is_today),
-            total(usage_days.c.jobs),
+            total(usage_days.c.pictures, is_today & (usage_days.c.user_id == member_id)),
+            total(usage_days.c.pictures, is_today),
+            total(usage_days.c.pictures),
             total(usage_days.c.gpu_ms, is_today),
             total(usage_days.c.gpu_ms),
         ).where(usage_days.c.guild_id == guild_id, usage_days.c.day >= month.astimezone(UTC).date())
@@ -537,23 +570,25 @@ def usage_from_jobs(dialect: str) -> sa.Insert:
             jobs.c.guild_id,
             day,
             jobs.c.user_id,
-            sa.func.count(),
+            sa.func.sum(jobs.c.pictures),
             sa.func.coalesce(sa.func.sum(sa.func.coalesce(jobs.c.execution_ms, 0)), 0),
         )
         .where(jobs.c.guild_id.is_not(None), jobs.c.state.in_(counted))
         .group_by(jobs.c.guild_id, day, jobs.c.user_id)
     )
-    return sa.insert(usage_days).from_select(["guild_id", "day", "user_id", "jobs", "gpu_ms"], summed)
+    return sa.insert(usage_days).from_select(["guild_id", "day", "user_id", "pictures", "gpu_ms"], summed)
 
 
-async def _count(connection: AsyncConnection, guild_id: int, day: date, user_id: int, jobs_: int, gpu_ms: int) -> None:
+async def _count(
+    connection: AsyncConnection, guild_id: int, day: date, user_id: int, pictures: int, gpu_ms: int
+) -> None:
     """Add to a guild's, day's and member's counters (an upsert, in the caller's transaction)."""
     insert = (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(usage_days)
-    upsert = insert.values(guild_id=guild_id, day=day, user_id=user_id, jobs=jobs_, gpu_ms=gpu_ms)
+    upsert = insert.values(guild_id=guild_id, day=day, user_id=user_id, pictures=pictures, gpu_ms=gpu_ms)
     await connection.execute(
         upsert.on_conflict_do_update(
             index_elements=[usage_days.c.guild_id, usage_days.c.day, usage_days.c.user_id],
-            set_={"jobs": usage_days.c.jobs + jobs_, "gpu_ms": usage_days.c.gpu_ms + gpu_ms},
+            set_={"pictures": usage_days.c.pictures + pictures, "gpu_ms": usage_days.c.gpu_ms + gpu_ms},
         )
     )
 

@@ -1,132 +1,225 @@
-"""A guild's use of its GPU over the last 30 days: numbers from the ledger, and a chart drawn with Pillow."""
+"""A guild's use of its GPU over the last 30 days: figures from the ledger (pictures, GPU seconds, cost), and a
+chart drawn with matplotlib."""
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from io import BytesIO
+from typing import TYPE_CHECKING
 
-from PIL import Image, ImageDraw, ImageFont
-
-from bot.policy import GuildPolicy
+from bot.policy import GuildPolicy, plural
 from bot.storage import JobRecord
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 DAYS = 30
-TOP_MEMBERS = 8
+TOP_MEMBERS = 8  # in the chart; the text lists a few more
+LISTED_MEMBERS = 10
 
 
 @dataclass(frozen=True)
 class MemberUse:
     name: str
-    jobs: int
+    pictures: int
     gpu_seconds: float
+    cost: float | None  # None: the guild has set no price
 
 
 @dataclass(frozen=True)
 class UsageReport:
     days: tuple[date, ...]
-    jobs_by_day: tuple[int, ...]
+    pictures_by_day: tuple[int, ...]
     gpu_seconds_by_day: tuple[float, ...]
     members: tuple[MemberUse, ...]  # most GPU time first
-    total_jobs: int
+    total_pictures: int
     total_gpu_seconds: float
-    not_counted: int  # failed and cancelled: free for the member, shown for the admin
+    not_counted: int  # pictures of failed and cancelled jobs: free for the member, shown for the admin
     cost: float | None
 
     def summary(self) -> str:
-        cost = f", about {dollars(self.cost)}" if self.cost is not None else ""
+        cost = f", estimated cost {dollars(self.cost)}" if self.cost is not None else ""
         lines = [
-            f"Last {len(self.days)} days: {self.total_jobs} pictures, {self.total_gpu_seconds:.0f} GPU seconds{cost}.",
-            f"Failed or cancelled (not counted): {self.not_counted}.",
+            f"Last {len(self.days)} days: {plural(self.total_pictures, 'picture')}, "
+            f"{gpu_time(self.total_gpu_seconds)}{cost}.",
+            f"Failed or cancelled (not counted): {plural(self.not_counted, 'picture')}.",
         ]
+        if self.cost is None:
+            lines.append("Set your endpoint's price with `/runpod limits gpu_price_per_second` to see costs.")
         if self.members:
-            top = ", ".join(f"{m.name} {m.jobs} ({m.gpu_seconds:.0f} s)" for m in self.members[:5])
-            lines.append(f"Most active: {top}.")
+            lines.append("By member:")
+            for member in self.members[:LISTED_MEMBERS]:
+                cost = f", {dollars(member.cost)}" if member.cost is not None else ""
+                lines.append(
+                    f"• {member.name[:32]}: {plural(member.pictures, 'picture')}, {gpu_time(member.gpu_seconds)}{cost}"
+                )
+            if len(self.members) > LISTED_MEMBERS:
+                lines.append(f"…and {plural(len(self.members) - LISTED_MEMBERS, 'more member')}.")
         return "\n".join(lines)
 
 
 def dollars(amount: float) -> str:
-    """Cents as usual; a smaller amount to four places, so $0.0035 is not shown as $0.00."""
-    return f"${amount:.2f}" if amount == 0 or amount >= 0.01 else f"${amount:.4f}"
+    """To the cent; an amount that is not nothing but would round to $0.00 is "< $0.01"."""
+    return "< $0.01" if 0 < amount < 0.005 else f"${amount:,.2f}"
+
+
+def gpu_time(seconds: float) -> str:
+    """GPU seconds as an admin reads them: a tenth where it matters (short runs), whole seconds beyond."""
+    shown = f"{seconds:,.1f}".removesuffix(".0") if seconds < 100 else f"{seconds:,.0f}"
+    return f"{shown} GPU second{'' if shown == '1' else 's'}"
 
 
 def build_report(records: list[JobRecord], now: datetime, policy: GuildPolicy) -> UsageReport:
     first = (now - timedelta(days=DAYS - 1)).date()
     days = tuple(first + timedelta(days=offset) for offset in range(DAYS))
-    jobs: dict[date, int] = defaultdict(int)
+    pictures: dict[date, int] = defaultdict(int)
     seconds: dict[date, float] = defaultdict(float)
-    by_member: dict[int, list[float]] = defaultdict(lambda: [0, 0.0])
+    member_pictures: dict[int, int] = defaultdict(int)
+    member_seconds: dict[int, float] = defaultdict(float)
     names: dict[int, str] = {}
     not_counted = 0
     for record in records:
         if record.created_at is None or record.created_at.date() < first:
             continue
         if not record.state.counted:
-            not_counted += 1
+            not_counted += record.pictures
             continue
         day, gpu = record.created_at.date(), (record.execution_ms or 0) / 1000
-        jobs[day] += 1
+        pictures[day] += record.pictures
         seconds[day] += gpu
-        by_member[record.user_id][0] += 1
-        by_member[record.user_id][1] += gpu
+        member_pictures[record.user_id] += record.pictures
+        member_seconds[record.user_id] += gpu
         names[record.user_id] = record.user_name
+    price = policy.gpu_price_per_second or None
     members = sorted(
-        (MemberUse(names[user], int(count), gpu) for user, (count, gpu) in by_member.items()),
-        key=lambda member: (-member.gpu_seconds, -member.jobs, member.name),
+        (
+            MemberUse(names[user], member_pictures[user], gpu, gpu * price if price else None)
+            for user, gpu in member_seconds.items()
+        ),
+        key=lambda member: (-member.gpu_seconds, -member.pictures, member.name),
     )
     total_gpu = sum(seconds.values())
     return UsageReport(
         days=days,
-        jobs_by_day=tuple(jobs[day] for day in days),
+        pictures_by_day=tuple(pictures[day] for day in days),
         gpu_seconds_by_day=tuple(round(seconds[day], 3) for day in days),
         members=tuple(members),
-        total_jobs=sum(jobs.values()),
+        total_pictures=sum(pictures.values()),
         total_gpu_seconds=total_gpu,
         not_counted=not_counted,
-        cost=total_gpu * policy.gpu_price_per_second if policy.gpu_price_per_second else None,
+        cost=total_gpu * price if price else None,
     )
 
 
-WIDTH, HEIGHT = 900, 560
-BAR = (88, 101, 242)
-INK = (230, 230, 235)
-MUTED = (150, 150, 160)
-BACKGROUND = (43, 45, 49)
+# Discord's dark theme, so the chart sits in the conversation rather than on it.
+WIDTH, HEIGHT, DPI = 900, 560, 100
+BACKGROUND = "#313338"
+INK = "#DBDEE1"
+MUTED = "#949BA4"
+GRID = "#3F4147"
+PICTURES = "#5865F2"  # blurple
+GPU = "#23A55A"
+DAY_AXIS = "Day (UTC)"
+
+# Matplotlib is not thread-safe (its text and font caches are shared); reports are rare, so one at a time.
+_drawing = threading.Lock()
+
+
+def chart_figure(report: UsageReport) -> Figure:
+    """Pictures and GPU seconds per day (sharing the day axis), and GPU seconds by member. Blocking.
+
+    Built on `Figure` itself, never pyplot: no global figure state, no GUI backend, safe off the event loop.
+    """
+    # Imported here: matplotlib takes a moment to load, and only this report needs it.
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI, facecolor=BACKGROUND, layout="constrained")
+    grid = figure.add_gridspec(2, 3)
+    by_pictures = figure.add_subplot(grid[0, :2])
+    by_gpu = figure.add_subplot(grid[1, :2], sharex=by_pictures)
+    by_member = figure.add_subplot(grid[:, 2])
+    figure.suptitle(
+        f"Last {len(report.days)} days: {plural(report.total_pictures, 'picture')}, "
+        f"{gpu_time(report.total_gpu_seconds)}",
+        color=INK,
+        fontsize=16,
+    )
+
+    positions = range(len(report.days))
+    by_pictures.bar(positions, report.pictures_by_day, color=PICTURES, width=0.75)
+    by_pictures.set_ylabel("Pictures", color=INK, fontsize=14)
+    by_pictures.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+    by_pictures.tick_params(labelbottom=False)
+    by_gpu.bar(positions, report.gpu_seconds_by_day, color=GPU, width=0.75)
+    by_gpu.set_ylabel("GPU seconds", color=INK, fontsize=14)
+    by_gpu.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    by_gpu.set_xlabel(DAY_AXIS, color=INK, fontsize=14)
+    # A tick a week, ending on today, which is what an admin looks for first.
+    ticks = list(range(len(report.days) - 1, -1, -7))[::-1]
+    by_gpu.set_xticks(ticks, [report.days[tick].strftime("%b %d") for tick in ticks])
+    by_gpu.set_xlim(-0.6, len(report.days) - 0.4)
+    for axes, values in ((by_pictures, report.pictures_by_day), (by_gpu, report.gpu_seconds_by_day)):
+        if not any(values):
+            axes.set_ylim(0, 1)  # an empty month still gets a readable axis, not matplotlib's -0.05..0.05
+        _style(axes)
+        axes.grid(axis="y", color=GRID, linewidth=0.8)
+
+    members = report.members[:TOP_MEMBERS]
+    by_member.set_title("GPU seconds by member", color=INK, fontsize=14)
+    if members:
+        rows = range(len(members))
+        by_member.barh(rows, [member.gpu_seconds for member in members], color=GPU, height=0.6)
+        by_member.set_yticks(rows, [_short(member.name) for member in members])
+        by_member.set_ylim(max(len(members), 4) - 0.5, -0.5)  # most first; a few members get bars, not slabs
+        most = max(member.gpu_seconds for member in members) or 1.0
+        by_member.set_xlim(0, most * 1.5)  # room for the picture counts beside the bars
+        by_member.xaxis.set_major_locator(MaxNLocator(nbins=3))
+        for row, member in zip(rows, members, strict=True):
+            by_member.annotate(
+                plural(member.pictures, "picture"),
+                (member.gpu_seconds, row),
+                xytext=(4, 0),
+                textcoords="offset points",
+                va="center",
+                color=MUTED,
+                fontsize=11,
+            )
+        by_member.grid(axis="x", color=GRID, linewidth=0.8)
+        _style(by_member)
+    else:
+        by_member.set_axis_off()
+        by_member.text(
+            0.5, 0.5, "No pictures in these days", color=MUTED, fontsize=13, ha="center", transform=by_member.transAxes
+        )
+    return figure
 
 
 def render_chart(report: UsageReport) -> bytes:
-    """Two panels: GPU seconds per day (bars, with job counts), and the members who used most. Blocking."""
-    image = Image.new("RGB", (WIDTH, HEIGHT), BACKGROUND)
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    draw.text((20, 12), f"GPU seconds per day, last {len(report.days)} days", fill=INK, font=font)
-    left, top, bottom, right = 50, 40, 300, WIDTH - 20
-    peak = max(report.gpu_seconds_by_day, default=0) or 1
-    slot = (right - left) / len(report.days)
-    for index, (day, gpu, count) in enumerate(
-        zip(report.days, report.gpu_seconds_by_day, report.jobs_by_day, strict=True)
-    ):
-        x0 = left + index * slot + 2
-        height = (bottom - top) * gpu / peak
-        if gpu:
-            draw.rectangle((x0, bottom - height, x0 + slot - 4, bottom), fill=BAR)
-        if count:
-            draw.text((x0, bottom - height - 12), str(count), fill=INK, font=font)
-        if index % 5 == 0:
-            draw.text((x0, bottom + 4), day.strftime("%m-%d"), fill=MUTED, font=font)
-    draw.line((left, bottom, right, bottom), fill=MUTED)
-    draw.text((8, top), f"{peak:.0f}s", fill=MUTED, font=font)
+    """The chart as a PNG of WIDTH x HEIGHT pixels. Blocking: run it in a thread."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    draw.text((20, 330), "By member (GPU seconds, pictures)", fill=INK, font=font)
-    members = report.members[:TOP_MEMBERS]
-    most = max((member.gpu_seconds for member in members), default=0) or 1
-    for row, member in enumerate(members):
-        y = 352 + row * 24
-        draw.text((20, y + 4), member.name[:24], fill=INK, font=font)
-        length = (WIDTH - 400) * member.gpu_seconds / most
-        draw.rectangle((200, y, 200 + max(length, 1), y + 16), fill=BAR)
-        draw.text((210 + length, y + 4), f"{member.gpu_seconds:.0f}s, {member.jobs}", fill=INK, font=font)
-    buffer = BytesIO()
-    image.save(buffer, "PNG")
+    with _drawing:
+        figure = chart_figure(report)
+        FigureCanvasAgg(figure)
+        buffer = BytesIO()
+        figure.savefig(buffer, format="png", facecolor=BACKGROUND, metadata={"Software": None})
     return buffer.getvalue()
+
+
+def _style(axes: Axes) -> None:
+    axes.set_facecolor(BACKGROUND)
+    axes.set_axisbelow(True)
+    axes.tick_params(colors=MUTED, labelsize=12)
+    for side in ("top", "right"):
+        axes.spines[side].set_visible(False)
+    for side in ("left", "bottom"):
+        axes.spines[side].set_color(GRID)
+
+
+def _short(name: str, limit: int = 14) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"

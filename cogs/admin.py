@@ -9,8 +9,10 @@ is checked against RunPod before it is saved, is stored encrypted, and is only e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
@@ -23,8 +25,10 @@ from bot.config import Secret
 from bot.endpoints import DEFAULT_MODEL
 from bot.errors import BotError, RunPodAuthError, RunPodNotFound, RunPodRejected
 from bot.forms import BoundForm
-from bot.policy import GuildPolicy, check_pattern
+from bot.params import InvalidParams
+from bot.policy import GuildPolicy, check_pattern, number, plural
 from bot.presets import PRESETS
+from bot.replies import explain, reply_privately
 from bot.runpod import Health
 from bot.usage import DAYS, build_report, render_chart
 
@@ -59,10 +63,20 @@ class SetupModal(BoundForm):
         max_length=128,
     )
 
-    def __init__(self, opener: discord.Interaction[ImagineBot], worker: str, name: str = DEFAULT_MODEL) -> None:
+    def __init__(
+        self,
+        opener: discord.Interaction[ImagineBot],
+        worker: str,
+        name: str = DEFAULT_MODEL,
+        *,
+        endpoint_id: str | None = None,
+        workflow: str | None = None,
+    ) -> None:
         super().__init__(opener, kind=f"runpod:setup:{worker}", title=f"Connect RunPod ({worker})")
         self.worker = worker
         self.name = name
+        # Reopened after a refusal: what the admin typed is kept, except the key, which is never sent back.
+        self.endpoint_id.default = endpoint_id
         self.workflow: discord.ui.TextInput[SetupModal] | None = None
         if worker == "comfyui":
             self.workflow = discord.ui.TextInput(
@@ -71,17 +85,80 @@ class SetupModal(BoundForm):
                 style=discord.TextStyle.paragraph,
                 placeholder='{"6": {"inputs": {"text": "{{prompt}}"}, ...}, ...}',
                 max_length=4000,
+                default=workflow,
             )
             self.add_item(self.workflow)
 
     async def submitted(self, interaction: discord.Interaction[ImagineBot], values: dict[str, str]) -> None:  # type: ignore[override]
         _require_manage_guild(interaction)  # checked again: the permission may have gone since the form opened
         await interaction.response.defer(ephemeral=True, thinking=True)
-        reply = await connect(
-            interaction, self.name, values.get("api_key", "").strip(), values.get("endpoint_id", "").strip(),
-            self.worker, values.get("workflow") if self.workflow else None,
-        )  # fmt: skip
+        endpoint_id = values.get("endpoint_id", "").strip()
+        workflow = values.get("workflow") if self.workflow else None
+        try:
+            reply = await connect(
+                interaction, self.name, values.get("api_key", "").strip(), endpoint_id, self.worker, workflow
+            )
+        except SetupRefused as refused:
+            # Within the field's max_length, or Discord would refuse the prefilled form.
+            again = TryAgain(interaction, self.worker, self.name, endpoint_id[:128], workflow)
+            again.message = await interaction.followup.send(refused.explanation, ephemeral=True, view=again, wait=True)
+            return
         await interaction.followup.send(reply, ephemeral=True)
+
+
+class SetupRefused(BotError):
+    """RunPod (or the form's own checks) refused what the admin typed: nothing was saved, and they may try again."""
+
+
+class TryAgain(discord.ui.View):
+    """A "Try again" button under a refused setup: it reopens the form with the endpoint id (and workflow) as the
+    admin typed them and the key field empty.
+
+    Held in memory only, unlike the job buttons: it matters for the few minutes after a refusal, and after a
+    restart `/runpod setup` opens the same form.
+    """
+
+    def __init__(
+        self,
+        refused: discord.Interaction[ImagineBot],
+        worker: str,
+        name: str,
+        endpoint_id: str,
+        workflow: str | None,
+    ) -> None:
+        super().__init__(timeout=600)
+        self.admin_id = refused.user.id
+        self.guild_id = refused.guild_id
+        self.worker = worker
+        self.name = name
+        self.endpoint_id = endpoint_id
+        self.workflow = workflow
+        self.message: discord.WebhookMessage | None = None
+        # A custom_id of its own opening (the default is random too), so two refusals never share a button.
+        self.again.custom_id = f"runpod:setup-again:{refused.id}"
+
+    async def interaction_check(self, interaction: discord.Interaction[ImagineBot]) -> bool:  # type: ignore[override]
+        if interaction.user.id != self.admin_id or interaction.guild_id != self.guild_id:
+            await reply_privately(interaction, "This button belongs to someone else's setup; run /runpod setup.")
+            return False
+        return True
+
+    @discord.ui.button(label="Try again", style=discord.ButtonStyle.primary)
+    async def again(self, interaction: discord.Interaction[ImagineBot], button: discord.ui.Button[TryAgain]) -> None:
+        _require_manage_guild(interaction)
+        form = SetupModal(interaction, self.worker, self.name, endpoint_id=self.endpoint_id, workflow=self.workflow)
+        await interaction.response.send_modal(form)
+
+    async def on_error(  # type: ignore[override]
+        self, interaction: discord.Interaction[ImagineBot], error: Exception, item: discord.ui.Item[TryAgain]
+    ) -> None:
+        await reply_privately(interaction, explain(interaction, error))
+
+    async def on_timeout(self) -> None:
+        """Take the button away once it no longer works (the reply's token lasts 15 minutes, longer than this)."""
+        if self.message is not None:
+            with contextlib.suppress(discord.HTTPException):
+                await self.message.edit(view=None)
 
 
 async def connect(
@@ -92,7 +169,8 @@ async def connect(
     worker: str,
     workflow: str | None,
 ) -> str:
-    """Check the key against RunPod, then save it encrypted. Returns what to tell the admin."""
+    """Check the key against RunPod, then save it encrypted. Returns what to tell the admin; raises
+    `SetupRefused` when RunPod or the form's checks refuse it (nothing saved)."""
     assert interaction.guild_id is not None
     key = Secret(api_key)
     try:
@@ -100,11 +178,15 @@ async def connect(
             interaction.guild_id, name, key, endpoint_id, worker, workflow, by=interaction.user.id
         )
     except RunPodAuthError:
-        return "❌ RunPod refused that API key (401). Nothing was saved. Check the key in RunPod → Settings → API Keys."
+        raise SetupRefused(
+            "❌ RunPod refused that API key (401). Nothing was saved. Check the key in RunPod → Settings → API Keys."
+        ) from None
     except RunPodNotFound:
-        return f"❌ RunPod has no endpoint `{endpoint_id}` for that key (404). Nothing was saved."
-    except RunPodRejected as error:
-        return f"❌ {error} Nothing was saved."
+        raise SetupRefused(
+            f"❌ RunPod has no endpoint `{endpoint_id}` for that key (404). Nothing was saved."
+        ) from None
+    except (RunPodRejected, InvalidParams) as error:
+        raise SetupRefused(f"❌ {error.explanation} Nothing was saved.") from None
     model = "" if name == DEFAULT_MODEL else f" as model “{name}”"
     return (
         f"✅ Connected endpoint `{endpoint_id}` ({worker}){model} with key `{key.masked}`.\n"
@@ -194,7 +276,7 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
         guild_daily_gpu_seconds="GPU seconds per day for the whole server",
         guild_monthly_jobs="Pictures per month for the whole server",
         guild_monthly_gpu_seconds="GPU seconds per month for the whole server",
-        max_count="Most images in one job",
+        max_count="Most pictures in one job",
         max_steps="Most steps in one job",
         max_minutes="Longest a job may take, queue plus run, before it is cancelled (default 15)",
         gpu_price_per_second="Your endpoint's price per GPU second in dollars, for cost estimates",
@@ -233,8 +315,20 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
             }.items()
             if value is not None
         }
-        policy = await self._update_policy(interaction, changes)
-        await interaction.response.send_message(describe_limits(policy), ephemeral=True)
+        before, policy = await self._update_policy(interaction, changes)
+        changed = [
+            describe_change(name, getattr(before, name), getattr(policy, name))
+            for name in changes
+            if getattr(before, name) != getattr(policy, name)
+        ]
+        if changed:
+            head = "\n".join(changed)
+        elif changes:
+            head = "Nothing changed: those are already this server's limits."
+        else:  # only asked to see them
+            head = ""
+        text = "\n\n".join(part for part in (head, describe_limits(policy)) if part)
+        await interaction.response.send_message(text, ephemeral=True)
 
     @app_commands.command(name="moderation", description="Show or change which prompts this server refuses")
     @app_commands.describe(
@@ -268,7 +362,7 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
                 changes[rule] = tuple(item for item in kept if item != unban)
         if spoiler is not None:
             changes["spoiler_outside_nsfw"] = spoiler
-        policy = await self._update_policy(interaction, changes)
+        _, policy = await self._update_policy(interaction, changes)
         await interaction.response.send_message(describe_moderation(policy), ephemeral=True)
 
     @app_commands.command(name="usage", description="This server's use of its GPU in the last 30 days")
@@ -285,33 +379,87 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
 
     async def _update_policy(
         self, interaction: discord.Interaction[ImagineBot], changes: dict[str, Any]
-    ) -> GuildPolicy:
+    ) -> tuple[GuildPolicy, GuildPolicy]:
+        """The guild's policy before and after `changes` (saved only when they change something)."""
         assert interaction.guild_id is not None
         endpoints = self.bot.endpoints
-        policy = await endpoints.policy(interaction.guild_id)
-        if changes:
-            policy = dataclasses.replace(policy, **changes)
+        before = await endpoints.policy(interaction.guild_id)
+        policy = dataclasses.replace(before, **changes)
+        if policy != before:
             await endpoints.save_policy(interaction.guild_id, policy)
-        return policy
+        return before, policy
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one of `/runpod limits`' values reads: its name in a sentence, its unit, what 0 means."""
+
+    label: str
+    unit: str
+    zero: str | None = "no limit"  # None: 0 is a number like any other
+    scale: int = 1  # stored in units this many times smaller than shown (seconds shown as minutes)
+
+
+SETTINGS = {
+    "member_concurrent": Setting("jobs running at once per member", "job", zero=None),
+    "member_waiting": Setting("jobs waiting per member", "job", zero=None),
+    "guild_concurrent": Setting("jobs running at once for the server", "job", zero=None),
+    "member_daily": Setting("per member per day", "picture"),
+    "guild_daily_jobs": Setting("server per day", "picture"),
+    "guild_daily_gpu_seconds": Setting("server GPU time per day", "GPU second"),
+    "guild_monthly_jobs": Setting("server per month", "picture"),
+    "guild_monthly_gpu_seconds": Setting("server GPU time per month", "GPU second"),
+    "max_count": Setting("most pictures in one job", "picture", zero=None),
+    "max_steps": Setting("most steps in one job", "step", zero=None),
+    "max_wall_seconds": Setting("longest a job may take", "minute", zero=None, scale=60),
+}
+
+
+def price(per_second: float) -> str:
+    """`$0.00031 per GPU second`: at least to the cent, and as many places as the admin gave (up to six)."""
+    if not per_second:
+        return "not set"
+    whole, _, cents = f"{per_second:.6f}".rstrip("0").partition(".")
+    return f"${whole}.{cents.ljust(2, '0')} per GPU second"
+
+
+def amount(name: str, value: float) -> str:
+    """A limit's value with its unit: `3 pictures`, `15 minutes`, `no limit`."""
+    if name == "gpu_price_per_second":
+        return price(value)
+    setting = SETTINGS[name]
+    if not value and setting.zero is not None:
+        return setting.zero
+    return plural(value / setting.scale, setting.unit)
+
+
+def describe_change(name: str, before: float, after: float) -> str:
+    """`Changed: per member per day from 5 to 3 pictures.` (the unit once, when both sides have it)."""
+    setting = SETTINGS.get(name)
+    if setting is None:
+        return f"Changed: price from {amount(name, before)} to {amount(name, after)}."
+    if setting.zero is None or (before and after):
+        return f"Changed: {setting.label} from {number(before / setting.scale)} to {amount(name, after)}."
+    return f"Changed: {setting.label} from {amount(name, before)} to {amount(name, after)}."
 
 
 def describe_limits(policy: GuildPolicy) -> str:
-    def limit(value: float, unit: str = "") -> str:
-        return f"{value:g}{unit}" if value else "no limit"
+    def quota(value: int, unit: str, what: str) -> str:
+        return plural(value, unit) if value else f"no limit on {what}"
 
-    price = f"${policy.gpu_price_per_second:g} per GPU second" if policy.gpu_price_per_second else "not set"
     return "\n".join(
         [
-            f"Running at once: {policy.member_concurrent} per member, {policy.guild_concurrent} for the server; "
-            f"up to {policy.member_waiting} waiting per member.",
-            f"Per member per day: {limit(policy.member_daily)}.",
-            f"Server per day: {limit(policy.guild_daily_jobs)} pictures, "
-            f"{limit(policy.guild_daily_gpu_seconds, ' s')} GPU.",
-            f"Server per month: {limit(policy.guild_monthly_jobs)} pictures, "
-            f"{limit(policy.guild_monthly_gpu_seconds, ' s')} GPU.",
-            f"Per job: at most {policy.max_count} images and {policy.max_steps} steps; "
-            f"cancelled after {policy.max_wall_seconds / 60:g} minutes.",
-            f"Price: {price}.",
+            f"Running at once: {plural(policy.member_concurrent, 'job')} per member, "
+            f"{plural(policy.guild_concurrent, 'job')} for the server; "
+            f"up to {plural(policy.member_waiting, 'job')} waiting per member.",
+            f"Per member per day: {amount('member_daily', policy.member_daily)}.",
+            f"Server per day: {quota(policy.guild_daily_jobs, 'picture', 'pictures')}, "
+            f"{quota(policy.guild_daily_gpu_seconds, 'GPU second', 'GPU time')}.",
+            f"Server per month: {quota(policy.guild_monthly_jobs, 'picture', 'pictures')}, "
+            f"{quota(policy.guild_monthly_gpu_seconds, 'GPU second', 'GPU time')}.",
+            f"Per job: at most {plural(policy.max_count, 'picture')} and {plural(policy.max_steps, 'step')}; "
+            f"cancelled after {amount('max_wall_seconds', policy.max_wall_seconds)}.",
+            f"Price: {price(policy.gpu_price_per_second)}.",
         ]
     )
 

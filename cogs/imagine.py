@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -18,8 +19,8 @@ from discord.ext import commands
 
 from bot import render
 from bot.admission import NEEDED_PERMISSIONS, Request, preflight
-from bot.buttons import ButtonAction, JobButton
-from bot.errors import BotError
+from bot.buttons import ButtonAction, JobButton, Variation, result_view
+from bot.errors import BotError, size_text
 from bot.forms import BoundForm
 from bot.jobs import Origin, is_nsfw
 from bot.params import (
@@ -30,6 +31,7 @@ from bot.params import (
     MAX_SEED,
     MAX_STEPS,
     GenerationParams,
+    InvalidParams,
     params_from_request,
 )
 from bot.replies import explain, reply_privately
@@ -39,6 +41,12 @@ if TYPE_CHECKING:
     from bot.bot import ImagineBot
 
 log = logging.getLogger(__name__)
+
+# How far a variation moves from its picture (the image-to-image strength): Midjourney's V buttons are strong.
+VARY_STRENGTH = {Variation.SUBTLE: 0.35, Variation.STRONG: 0.75}
+# An image prompt: what is checked on Discord's word (type and size) before any GPU time is paid.
+IMAGE_PROMPT_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
+MAX_IMAGE_PROMPT_BYTES = 10 * 1024 * 1024
 
 
 class Imagine(commands.Cog):
@@ -62,6 +70,8 @@ class Imagine(commands.Cog):
         guidance="How closely to follow the prompt",
         count="How many pictures",
         model="Which of this server's models to use",
+        image="A picture to start from (PNG, JPEG or WebP)",
+        strength="How far to move from that picture: 0 keeps it, 1 ignores it",
     )
     @app_commands.choices(aspect_ratio=[app_commands.Choice(name=ratio, value=ratio) for ratio in ASPECT_RATIOS])
     async def imagine(
@@ -75,7 +85,11 @@ class Imagine(commands.Cog):
         guidance: app_commands.Range[float, 0.0, MAX_GUIDANCE] | None = None,
         count: app_commands.Range[int, 1, MAX_COUNT] = 1,
         model: app_commands.Range[str, 1, 32] | None = None,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.0, 1.0] | None = None,
     ) -> None:
+        if strength is not None and image is None:
+            raise InvalidParams("Strength says how far to move from a picture: add one with the image option.")
         params = params_from_request(
             prompt,
             negative_prompt=negative_prompt,
@@ -84,8 +98,19 @@ class Imagine(commands.Cog):
             steps=steps,
             guidance=guidance,
             count=count,
+            image_url=image_prompt_url(image) if image is not None else None,
+            strength=strength,
         )
         await self.run_new(interaction, params, model)
+
+    @imagine.autocomplete("count")  # type: ignore[arg-type]  # discord.py types autocomplete for text options only
+    async def counts(
+        self, interaction: discord.Interaction[ImagineBot], current: int | str | None
+    ) -> list[app_commands.Choice[int]]:
+        """Only the counts this server allows: a member is never offered what would then be refused."""
+        policy = await self.bot.endpoints.policy(interaction.guild_id)
+        most = max(1, min(MAX_COUNT, policy.max_count))
+        return [app_commands.Choice(name=str(count), value=count) for count in range(1, most + 1)]
 
     @imagine.autocomplete("model")
     async def model_names(
@@ -130,14 +155,18 @@ class Imagine(commands.Cog):
     # --- a job's buttons -----------------------------------------------------------------------------
 
     @commands.Cog.listener()
-    async def on_job_button(self, interaction: discord.Interaction[ImagineBot], action: ButtonAction, key: str) -> None:
+    async def on_job_button(
+        self, interaction: discord.Interaction[ImagineBot], action: ButtonAction, key: str, argument: str | None
+    ) -> None:
         try:
-            await self._on_button(interaction, action, key)
+            await self._on_button(interaction, action, key, argument)
         except Exception as error:  # a button has no command tree to report to
             await reply_privately(interaction, explain(interaction, error))
 
-    async def _on_button(self, interaction: discord.Interaction[ImagineBot], action: ButtonAction, key: str) -> None:
-        record = await self.bot.storage.job(int(key)) if key.isdigit() else None
+    async def _on_button(
+        self, interaction: discord.Interaction[ImagineBot], action: ButtonAction, key: str, argument: str | None
+    ) -> None:
+        record = await self.bot.storage.job(int(key))
         if record is None or record.guild_id != interaction.guild_id:
             await interaction.response.send_message("I have no record of this job any more.", ephemeral=True)
             return
@@ -155,13 +184,64 @@ class Imagine(commands.Cog):
         if action is ButtonAction.CANCEL:
             await self._cancel(interaction, record)
         elif action is ButtonAction.DELETE:
-            await interaction.response.defer()
-            await interaction.delete_original_response()
-            log.info("job %s: result deleted by user %s", record.runpod_job_id, interaction.user.id)
+            await self._delete(interaction, record, argument)
         elif action is ButtonAction.REROLL:
             await self.run_new(interaction, dataclasses.replace(params, seed=None), record.model)
+        elif action is ButtonAction.RETRY:
+            await self.run_new(interaction, params, record.model)
         elif action is ButtonAction.EDIT:
             await interaction.response.send_modal(EditModal(interaction, self, params, record.model))
+        elif action is ButtonAction.PICK:
+            await self._pick(interaction, record, params, int(argument or 1))
+        elif action is ButtonAction.VARY:
+            number = int(argument) if argument and argument.isdigit() else 1
+            strength = (
+                VARY_STRENGTH[Variation(argument)] if argument in tuple(Variation) else VARY_STRENGTH[Variation.STRONG]
+            )
+            source = _picture(interaction, number)
+            varied = dataclasses.replace(params, image_url=source.url, strength=strength, upscale=False, seed=None)
+            await self.run_new(interaction, varied, record.model)
+        elif action is ButtonAction.UPSCALE:
+            source = _picture(interaction, 1)
+            upscaled = dataclasses.replace(params, image_url=source.url, strength=None, upscale=True, count=1)
+            await self.run_new(interaction, upscaled, record.model)
+
+    async def _pick(
+        self, interaction: discord.Interaction[ImagineBot], record: JobRecord, params: GenerationParams, number: int
+    ) -> None:
+        """U<n>: picture n of a set, posted on its own at full size, with the buttons of a single picture."""
+        source = _picture(interaction, number)
+        await interaction.response.defer(thinking=True)
+        data = await source.read()
+        try:
+            can_vary = (await self.bot.endpoints.for_guild(record.guild_id, record.model)).preset.can_start_from_image
+        except BotError:  # the endpoint is gone: the picture can still be posted, but not varied
+            can_vary = False
+        embed = render.picked_embed(params, record.user_name, number)
+        await interaction.followup.send(
+            embed=embed,
+            file=discord.File(BytesIO(data), filename=source.filename),
+            view=result_view(str(record.request_id), 1, can_vary=can_vary),
+        )
+
+    async def _delete(
+        self, interaction: discord.Interaction[ImagineBot], record: JobRecord, target: str | None
+    ) -> None:
+        """Delete asks first (privately), naming the message; the confirming click deletes that message."""
+        if target is None:
+            assert interaction.message is not None
+            view = discord.ui.View(timeout=None)
+            view.add_item(JobButton(ButtonAction.DELETE, str(record.request_id), str(interaction.message.id)))
+            await interaction.response.send_message(
+                "Delete this picture for everyone in the channel? This cannot be undone.", view=view, ephemeral=True
+            )
+            return
+        await interaction.response.defer(ephemeral=True)
+        channel = self.bot.get_partial_messageable(interaction.channel_id or 0, guild_id=interaction.guild_id)
+        with contextlib.suppress(discord.NotFound):  # deleted already: the member's wish holds
+            await channel.get_partial_message(int(target)).delete()
+        await interaction.edit_original_response(content="Deleted.", view=None)
+        log.info("job %s: result message %s deleted by user %s", record.runpod_job_id, target, interaction.user.id)
 
     async def _cancel(self, interaction: discord.Interaction[ImagineBot], record: JobRecord) -> None:
         if record.delivered_at is not None or not self.bot.runner.is_live(record.request_id):
@@ -219,6 +299,27 @@ async def _origin(interaction: discord.Interaction[Any]) -> Origin:
         message_id=message_id,
         filesize_limit=interaction.filesize_limit,
     )
+
+
+def image_prompt_url(image: discord.Attachment) -> str:
+    """An image prompt's address on Discord's CDN, once its type and size (as Discord reports them) pass."""
+    content_type = (image.content_type or "").split(";")[0].strip().lower()
+    if content_type not in IMAGE_PROMPT_TYPES:
+        raise InvalidParams("The image to start from must be a PNG, JPEG or WebP picture.")
+    if image.size > MAX_IMAGE_PROMPT_BYTES:
+        raise InvalidParams(
+            f"The image to start from is {size_text(image.size)}; the most is {size_text(MAX_IMAGE_PROMPT_BYTES)}."
+        )
+    return image.url
+
+
+def _picture(interaction: discord.Interaction[Any], number: int) -> discord.Attachment:
+    """Picture `number` (from 1) of the message whose button was clicked: the message holds the pictures, so a
+    button posted before a restart still finds its own."""
+    pictures = interaction.message.attachments if interaction.message is not None else []
+    if not 1 <= number <= len(pictures):
+        raise BotError("That picture is no longer on this message.")
+    return pictures[number - 1]
 
 
 def _may_moderate(interaction: discord.Interaction[Any], record: JobRecord) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -273,3 +274,126 @@ async def test_nobody_else_can_submit_an_admins_setup_form(harness):
 
     reply = await submit(harness, {"api_key": GUILD_KEY, "endpoint_id": GUILD_ENDPOINT}, setup)
     assert reply.startswith(f"✅ Connected endpoint `{GUILD_ENDPOINT}`")
+
+
+def form_inputs(harness, interaction) -> dict[str, dict]:
+    """The text inputs of the form (modal) the bot opened for `interaction`, by custom_id."""
+    (modal_call,) = [c for c in harness.discord.calls_for("callback", interaction.token) if c.json["type"] == 9]
+    return {row["components"][0]["custom_id"]: row["components"][0] for row in modal_call.json["data"]["components"]}
+
+
+def buttons(message) -> dict[str, str]:
+    """label -> custom_id of the buttons on a message."""
+    return {c["label"]: c["custom_id"] for row in message.components for c in row["components"] if c.get("type") == 2}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"api_key": "rpa_WRONG_KEY_000", "endpoint_id": GUILD_ENDPOINT}, "❌ RunPod refused that API key (401)."),
+        ({"api_key": "rpa_WRONG_KEY_000", "endpoint_id": "no-such-endpoint"}, "❌ RunPod "),
+        ({"api_key": GUILD_KEY, "endpoint_id": "no-such-endpoint"}, "❌ RunPod has no endpoint `no-such-endpoint`"),
+    ],
+)
+async def test_a_refused_setup_offers_try_again_with_the_endpoint_kept_and_the_key_not(harness, values, message):
+    """The admin sees why, and a Try again button; it reopens the form with the endpoint id they typed and an
+    empty key field; the key they typed appears in nothing the bot sent; the second try connects."""
+    setup = await open_setup(harness)
+    submitted = harness.discord.submit_modal(harness.form_id(setup), values, user=ADMIN, permissions=MANAGE_GUILD)
+    await harness.discord.send(submitted)
+    await harness.discord.wait_for(lambda: harness.private_replies(submitted), timeout=10)
+    (reply,) = harness.private_replies(submitted)
+    assert reply.startswith(message)
+    assert "Nothing was saved" in reply
+    refusal = harness.discord.original_message(submitted.token)
+    assert refusal.ephemeral
+    assert list(buttons(refusal)) == ["Try again"]
+
+    again = harness.discord.click(
+        buttons(refusal)["Try again"], message_id=refusal.id, user=ADMIN, permissions=MANAGE_GUILD
+    )
+    await harness.discord.send(again)
+    await harness.discord.wait_for(lambda: harness.discord.calls_for("callback", again.token))
+    inputs = form_inputs(harness, again)
+    assert list(inputs) == ["api_key", "endpoint_id"]
+    assert inputs["endpoint_id"].get("value") == values["endpoint_id"]
+    assert not inputs["api_key"].get("value")
+    for call in harness.discord.calls:  # the key typed is never sent back, in any message, form or edit
+        assert values["api_key"] not in json.dumps(call.json)
+
+    retried = harness.discord.submit_modal(
+        harness.form_id(again), {"api_key": GUILD_KEY, "endpoint_id": GUILD_ENDPOINT}, user=ADMIN,
+        permissions=MANAGE_GUILD,
+    )  # fmt: skip
+    await harness.discord.send(retried)
+    await harness.discord.wait_for(lambda: harness.private_replies(retried), timeout=10)
+    assert harness.private_replies(retried)[-1].startswith(f"✅ Connected endpoint `{GUILD_ENDPOINT}`")
+    assert (await harness.bot.storage.guild_endpoint(DEFAULT_GUILD_ID)).endpoint_id == GUILD_ENDPOINT
+
+
+async def test_try_again_keeps_a_comfyui_workflow_and_belongs_to_the_admin_who_was_refused(harness):
+    setup = await open_setup(harness, worker="comfyui")
+    workflow = '{"6": {"inputs": {"text": "{{prompt}}"}}}'
+    values = {"api_key": "rpa_WRONG_KEY_000", "endpoint_id": GUILD_ENDPOINT, "workflow": workflow}
+    submitted = harness.discord.submit_modal(harness.form_id(setup), values, user=ADMIN, permissions=MANAGE_GUILD)
+    await harness.discord.send(submitted)
+    await harness.discord.wait_for(lambda: harness.private_replies(submitted), timeout=10)
+    refusal = harness.discord.original_message(submitted.token)
+
+    member = UserSpec(id=1_200_000_000_000_000_555, username="member", global_name="Member")
+    stranger = harness.discord.click(buttons(refusal)["Try again"], message_id=refusal.id, user=member)
+    await harness.discord.send(stranger)
+    await harness.discord.wait_for(lambda: harness.private_replies(stranger))
+    assert harness.private_replies(stranger) == ["This button belongs to someone else's setup; run /runpod setup."]
+
+    again = harness.discord.click(
+        buttons(refusal)["Try again"], message_id=refusal.id, user=ADMIN, permissions=MANAGE_GUILD
+    )
+    await harness.discord.send(again)
+    await harness.discord.wait_for(lambda: harness.discord.calls_for("callback", again.token))
+    inputs = form_inputs(harness, again)
+    assert (inputs["endpoint_id"].get("value"), inputs["workflow"].get("value")) == (GUILD_ENDPOINT, workflow)
+    assert not inputs["api_key"].get("value")
+
+
+async def limits(harness, **options) -> str:
+    interaction = harness.discord.slash("runpod", options, subcommand="limits", user=ADMIN, permissions=MANAGE_GUILD)
+    await harness.discord.send(interaction)
+    await harness.discord.wait_for(lambda: harness.private_replies(interaction))
+    (reply,) = harness.private_replies(interaction)
+    return reply
+
+
+async def test_limits_read_with_units_and_a_change_says_what_changed(harness):
+    shown = await limits(harness)
+    assert shown.startswith("Running at once: 2 jobs per member, 6 jobs for the server; up to 3 jobs waiting")
+    assert "Per member per day: no limit.\n" in shown
+    assert "Server per day: no limit on pictures, no limit on GPU time.\n" in shown
+    assert "Per job: at most 4 pictures and 150 steps; cancelled after 15 minutes.\n" in shown
+    assert shown.endswith("Price: not set.")
+
+    first = await limits(harness, member_daily=1, guild_monthly_gpu_seconds=36000)
+    assert first.startswith(
+        "Changed: per member per day from no limit to 1 picture.\n"
+        "Changed: server GPU time per month from no limit to 36,000 GPU seconds.\n\n"
+        "Running at once:"
+    )
+    assert "Per member per day: 1 picture.\n" in first
+    assert "Server per month: no limit on pictures, 36,000 GPU seconds.\n" in first
+
+    second = await limits(harness, member_daily=3, max_minutes=10, member_waiting=3, gpu_price_per_second=0.00031)
+    assert second.startswith(
+        "Changed: per member per day from 1 to 3 pictures.\n"
+        "Changed: longest a job may take from 15 to 10 minutes.\n"
+        "Changed: price from not set to $0.00031 per GPU second.\n\n"
+    )  # member_waiting was 3 already: not a change
+    assert "Per member per day: 3 pictures.\n" in second
+    assert "cancelled after 10 minutes." in second
+    assert second.endswith("Price: $0.00031 per GPU second.")
+
+    same = await limits(harness, member_daily=3)
+    assert same.startswith("Nothing changed: those are already this server's limits.\n\nRunning at once:")
+    unlimited = await limits(harness, member_daily=0)
+    assert unlimited.startswith("Changed: per member per day from 3 pictures to no limit.\n\n")
+    policy = await harness.bot.endpoints.policy(DEFAULT_GUILD_ID)
+    assert (policy.member_daily, policy.max_wall_seconds, policy.guild_monthly_gpu_seconds) == (0, 600, 36000)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from bot.storage import JobRecord, KeySource, LedgerState
+from bot.usage import gpu_time
 from doubles import outputs
 from doubles.discord import (
     APP_PERMISSIONS,
@@ -151,7 +152,7 @@ async def test_a_quota_of_one_holds_when_eight_members_ask_at_the_same_moment(ha
     assert (await harness.finished(accepted)).embeds[0]["title"] == "✅ Done"
     for request in requests:
         if request is not accepted:
-            assert harness.private_replies(request)[0].startswith("This server has used its 1 pictures for today")
+            assert harness.private_replies(request)[0].startswith("This server has used its 1 picture for today")
             assert harness.discord.calls_for("delete_original", request.token)
             assert harness.discord.original_message(request.token).deleted
     assert len(harness.runpod.jobs) == 1
@@ -280,7 +281,7 @@ async def test_reroll_goes_through_the_same_limits(harness):
     await set_policy(harness, member_daily=1)
     click = harness.discord.click(button(final, "reroll"), message_id=final.id)
     await harness.discord.send(click)
-    assert "You have used your 1 pictures for today" in await refused(harness, click)
+    assert "You have used your 1 picture for today" in await refused(harness, click)
     assert len(harness.runpod.jobs) == 1
 
 
@@ -318,11 +319,15 @@ async def test_several_models_per_guild(harness):
     assert "no model called “nope”" in await refused(harness, await harness.imagine("x", model="nope"))
 
 
-async def test_usage_chart_is_a_png_whose_numbers_match_the_ledger(harness):
+async def test_usage_counts_pictures_and_cents_and_its_chart_is_a_png(harness):
+    """A count-2 job is 2 pictures in the report; a fraction of a cent is "< $0.01", not $0.00; each member's
+    pictures, GPU seconds and cost are listed."""
     await set_policy(harness, gpu_price_per_second=0.001)
-    harness.runpod.default_script = lambda job_input: Script(run_s=0.3, output=outputs.sdxl(png_for("u")))
-    for n, user in enumerate((member(1), member(1), member(2))):
-        await harness.finished(await harness.imagine(f"usage {n}", user=user))
+    harness.runpod.default_script = lambda job_input: Script(
+        run_s=0.3, output=outputs.sdxl(*[png_for("u")] * int(job_input.get("num_images", 1)))
+    )
+    for n, (user, count) in enumerate(((member(1), 2), (member(1), 1), (member(2), 1))):
+        await harness.finished(await harness.imagine(f"usage {n}", user=user, count=count))
     harness.runpod.default_script = lambda job_input: Script(outcome="CANCELLED")
     await harness.finished(await harness.imagine("not counted", user=member(2)))
 
@@ -337,11 +342,26 @@ async def test_usage_chart_is_a_png_whose_numbers_match_the_ledger(harness):
     records = await harness.bot.storage.guild_jobs_since(DEFAULT_GUILD_ID, datetime.now(UTC) - timedelta(days=1))
     counted = [r for r in records if r.state == "completed"]
     gpu = sum(r.execution_ms for r in counted) / 1000
+    mine = sum(r.execution_ms for r in counted if r.user_name == "Member 1") / 1000
     text = reply.json["content"]
-    assert gpu * 0.001 < 0.01  # a few GPU seconds: a fraction of a cent, shown as one, not as $0.00
-    assert f"Last 30 days: 3 pictures, {gpu:.0f} GPU seconds, about ${gpu * 0.001:.4f}." in text
-    assert "Failed or cancelled (not counted): 1." in text
-    assert "Member 1 2 (" in text
+    assert gpu * 0.001 < 0.005  # a few GPU seconds: a fraction of a cent, shown as one, not as $0.00
+    assert text.startswith(f"Last 30 days: 4 pictures, {gpu_time(gpu)}, estimated cost < $0.01.\n")
+    assert "Failed or cancelled (not counted): 1 picture." in text
+    assert f"• Member 1: 3 pictures, {gpu_time(mine)}, < $0.01" in text
+    assert "• Member 2: 1 picture, " in text
+
+
+async def test_a_daily_quota_counts_pictures_not_jobs(harness):
+    """A member allowed 3 pictures a day who asks for 2, then 1, has used them all: a third job is refused."""
+    await set_policy(harness, member_daily=3)
+    harness.runpod.default_script = lambda job_input: Script(
+        output=outputs.sdxl(*[png_for("q")] * int(job_input.get("num_images", 1)))
+    )
+    assert (await harness.finished(await harness.imagine("a pair", count=2))).embeds[0]["title"] == "✅ Done"
+    assert (await harness.finished(await harness.imagine("one more"))).embeds[0]["title"] == "✅ Done"
+    text = await refused(harness, await harness.imagine("over the quota"))
+    assert text.startswith("You have used your 3 pictures for today; you can make more <t:")
+    assert len(harness.runpod.jobs) == 2  # the refused one never reached RunPod
 
 
 async def test_limits_and_moderation_commands_show_and_change_the_rules(harness):
@@ -351,7 +371,8 @@ async def test_limits_and_moderation_commands_show_and_change_the_rules(harness)
     await harness.discord.send(limits)
     await harness.discord.wait_for(lambda: harness.private_replies(limits))
     text = harness.private_replies(limits)[0]
-    assert "Per member per day: 5." in text
+    assert text.startswith("Changed: per member per day from no limit to 5 pictures.\n")
+    assert "Per member per day: 5 pictures." in text
     assert "cancelled after 10 minutes" in text
     moderation = harness.discord.slash(
         "runpod",

@@ -72,8 +72,11 @@ async def test_the_full_conversation_from_defer_to_the_picture(harness):
     assert attachment.data == png  # the worker's own bytes, untouched
     assert pixels(attachment.data) == pixels(png)
     (job,) = harness.runpod.jobs.values()
-    buttons = [button["custom_id"] for button in final.components[0]["components"]]
-    assert buttons == [f"imagine:{action}:{interaction.id}" for action in ("reroll", "edit", "info", "delete")]
+    rows = [[button["custom_id"] for button in row["components"]] for row in final.components]
+    assert rows == [
+        [f"imagine:{action}:{interaction.id}" for action in ("vary:subtle", "vary:strong", "upscale")],
+        [f"imagine:{action}:{interaction.id}" for action in ("reroll", "edit", "info", "delete")],
+    ]
     assert job.api_key == API_KEY
     assert job.input == {
         "prompt": "a lighthouse at dusk",
@@ -92,8 +95,9 @@ async def test_queued_status_shows_cold_start_and_cancel_button(harness):
     interaction = await harness.imagine("slow one")
     await harness.discord.wait_for(lambda: harness.title(interaction) == "⏳ In queue")
     shown = harness.shown(interaction)
-    assert "workers ready" in field_value(shown, "Queue")
-    assert "No worker is warm" in field_value(shown, "Cold start")
+    assert field_value(shown, "Your place") == "1st of 1 waiting"
+    assert field_value(shown, "Workers") == "none running yet"
+    assert "RunPod is starting one" in field_value(shown, "Why the wait")
     assert field_value(shown, "Waiting since").startswith("<t:")
     (job_id,) = harness.runpod.jobs
     assert shown.components[0]["components"][0]["custom_id"] == f"imagine:cancel:{interaction.id}"
@@ -129,7 +133,7 @@ async def test_every_worker_output_shape_is_posted(harness, shape):
 @pytest.mark.parametrize(
     ("script", "expected"),
     [
-        (Script(outcome="FAILED", error=outputs.RUNPOD_PYTHON_ERROR), "The worker failed: CUDA out of memory"),
+        (Script(outcome="FAILED", error=outputs.RUNPOD_PYTHON_ERROR), "The GPU ran out of memory painting this."),
         (Script(outcome="TIMED_OUT"), "RunPod timed the job out"),
         (Script(outcome="CANCELLED"), "The job was cancelled on RunPod."),
         (Script(output=outputs.NO_IMAGES), "without saving an image"),
@@ -311,12 +315,19 @@ async def test_a_long_job_pings_the_requester_and_only_them(runpod):
     async with running_bot(runpod, options=fast_options(notify_after=0.0)) as harness:
         interaction = await harness.imagine("@everyone wake up")
         await harness.finished(interaction)
-        await harness.discord.wait_for(lambda: harness.discord.calls_for("followup", interaction.token))
-    (followup,) = harness.discord.calls_for("followup", interaction.token)
-    assert followup.json["content"].startswith(
-        f"<@{DEFAULT_USER_ID}> your picture is ready: https://discord.com/channels/"
-    )
-    assert followup.json["allowed_mentions"] == {"parse": [], "users": [DEFAULT_USER_ID]}
+        final = await harness.finished(interaction)
+        await harness.discord.wait_for(lambda: pings(harness, final))
+    (ping,) = pings(harness, final)
+    assert ping.content == f"<@{DEFAULT_USER_ID}> your picture is ready."  # a reply: one click leads to the picture
+    (call,) = [
+        call for call in harness.discord.calls if call.route == "channel_message" and call.json.get("message_reference")
+    ]
+    assert call.json["allowed_mentions"] == {"parse": [], "users": [DEFAULT_USER_ID]}
+
+
+def pings(harness, result):
+    """Replies to a result message: the ready pings."""
+    return [message for message in harness.discord.messages.values() if message.reply_to == result.id]
 
 
 async def test_pings_into_one_channel_keep_under_its_webhook_limit_and_all_arrive(runpod):
@@ -329,12 +340,12 @@ async def test_pings_into_one_channel_keep_under_its_webhook_limit_and_all_arriv
         for interaction in interactions:
             await harness.finished(interaction)
 
-        def pinged() -> list:
-            return [call for i in interactions for call in harness.discord.calls_for("followup", i.token)]
-
-        await harness.discord.wait_for(lambda: len(pinged()) == 5, timeout=10.0)
-    assert [len(harness.discord.calls_for("followup", i.token)) for i in interactions] == [1] * 5
-    assert all(call.json["content"].startswith(f"<@{DEFAULT_USER_ID}> your picture is ready") for call in pinged())
+        results = [harness.shown(i) for i in interactions]
+        await harness.discord.wait_for(lambda: all(pings(harness, result) for result in results), timeout=10.0)
+    assert [len(pings(harness, result)) for result in results] == [1] * 5
+    assert all(
+        pings(harness, result)[0].content == f"<@{DEFAULT_USER_ID}> your picture is ready." for result in results
+    )
     assert harness.discord.rate_limit_hits == []  # paced, not refused and retried
 
 
@@ -371,7 +382,7 @@ async def test_pictures_over_the_upload_limit_are_reencoded_with_a_note(harness)
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"count": 3}, "at most 2 images per job"),
+        ({"strength": 0.5}, "add one with the image option"),
         ({"prompt": "cat --seed lucky"}, "--seed needs a whole number"),
         ({"prompt": "cat --ar 5:4"}, "Aspect ratio '5:4' is not one of"),
     ],
@@ -397,8 +408,13 @@ async def test_without_an_endpoint_the_member_is_told_an_admin_must_set_one_up(r
 async def test_registered_command_schema(harness):
     command = harness.bot.tree.get_command("imagine").to_dict(harness.bot.tree)
     options = {option["name"]: option for option in command["options"]}
-    assert list(options) == ["prompt", "negative_prompt", "aspect_ratio", "seed", "steps", "guidance", "count", "model"]
+    assert list(options) == [
+        "prompt", "negative_prompt", "aspect_ratio", "seed", "steps", "guidance", "count", "model", "image", "strength"
+    ]  # fmt: skip
     assert options["model"]["autocomplete"] is True
+    assert options["count"]["autocomplete"] is True  # only the counts this server allows are offered
+    assert options["image"]["type"] == 11  # an attachment
+    assert (options["strength"]["min_value"], options["strength"]["max_value"]) == (0, 1)
     assert options["prompt"]["required"] is True
     assert (options["prompt"]["min_length"], options["prompt"]["max_length"]) == (1, 1000)
     assert [choice["value"] for choice in options["aspect_ratio"]["choices"]] == [
@@ -441,7 +457,8 @@ async def test_info_shows_the_full_parameters_privately(harness):
     fields = {field["name"]: field["value"] for field in callback.json["data"]["embeds"][0]["fields"]}
     assert fields["Seed"] == "99"
     assert fields["Worker"] == "sdxl"
-    assert job.endpoint_id not in str(callback.json)  # the server's endpoint id is not shown to members
+    assert fields["RunPod"] == f"job `{job.id}`\nendpoint `{job.endpoint_id}`"  # private, for whoever asks support
+    assert job.id not in str(final.embeds) + str(final.components)  # never in the public result
     assert fields["Run time"].endswith(" s")
 
 
@@ -456,7 +473,16 @@ async def test_delete_is_for_the_requester_or_a_moderator(harness):
 
     allowed = harness.discord.click(button(final, "delete"), message_id=final.id)
     await harness.discord.send(allowed)
+    await harness.discord.wait_for(lambda: harness.private_replies(allowed))
+    assert harness.private_replies(allowed) == [
+        "Delete this picture for everyone in the channel? This cannot be undone."
+    ]
+    assert not harness.discord.messages[final.id].deleted  # asked first
+    question = harness.discord.original_message(allowed.token)
+    confirmed = harness.discord.click(button(question, "delete"), message_id=question.id)
+    await harness.discord.send(confirmed)
     await harness.discord.wait_for(lambda: harness.discord.messages[final.id].deleted)
+    assert harness.discord.original_message(confirmed.token).content == "Deleted."
 
 
 async def test_the_same_interaction_delivered_twice_pays_once(harness):

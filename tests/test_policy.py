@@ -73,6 +73,7 @@ NOON = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
     ("policy", "usage", "message"),
     [
         (GuildPolicy(member_daily=3), Usage(member_today=3), "your 3 pictures for today"),
+        (GuildPolicy(member_daily=1), Usage(member_today=1), "your 1 picture for today"),
         (GuildPolicy(guild_daily_jobs=10), Usage(guild_today=10), "its 10 pictures for today"),
         (GuildPolicy(guild_daily_gpu_seconds=60), Usage(gpu_seconds_today=61.5), "today's GPU time"),
         (GuildPolicy(guild_monthly_jobs=100), Usage(guild_month=100), "for this month"),
@@ -85,6 +86,38 @@ def test_quotas_say_when_they_reset(policy, usage, message):
     tomorrow = int(datetime(2026, 11, 23, tzinfo=UTC).timestamp())
     next_month = int(datetime(2026, 12, 1, tzinfo=UTC).timestamp())
     assert f"<t:{tomorrow}:R>" in str(caught.value) or f"<t:{next_month}:R>" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("policy", "usage", "message"),
+    [
+        (
+            GuildPolicy(member_daily=5),
+            Usage(member_today=3),
+            "You have 2 pictures left for today and you asked for 4: ask for 2 or fewer now, or for more <t:",
+        ),
+        (
+            GuildPolicy(guild_daily_jobs=10),
+            Usage(guild_today=9),
+            "This server has 1 picture left for today and you asked for 4: ask for 1 or fewer now, or for more <t:",
+        ),
+        (
+            GuildPolicy(guild_monthly_jobs=100),
+            Usage(guild_month=97),
+            "This server has 3 pictures left for this month and you asked for 4: ask for 3 or fewer now",
+        ),
+    ],
+)
+def test_asking_for_more_pictures_than_are_left_says_how_many_are_left(policy, usage, message):
+    with pytest.raises(Refused) as caught:
+        check_quota(policy, usage, NOON, pictures=4)
+    assert str(caught.value).startswith(message)
+
+
+def test_asking_for_exactly_what_is_left_passes():
+    check_quota(GuildPolicy(member_daily=5, guild_daily_jobs=10), Usage(member_today=1, guild_today=6), NOON, 4)
+    with pytest.raises(Refused, match="1 picture left"):
+        check_quota(GuildPolicy(member_daily=5), Usage(member_today=4), NOON, 2)
 
 
 def test_no_limit_means_no_limit():

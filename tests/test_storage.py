@@ -7,10 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.script import ScriptDirectory
 
+from bot.admission import check_quota_now
 from bot.errors import ConfigError
-from bot.policy import Usage, start_of_day, start_of_month
-from bot.storage import GuildEndpoint, JobRecord, Storage, async_url
+from bot.policy import GuildPolicy, Refused, Usage, start_of_day, start_of_month
+from bot.storage import GuildEndpoint, JobRecord, Storage, alembic_config, async_url
+
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()  # the newest migration
 
 
 @pytest.fixture
@@ -36,12 +41,12 @@ def job(request_id: int = 1, **changes) -> JobRecord:
 
 
 async def test_migrations_from_an_empty_database(storage):
-    assert await storage.schema_revision() == "0004"
+    assert await storage.schema_revision() == HEAD
     async with storage.engine.connect() as connection:
         tables = await connection.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
         columns = await connection.run_sync(lambda sync: {c["name"] for c in sa.inspect(sync).get_columns("jobs")})
     assert {"jobs", "usage_days", "guild_endpoints", "guild_policies", "alembic_version"} <= tables
-    assert {"delay_ms", "execution_ms"} <= columns
+    assert {"delay_ms", "execution_ms", "pictures"} <= columns
 
 
 async def test_migrations_upgrade_a_previous_schema_in_place(database_url):
@@ -69,14 +74,14 @@ async def test_migrations_upgrade_a_previous_schema_in_place(database_url):
 
     upgraded = await Storage.open(database_url)
     try:
-        assert await upgraded.schema_revision() == "0004"
+        assert await upgraded.schema_revision() == HEAD
         (record,) = await upgraded.undelivered_jobs()
         assert (record.runpod_job_id, record.params, record.state) == (
             "old-job-u1",
             {"prompt": "from before"},
             "running",
         )
-        assert record.delay_ms is None
+        assert (record.delay_ms, record.pictures) == (None, 1)  # no count in its params: one picture
         # The quota counters start from the jobs the previous version wrote, then follow every change.
         today, month = start_of_day(now), start_of_month(now)
         assert await upgraded.usage(10, 30, today, month) == Usage(1, 1, 1, 0.0, 0.0)
@@ -183,7 +188,7 @@ async def test_processes_starting_together_migrate_once(database_url):
         pytest.skip("scale-out shares one PostgreSQL; a SQLite file belongs to one process")
     first, second = await asyncio.gather(Storage.open(database_url), Storage.open(database_url))
     try:
-        assert await first.schema_revision() == await second.schema_revision() == "0004"
+        assert await first.schema_revision() == await second.schema_revision() == HEAD
     finally:
         await first.close()
         await second.close()
@@ -229,3 +234,100 @@ async def test_quota_counters_follow_every_change_and_match_a_rebuild(storage):
     assert counted == Usage(1, 2, 2, 2.5, 2.5)
     await storage.rebuild_usage()
     assert await storage.usage(10, 30, today, month) == counted
+
+
+def test_a_job_counts_the_pictures_its_params_ask_for():
+    assert job(1).pictures == 1
+    assert job(1, params={"prompt": "x", "count": 3}).pictures == 3
+    assert job(1, params={"prompt": "x"}).pictures == 1
+    assert job(1, params={"prompt": "x", "count": "4"}).pictures == 1  # not the bot's own params: one picture
+    assert job(1, params={"prompt": "x", "count": 3}, pictures=2).pictures == 2  # said outright, it stands
+
+
+async def test_quotas_and_usage_count_pictures_not_jobs(storage):
+    """A job asking for 4 pictures uses 4 of a quota; failing gives all 4 back; a rebuild agrees."""
+    now = datetime.now(UTC)
+    today, month = start_of_day(now), start_of_month(now)
+    await storage.record_job(job(1, params={"prompt": "a set", "count": 4}, created_at=now, state="waiting"))
+    await storage.record_job(job(2, params={"prompt": "a pair", "count": 2}, created_at=now, state="waiting"))
+    await storage.record_job(job(3, params={"prompt": "theirs", "count": 3}, user_id=31, created_at=now))
+    assert await storage.usage(10, 30, today, month) == Usage(6, 9, 9, 0.0, 0.0)
+    await storage.update_job(1, state="completed", execution_ms=8000)
+    await storage.update_job(2, state="failed")  # both of its pictures are given back
+    assert await storage.usage(10, 30, today, month) == Usage(4, 7, 7, 8.0, 8.0)
+    await storage.update_job(1, pictures=3)  # fewer delivered than asked, should a runner say so
+    assert await storage.usage(10, 30, today, month) == Usage(3, 6, 6, 8.0, 8.0)
+    counted = await storage.usage(10, 30, today, month)
+    await storage.rebuild_usage()
+    assert await storage.usage(10, 30, today, month) == counted
+    assert [(r.request_id, r.pictures) for r in await storage.guild_jobs_since(10, today)] == [(1, 3), (2, 2), (3, 3)]
+
+
+async def test_migration_0005_counts_the_pictures_old_jobs_asked_for(database_url):
+    """Jobs and counters written by the previous version (which counted jobs) are upgraded in place: each job
+    gets the pictures its params asked for (1 where they say nothing usable), and the counters are summed
+    afresh; a downgrade gives back the counts of jobs."""
+    old = await Storage.open(database_url, migrate=False)
+    await old.migrate("0004")
+    now = datetime.now(UTC)
+    ledger = [  # (request id, member, params as the old bot stored them, state)
+        (1, 30, '{"prompt": "a set", "count": 4}', "completed"),
+        (2, 30, '{"prompt": "a pair", "count": 2}', "running"),
+        (3, 30, '{"prompt": "failed", "count": 3}', "failed"),
+        (4, 30, '{"prompt": "before count existed"}', "completed"),
+        (5, 31, '{"prompt": "odd", "count": "three"}', "completed"),
+        (6, 31, '{"prompt": "absurd", "count": 100000000000}', "completed"),
+        (7, 31, '{"prompt": "fraction", "count": 2.5}', "completed"),
+        (8, 31, '{"prompt": "none", "count": 0}', "completed"),
+    ]
+    async with old.engine.begin() as connection:
+        for request_id, member, params, state in ledger:
+            await connection.execute(
+                sa.text(
+                    "INSERT INTO jobs (request_id, guild_id, channel_id, user_id, user_name, params, endpoint_id, "
+                    "worker, key_source, state, execution_ms, created_at, updated_at) VALUES (:id, 10, 20, :member, "
+                    "'Member', :params, 'ep', 'sdxl', 'guild', :state, 1000, :now, :now)"
+                ),
+                {"id": request_id, "member": member, "params": params, "state": state, "now": now},
+            )
+        # The counters as 0004's bot kept them: one per counted job.
+        await connection.execute(
+            sa.text(
+                "INSERT INTO usage_days (guild_id, day, user_id, jobs, gpu_ms) VALUES "
+                "(10, :day, 30, 3, 3000), (10, :day, 31, 4, 4000)"
+            ),
+            {"day": now.date()},
+        )
+    await old.close()
+
+    upgraded = await Storage.open(database_url)
+    try:
+        assert await upgraded.schema_revision() == HEAD
+        pictures = {r.request_id: r.pictures for r in await upgraded.guild_jobs_since(10, now - timedelta(days=1))}
+        assert pictures == {1: 4, 2: 2, 3: 3, 4: 1, 5: 1, 6: 1, 7: 1, 8: 1}
+        today, month = start_of_day(now), start_of_month(now)
+        assert await upgraded.usage(10, 30, today, month) == Usage(7, 11, 11, 7.0, 7.0)
+
+        def downgrade(connection: sa.Connection) -> None:
+            command.downgrade(alembic_config(connection), "0004")
+
+        async with upgraded.engine.begin() as connection:
+            await connection.run_sync(downgrade)
+            rows = await connection.execute(sa.text("SELECT user_id, jobs FROM usage_days ORDER BY user_id"))
+            assert [tuple(row) for row in rows] == [(30, 3), (31, 4)]
+        await upgraded.migrate()
+        assert await upgraded.usage(10, 30, today, month) == Usage(7, 11, 11, 7.0, 7.0)
+    finally:
+        await upgraded.close()
+
+
+async def test_a_quota_check_weighs_the_pictures_asked_for_against_what_is_left(storage):
+    """The check `/imagine` makes before a job is written: a count-2 job leaves 3 of 5, so 4 more are refused
+    with what is left, and 3 pass."""
+    now = datetime.now(UTC)
+    policy = GuildPolicy(member_daily=5)
+    await storage.record_job(job(1, params={"prompt": "a pair", "count": 2}, created_at=now))
+    with pytest.raises(Refused, match="You have 3 pictures left for today and you asked for 4"):
+        await check_quota_now(storage, policy, 10, 30, now, pictures=4)
+    await check_quota_now(storage, policy, 10, 30, now, pictures=3)
+    await check_quota_now(storage, policy, 10, 31, now, pictures=4)  # another member's quota is whole

@@ -127,6 +127,7 @@ class Message:
     interaction_id: int | None = None
     created_at: datetime = field(default_factory=_now)
     edited_at: datetime | None = None
+    reply_to: int | None = None  # the message this one replies to (message_reference)
 
     @property
     def loading(self) -> bool:

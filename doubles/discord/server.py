@@ -124,6 +124,8 @@ class DiscordDouble:
         self.denied_channels: set[int] = set()
         self.calls: list[Recorded] = []
         self.messages: dict[int, Message] = {}
+        self.uploaded: dict[int, Attachment] = {}  # members' uploads to slash commands, by attachment id
+        self.cdn_reads: list[int] = []  # attachment ids the bot downloaded, in order
         self.interactions: dict[str, Interaction] = {}
         self.connections: list[GatewayConnection] = []
         self._originals: dict[str, int] = {}
@@ -320,6 +322,8 @@ class DiscordDouble:
     ) -> Interaction:  # fmt: skip
         """Build a CHAT_INPUT (type 2) interaction; ``created_at`` in the past makes an old token."""
         data = self._command_data(name, options, subcommand)
+        if attachments := self._resolved_attachments(data["options"], channel_id):
+            data["resolved"] = {"attachments": attachments}
         return self._interaction(2, data, user=user, guild_id=guild_id, channel_id=channel_id,
                                  permissions=permissions, app_permissions=app_permissions,
                                  created_at=created_at, attachment_size_limit=attachment_size_limit)  # fmt: skip
@@ -452,11 +456,34 @@ class DiscordDouble:
     # REST -----------------------------------------------------------------------------------------------
     async def _cdn(self, request: web.Request) -> web.Response:
         aid = int(request.match_info["attachment_id"])
-        for m in self.messages.values():
-            for a in m.attachments:
-                if a.id == aid:
-                    return web.Response(body=a.data, content_type=a.content_type or "application/octet-stream")
+        self.cdn_reads.append(aid)
+        held = [a for m in self.messages.values() for a in m.attachments] + list(self.uploaded.values())
+        for a in held:
+            if a.id == aid:
+                return web.Response(body=a.data, content_type=a.content_type or "application/octet-stream")
         return web.Response(status=404)
+
+    def attachment_option(self, data: bytes, filename: str = "start.png",
+                          content_type: str | None = "image/png") -> dict[str, Any]:  # fmt: skip
+        """A slash command's attachment option (type 11), as a member's upload: pass it in ``slash``'s options.
+        Discord puts the file itself in ``data.resolved.attachments``; ``slash`` does that."""
+        attachment = Attachment(filename, data, content_type, id=self._snowflake())
+        self.uploaded[attachment.id] = attachment
+        return {"type": 11, "value": str(attachment.id)}
+
+    def _resolved_attachments(self, options: list[dict[str, Any]], channel_id: int | None) -> dict[str, Any]:
+        cdn = f"http://127.0.0.1:{self.port}/attachments/{channel_id or 0}"
+        found = {}
+        for option in options:
+            attachment = self.uploaded.get(int(option["value"])) if option.get("type") == 11 else None
+            if attachment is not None:
+                found[str(attachment.id)] = {
+                    "id": str(attachment.id), "filename": attachment.filename, "size": len(attachment.data),
+                    "url": f"{cdn}/{attachment.id}/{attachment.filename}",
+                    "proxy_url": f"{cdn}/{attachment.id}/{attachment.filename}",
+                    "content_type": attachment.content_type,
+                }  # fmt: skip
+        return found
 
     @staticmethod
     async def _read_body(request: web.Request) -> tuple[Any, list[Attachment]]:
@@ -710,8 +737,20 @@ class DiscordDouble:
             inter.token if inter else None, interaction_id=inter.id if inter else None,
         )  # fmt: skip
         self._set_attachments(msg, body, files)
+        msg.reply_to = self._replied(channel_id, body.get("message_reference"))
         self.messages[msg.id] = msg
         return msg
+
+    def _replied(self, channel_id: int, reference: Any) -> int | None:
+        """The message a reply points at; like Discord, an unknown one is an error unless the sender allowed it."""
+        if not isinstance(reference, dict) or reference.get("message_id") is None:
+            return None
+        target = self.messages.get(int(reference["message_id"]))
+        if target is None or target.deleted or target.channel_id != channel_id:
+            if reference.get("fail_if_not_exists", True):
+                raise ApiError(400, 50035, "Unknown message in message_reference")
+            return None
+        return target.id
 
     def _edit(self, msg: Message, body: dict[str, Any], files: list[Attachment], inter: Interaction | None) -> None:
         self._validate(body, files, inter)
@@ -758,6 +797,9 @@ class DiscordDouble:
             "pinned": False, "mention_everyone": False, "tts": False, "timestamp": msg.created_at.isoformat(),
             "edited_timestamp": msg.edited_at.isoformat() if msg.edited_at else None, "flags": msg.flags,
         }  # fmt: skip
+        if msg.reply_to is not None:
+            out["type"] = 19
+            out["message_reference"] = {"message_id": str(msg.reply_to), "channel_id": str(msg.channel_id)}
         if inter is not None:
             user = inter.payload.get("member", inter.payload).get("user")
             owners = inter.payload.get("authorizing_integration_owners", {})
