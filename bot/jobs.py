@@ -29,10 +29,10 @@ from bot.crypto import UndecryptableSecret, Vault
 from bot.delivery import Upload, fit_within, upload_stem
 from bot.endpoints import Endpoint, Endpoints
 from bot.engine import JobResult, JobUpdate, RunPodContext, follow_job, submit_job
-from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut
+from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut, OutputError
 from bot.images import enlarge, read_header
 from bot.live import Address, LiveMessage
-from bot.params import GenerationParams
+from bot.params import GenerationParams, InvalidParams
 from bot.policy import FairQueue, GuildPolicy, Ticket
 from bot.polling import PollPolicy
 from bot.presets import PRESETS
@@ -121,6 +121,7 @@ class LiveJob:
     health: Health | None = None
     health_read_at: float = float("-inf")  # event-loop time
     pictures_ready: int | None = None  # of a request sent as several jobs: the pictures its finished parts made
+    parts_behind: int = 0  # its own parts after the one followed now: they wait on RunPod too, but not for it
 
     @property
     def key(self) -> str:
@@ -300,25 +301,30 @@ class JobRunner:
         return submitted
 
     async def _start_image(self, job: LiveJob) -> tuple[GenerationParams, bytes | None]:
-        """The picture an image job starts from, in the form its worker takes: Discord's URL where the worker
-        fetches it; the bytes where it wants base64. An upscale starts from the picture enlarged here; a worker
-        that fetches URLs finds that enlarged picture attached to the job's own status message."""
+        """The picture an image job starts from, checked and in the form its worker takes: Discord's URL where
+        the worker fetches it; the bytes where it wants base64. It is read and its header checked first, so a file
+        that only claims to be a picture, or one deleted since, is refused before any GPU time is paid. An upscale
+        starts from the picture enlarged here; a worker that fetches URLs finds that enlarged picture attached to
+        the job's own status message."""
         params, preset = job.params, job.endpoint.preset
-        if params.image_url is None or (preset.image_input == "url" and not params.upscale):
+        if params.image_url is None:
             return params, None
         where = "The picture to start from"
         try:
             data = await self._discord.http.get_from_cdn(params.image_url)
         except discord.HTTPException as error:
-            raise BotError(
-                f"{where} could not be read from Discord ({error.status}); it may have been deleted."
-            ) from None
+            raise BotError(f"{where} could not be read from Discord ({error.status}); was it deleted?") from None
         budget = self._runpod.fetcher.budget
-        header = await budget.run(0, functools.partial(read_header, data, where))
-        if params.upscale:
-            data = await budget.run(header.decode_bytes * 5, functools.partial(enlarge, data, "The picture"))
+        try:
+            header = await budget.run(0, functools.partial(read_header, data, where))
+            if params.upscale:
+                data = await budget.run(header.decode_bytes * 5, functools.partial(enlarge, data, where))
+        except OutputError as error:  # the member's file, not the worker's output: no admin can fix it
+            raise InvalidParams(str(error)) from None
         if preset.image_input == "base64":
             return params, data
+        if not params.upscale:
+            return params, None  # the worker fetches it from Discord itself
         embed = render.starting_embed(job.params, job.record.user_name)
         url = await job.message.attach(embed, Upload("start.png", data))
         if url is None:
@@ -337,8 +343,10 @@ class JobRunner:
             for index, runpod_job_id in enumerate(parts):
                 if len(parts) > 1:
                     job.pictures_ready = sum(len(result.images) for result in results)
+                job.parts_behind = len(parts) - 1 - index
                 try:
-                    answer = submitted[index] if index < len(submitted) else None
+                    # Only the first part starts from RunPod's answer to /run: the others' are old news by now.
+                    answer = submitted[0] if index == 0 and submitted else None
                     results.append(await self._follow_part(job, client, runpod_job_id, answer))
                 except JobError as failure:
                     if job.cancelled_by is not None:  # say who cancelled, rather than RunPod's plain "cancelled"
@@ -419,6 +427,7 @@ class JobRunner:
             waiting_since=job.started,
             health=job.health,
             place=job.place,
+            own_waiting=job.parts_behind,
             expected_start=expected_start,
             painting_since=job.painting_since,
             expected_done=expected_done,

@@ -39,6 +39,7 @@ class Outlook:
     waiting_since: datetime
     health: Health | None = None
     place: int | None = None  # 1 = next to start, counting the waiting jobs of this endpoint the bot knows
+    own_waiting: int = 0  # RunPod's waiting jobs that are other parts of this same request
     expected_start: datetime | None = None
     painting_since: datetime | None = None
     expected_done: datetime | None = None
@@ -106,7 +107,7 @@ def _queued(params: GenerationParams, requester: str, outlook: Outlook) -> disco
     embed = _base("⏳ In queue", QUEUED_COLOUR, params, requester)
     health = outlook.health
     if outlook.place is not None:
-        waiting = max(outlook.place, health.in_queue if health else 0)
+        waiting = max(outlook.place, (health.in_queue if health else 0) - outlook.own_waiting)
         embed.add_field(name="Your place", value=f"{ordinal(outlook.place)} of {waiting} waiting")
     if health is not None:
         embed.add_field(name="Workers", value=describe_workers(health))

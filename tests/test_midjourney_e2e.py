@@ -317,3 +317,11 @@ async def test_count_offers_only_what_the_server_allows(harness):
     assert await offered() == [1, 2, 3, 4]  # worker-sdxl makes 2 a job, but a set of 4 is two jobs
     await harness.bot.storage.save_guild_policy(DEFAULT_GUILD_ID, {"max_count": 2})
     assert await offered() == [1, 2]
+
+
+async def test_an_image_prompt_that_only_claims_to_be_a_picture_is_refused_before_any_gpu_time(harness):
+    option = harness.discord.attachment_option(b"%PDF-1.7 dressed up", "sneaky.png", "image/png")
+    final = await harness.finished(await harness.imagine("from a fake", image=option))
+    assert final.embeds[0]["title"] == "⚠️ No picture this time"
+    assert "The picture to start from is not a PNG, JPEG or WebP image." in field_value(final, "What happened")
+    assert harness.runpod.requests_for("run") == []
