@@ -28,7 +28,7 @@ from bot.config import Secret, Settings
 from bot.crypto import UndecryptableSecret, Vault
 from bot.delivery import Upload, fit_within, upload_stem
 from bot.endpoints import Endpoint, Endpoints
-from bot.engine import JobResult, JobUpdate, RunPodContext, follow_job, submit_job
+from bot.engine import JobResult, RunPodContext, follow_job, submit_job
 from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut, OutputError
 from bot.images import enlarge, read_header
 from bot.live import Address, LiveMessage
@@ -37,7 +37,8 @@ from bot.policy import FairQueue, GuildPolicy, Ticket
 from bot.polling import PollPolicy
 from bot.presets import PRESETS
 from bot.ratelimit import RateLimit, RateLimiterPerKey
-from bot.runpod import Health, JobState, JobStatus, RunPodClient
+from bot.runpod import JobState, JobStatus, RunPodClient
+from bot.status import StatusBoard
 from bot.storage import JobRecord, LedgerState, Storage
 
 log = logging.getLogger(__name__)
@@ -113,15 +114,10 @@ class LiveJob:
     ending: bool = False  # delivering its picture or its failure: let it finish, do not overwrite
     policy: GuildPolicy = field(default_factory=GuildPolicy)
     ticket: Ticket | None = None  # its place in the fair queue, released when it ends
-    # What its live status shows beyond RunPod's last word (see `JobRunner._show_status`).
-    update: JobUpdate | None = None
-    submitted_at: datetime | None = None  # by this process; after a restart the request time stands in
-    painting_since: datetime | None = None
-    place: int | None = None  # among the endpoint's waiting jobs this process follows; only ever goes down
-    health: Health | None = None
-    health_read_at: float = float("-inf")  # event-loop time
-    pictures_ready: int | None = None  # of a request sent as several jobs: the pictures its finished parts made
-    parts_behind: int = 0  # its own parts after the one followed now: they wait on RunPod too, but not for it
+    status: StatusBoard = field(init=False)  # what its live status shows beyond RunPod's last word
+
+    def __post_init__(self) -> None:
+        self.status = StatusBoard(self.started)
 
     @property
     def key(self) -> str:
@@ -286,7 +282,7 @@ class JobRunner:
             for part in preset.parts(params):
                 status = await submit_job(client, part, preset, workflow=job.endpoint.workflow, image=image)
                 submitted.append(status)
-                job.submitted_at = job.submitted_at or self.options.clock()
+                job.status.submitted_at = job.status.submitted_at or self.options.clock()
                 first, *more = (status.id for status in submitted)
                 job.record = dataclasses.replace(job.record, runpod_job_id=first, more_job_ids=more or None)
                 await self._storage.update_job(job.record.request_id, runpod_job_id=first, more_job_ids=more or None)
@@ -342,8 +338,8 @@ class JobRunner:
         try:
             for index, runpod_job_id in enumerate(parts):
                 if len(parts) > 1:
-                    job.pictures_ready = sum(len(result.images) for result in results)
-                job.parts_behind = len(parts) - 1 - index
+                    job.status.pictures_ready = sum(len(result.images) for result in results)
+                job.status.parts_behind = len(parts) - 1 - index
                 try:
                     # Only the first part starts from RunPod's answer to /run: the others' are old news by now.
                     answer = submitted[0] if index == 0 and submitted else None
@@ -392,9 +388,7 @@ class JobRunner:
                 state = new_state
                 log.info("%s: %s on RunPod (worker %s)", job.context, state, event.worker_id or "-")
                 await self._storage.update_job(job.record.request_id, state=state, delay_ms=event.delay_ms)
-            if event.state is not JobState.IN_QUEUE and job.painting_since is None:
-                job.painting_since = self._run_start(job, event)
-            job.update = event
+            job.status.saw(event, self.options.clock())
             await self._show_status(job, client)
         raise AssertionError("follow_job ends with a result or an error")
 
@@ -402,69 +396,24 @@ class JobRunner:
         """Between RunPod's news, draw the status again now and then: estimates come due, the place moves up."""
         while True:
             await asyncio.sleep(self.options.status_refresh)
-            if job.update is not None and not job.ending:
+            if job.status.update is not None and not job.ending:
                 await self._show_status(job, client)
 
     async def _show_status(self, job: LiveJob, client: RunPodClient) -> None:
-        update = job.update
+        board, update = job.status, job.status.update
         if update is None:
             return
-        stats = self._runpod.stats(job.endpoint.endpoint_id)
-        now, loop_now = self.options.clock(), asyncio.get_running_loop().time()
-        queued_at = job.submitted_at or job.started
-        expected_start = expected_done = None
-        if update.state is JobState.IN_QUEUE:
-            if not update.unanswered and loop_now - job.health_read_at >= self.options.health_interval:
-                job.health_read_at = loop_now
-                job.health, _ = await self._runpod.queue_outlook(client)
-            job.place = self._place(job)
-            if stats.typical_wait is not None:
-                expected_start = queued_at + timedelta(seconds=stats.typical_wait)
-        elif job.painting_since is not None:
-            expected_done = _expected_done(job.painting_since, now, update, stats.typical_run)
-        outlook = render.Outlook(
-            now=now,
-            waiting_since=job.started,
-            health=job.health,
-            place=job.place,
-            own_waiting=job.parts_behind,
-            expected_start=expected_start,
-            painting_since=job.painting_since,
-            expected_done=expected_done,
-            pictures=(job.pictures_ready, job.params.count) if job.pictures_ready is not None else None,
-        )
+        loop_time = asyncio.get_running_loop().time()
+        if board.health_due(loop_time, self.options.health_interval):
+            board.health_read_at = loop_time
+            board.health, _ = await self._runpod.queue_outlook(client)
+        if board.waiting_on_runpod:
+            endpoint_id = job.endpoint.endpoint_id
+            board.move_up(other.status for other in self.live.values() if other.endpoint.endpoint_id == endpoint_id)
+        outlook = board.outlook(self.options.clock(), self._runpod.stats(job.endpoint.endpoint_id), job.params.count)
         if job.ending:  # its picture or its end is being shown: a late status must not cover it
             return
         job.message.show(render.status_embed(update, job.params, job.record.user_name, outlook), _cancel_view(job))
-
-    def _place(self, job: LiveJob) -> int:
-        """This job's place among the jobs of its endpoint that wait on RunPod, as far as this process knows:
-        jobs sent earlier and still waiting are ahead of it. Only ever goes down: jobs ahead leave, new ones join
-        behind. RunPod's own count of waiting jobs bounds it, for jobs ahead that started since their last poll."""
-
-        def sent(other: LiveJob) -> datetime:
-            return other.submitted_at or other.started
-
-        ahead = sum(
-            1
-            for other in self.live.values()
-            if other is not job
-            and other.endpoint.endpoint_id == job.endpoint.endpoint_id
-            and other.update is not None
-            and other.update.state is JobState.IN_QUEUE
-            and sent(other) < sent(job)
-        )
-        place = ahead + 1
-        if job.health is not None:
-            place = min(place, max(job.health.in_queue, 1))
-        return place if job.place is None else min(place, job.place)
-
-    def _run_start(self, job: LiveJob, update: JobUpdate) -> datetime:
-        """When painting began: sent + RunPod's time in queue, or now when the bot did not see it sent."""
-        now = self.options.clock()
-        if job.submitted_at is None or update.delay_ms is None:
-            return now
-        return min(now, job.submitted_at + timedelta(milliseconds=update.delay_ms))
 
     def _remaining(self, job: LiveJob) -> float:
         """The guild's maximum wall time counts from the request, across restarts."""
@@ -655,17 +604,6 @@ def _one_set(results: Sequence[JobResult]) -> JobResult:
 
 def _cancel_view(job: LiveJob) -> discord.ui.View:
     return job_view(job.key, ButtonAction.CANCEL)
-
-
-def _expected_done(since: datetime, now: datetime, update: JobUpdate, typical_run: float | None) -> datetime | None:
-    """When painting should end: from the worker's own progress once it says enough, else from how long this
-    endpoint's runs took."""
-    fraction = update.progress.fraction if update.progress is not None else None
-    if fraction is not None and fraction >= 0.1:
-        return since + (now - since) / fraction
-    if typical_run is not None:
-        return since + timedelta(seconds=typical_run)
-    return None
 
 
 def _upload_limit(client: discord.Client, job: LiveJob) -> int:

@@ -6,7 +6,6 @@ embed stays identical between polls and costs no edit while nothing happens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import discord
@@ -15,6 +14,7 @@ from bot.engine import JobResult, JobUpdate, Progress
 from bot.errors import BotError, JobCancelled
 from bot.params import GenerationParams
 from bot.runpod import Health, JobState
+from bot.status import Outlook
 from bot.storage import JobRecord
 
 QUEUED_COLOUR = discord.Colour.light_grey()
@@ -27,23 +27,6 @@ PROMPT_PREVIEW = 300
 
 
 DUE_MARGIN = timedelta(seconds=3)  # an estimate this close is shown as "any moment now", never as past
-
-
-@dataclass(frozen=True)
-class Outlook:
-    """What the bot knows about a job's wait and run beyond RunPod's status: what `/health` said, its own place
-    among the endpoint's waiting jobs, and estimates learned from the endpoint's finished jobs. `now` is when it
-    is rendered, so an estimate that has come due reads "any moment now" instead of "4 seconds ago"."""
-
-    now: datetime
-    waiting_since: datetime
-    health: Health | None = None
-    place: int | None = None  # 1 = next to start, counting the waiting jobs of this endpoint the bot knows
-    own_waiting: int = 0  # RunPod's waiting jobs that are other parts of this same request
-    expected_start: datetime | None = None
-    painting_since: datetime | None = None
-    expected_done: datetime | None = None
-    pictures: tuple[int, int] | None = None  # (ready, asked for) of a request sent as several jobs
 
 
 def safe_text(text: str, limit: int = PROMPT_PREVIEW) -> str:
@@ -234,8 +217,10 @@ def info_embed(record: JobRecord, cost: float | None = None) -> discord.Embed:
     if record.notice:
         embed.add_field(name="What happened", value=record.notice[:1024], inline=False)
     # Ids help whoever asks RunPod's support about this job; this embed is private.
+    jobs = ", ".join(f"`{runpod_job_id}`" for runpod_job_id in record.runpod_job_ids) or "never submitted"
     embed.add_field(
-        name="RunPod", value=f"job `{record.runpod_job_id or 'never submitted'}`\nendpoint `{record.endpoint_id}`"
+        name="RunPod",
+        value=f"{'jobs' if len(record.runpod_job_ids) > 1 else 'job'} {jobs}\nendpoint `{record.endpoint_id}`",
     )
     embed.set_footer(text=f"Requested by {record.user_name}")
     return embed

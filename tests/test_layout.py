@@ -26,6 +26,7 @@ DISCORD_FREE = (
     "bot.presets",
     "bot.ratelimit",
     "bot.runpod",
+    "bot.status",
     "bot.storage",
     "bot.usage",
 )

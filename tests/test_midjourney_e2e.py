@@ -256,6 +256,12 @@ async def test_no_public_message_carries_a_runpod_job_id(harness):
         shown = str(message.embeds) + str(message.content) + str(message.components)
         assert not any(job_id in shown for job_id in ids)
     assert final.embeds[0]["footer"]["text"] == "Requested by Member"
+    info = await click(harness, final, "info")  # privately, the ids are there for whoever asks RunPod's support
+    await harness.discord.wait_for(lambda: harness.discord.calls_for("callback", info.token))
+    (callback,) = harness.discord.calls_for("callback", info.token)
+    fields = {field["name"]: field["value"] for field in callback.json["data"]["embeds"][0]["fields"]}
+    assert fields["RunPod"] == f"jobs `{ids[0]}`, `{ids[1]}`\nendpoint `{ENDPOINT}`"
+    assert callback.json["data"]["flags"] & 64
 
 
 _TIMESTAMP = re.compile(r"<t:(\d+):R>")

@@ -1,0 +1,110 @@
+"""What a job's live status shows beyond RunPod's last word: its own place among the endpoint's waiting jobs,
+RunPod's workers, when painting began, and estimates learned from the endpoint's finished jobs.
+
+One `StatusBoard` per followed job, kept by the job runner (`bot/jobs.py`), which reads `/health` and draws
+its `Outlook` with `bot/render.py`. No Discord and no I/O here; `now` is always passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from bot.engine import JobUpdate
+from bot.polling import EndpointStats
+from bot.runpod import Health, JobState
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """What the bot knows about a job's wait and run beyond RunPod's status: what `/health` said, its own place
+    among the endpoint's waiting jobs, and estimates learned from the endpoint's finished jobs. `now` is when it
+    is rendered, so an estimate that has come due reads "any moment now" instead of "4 seconds ago"."""
+
+    now: datetime
+    waiting_since: datetime
+    health: Health | None = None
+    place: int | None = None  # 1 = next to start, counting the waiting jobs of this endpoint the bot knows
+    own_waiting: int = 0  # RunPod's waiting jobs that are other parts of this same request
+    expected_start: datetime | None = None
+    painting_since: datetime | None = None
+    expected_done: datetime | None = None
+    pictures: tuple[int, int] | None = None  # (ready, asked for) of a request sent as several jobs
+
+
+@dataclass
+class StatusBoard:
+    started: datetime  # the request
+    update: JobUpdate | None = None  # RunPod's last word
+    submitted_at: datetime | None = None  # by this process; after a restart the request time stands in
+    painting_since: datetime | None = None
+    place: int | None = None  # 1 = next to start; only ever goes down
+    health: Health | None = None
+    health_read_at: float = float("-inf")  # event-loop time
+    pictures_ready: int | None = None  # of a request sent as several jobs: what its finished parts made
+    parts_behind: int = 0  # its own parts after the one followed now: they wait on RunPod too, but not for it
+
+    @property
+    def sent_at(self) -> datetime:
+        return self.submitted_at or self.started
+
+    @property
+    def waiting_on_runpod(self) -> bool:
+        return self.update is not None and self.update.state is JobState.IN_QUEUE
+
+    def saw(self, update: JobUpdate, now: datetime) -> None:
+        """RunPod's news. Painting began when the job was sent plus RunPod's time in queue, or (when this
+        process did not send it) when the bot first saw it painting."""
+        if update.state is not JobState.IN_QUEUE and self.painting_since is None:
+            begun = now
+            if self.submitted_at is not None and update.delay_ms is not None:
+                begun = min(now, self.submitted_at + timedelta(milliseconds=update.delay_ms))
+            self.painting_since = begun
+        self.update = update
+
+    def health_due(self, loop_time: float, interval: float) -> bool:
+        """Whether to read `/health` again: only while waiting, not during an outage, at most every `interval`."""
+        update = self.update
+        if update is None or update.state is not JobState.IN_QUEUE or update.unanswered:
+            return False
+        return loop_time - self.health_read_at >= interval
+
+    def move_up(self, others: Iterable[StatusBoard]) -> None:
+        """Its place among the waiting jobs of its endpoint this process follows (`others`): those sent earlier are
+        ahead. It only ever goes down (jobs ahead leave, new ones join behind); RunPod's own count of waiting jobs
+        bounds it, for jobs ahead that started since their last poll."""
+        place = 1 + sum(1 for other in others if other.waiting_on_runpod and other.sent_at < self.sent_at)
+        if self.health is not None:
+            place = min(place, max(self.health.in_queue, 1))
+        self.place = place if self.place is None else min(place, self.place)
+
+    def outlook(self, now: datetime, stats: EndpointStats, asked: int) -> Outlook:
+        expected_start = expected_done = None
+        if self.waiting_on_runpod:
+            if stats.typical_wait is not None:
+                expected_start = self.sent_at + timedelta(seconds=stats.typical_wait)
+        elif self.painting_since is not None and self.update is not None:
+            expected_done = _expected_done(self.painting_since, now, self.update, stats.typical_run)
+        return Outlook(
+            now=now,
+            waiting_since=self.started,
+            health=self.health,
+            place=self.place,
+            own_waiting=self.parts_behind,
+            expected_start=expected_start,
+            painting_since=self.painting_since,
+            expected_done=expected_done,
+            pictures=(self.pictures_ready, asked) if self.pictures_ready is not None else None,
+        )
+
+
+def _expected_done(since: datetime, now: datetime, update: JobUpdate, typical_run: float | None) -> datetime | None:
+    """When painting should end: from the worker's own progress once it says enough, else from how long this
+    endpoint's runs took."""
+    fraction = update.progress.fraction if update.progress is not None else None
+    if fraction is not None and fraction >= 0.1:
+        return since + (now - since) / fraction
+    if typical_run is not None:
+        return since + timedelta(seconds=typical_run)
+    return None
