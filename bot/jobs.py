@@ -428,8 +428,9 @@ class JobRunner:
         budget, limit = self._runpod.fetcher.budget, _upload_limit(self._discord, job)
         uploads = await fit_within(budget, result.images, per_file_limit=limit, stem=stem, job_id=job.job_id)
         job.ending = True
-        # A set whose parts failed in part counts the pictures that arrived, not those asked for.
-        counted = {"pictures": len(result.images)} if failures else {}
+        # A set that lost parts counts the pictures that arrived, not those asked for (a worker may send more).
+        short = len(result.images) < job.params.count
+        counted = {"pictures": len(result.images)} if short else {}
         await self._storage.update_job(
             job.record.request_id,
             state=LedgerState.COMPLETED,
@@ -439,8 +440,11 @@ class JobRunner:
         )
         seconds = (self.options.clock() - job.started).total_seconds()
         notes = [upload.note for upload in uploads if upload.note]
-        if failures:  # some parts of the set made nothing: say how many pictures arrived, and why not the rest
-            notes.insert(0, f"{len(uploads)} of {job.params.count} pictures arrived. {failures[0].for_members}")
+        if short:  # say how many arrived, and why not the rest when it is known
+            why = failures[0].for_members if failures else ""
+            if job.record.state is LedgerState.PENDING:  # resumed: killed before every part was sent
+                why = "The bot restarted while it was sending them to RunPod."
+            notes.insert(0, f"{len(uploads)} of {job.params.count} pictures arrived. {why}".strip())
         embed = render.result_embed(job.params, job.record.user_name, result, seconds=seconds, notes=notes)
         # Editing the status message is idempotent: a bot killed between this edit and the claim below
         # edits the same message again after its restart, and nobody sees the picture twice.

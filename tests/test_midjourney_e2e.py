@@ -17,10 +17,11 @@ from PIL import Image
 from bot.buttons import Variation
 from bot.crypto import Vault
 from bot.params import UPSCALE_STRENGTH
+from bot.runpod import RetryPolicy
 from bot.storage import GuildEndpoint
 from cogs.imagine import VARY_STRENGTH
 from doubles import outputs
-from doubles.discord import DEFAULT_GUILD_ID, UserSpec
+from doubles.discord import DEFAULT_GUILD_ID, DEFAULT_USER_ID, UserSpec
 from doubles.harness import (
     API_KEY,
     ENDPOINT,
@@ -331,3 +332,42 @@ async def test_an_image_prompt_that_only_claims_to_be_a_picture_is_refused_befor
     assert final.embeds[0]["title"] == "⚠️ No picture this time"
     assert "The picture to start from is not a PNG, JPEG or WebP image." in field_value(final, "What happened")
     assert harness.runpod.requests_for("run") == []
+
+
+async def test_runpod_failing_while_a_set_is_sent_cancels_the_part_already_sent_and_says_so(runpod):
+    async with running_bot(runpod, retry=RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)) as harness:
+        harness.runpod.default_script = painted
+        runpod.delay_next("run", 0.5)
+        interaction = await harness.imagine("half sent", count=4)
+        await harness.discord.wait_for(lambda: runpod.requests_for("run"))
+        runpod.fail_next("run", 503, count=10)  # the second part's /run, after the first was taken
+        failed = await harness.finished(interaction)
+    (sent,) = runpod.jobs.values()
+    assert [request.job_id for request in runpod.requests_for("cancel")] == [sent.id]  # it would bill for nothing
+    assert failed.embeds[0]["title"] == "⚠️ No picture this time"
+    assert "RunPod" in field_value(failed, "What happened")
+    assert custom_ids(failed) == [[f"imagine:{action}:{interaction.id}" for action in ("retry", "edit", "info")]]
+
+
+async def test_buttons_of_another_server_s_job_do_nothing_here(harness):
+    final = await harness.finished(await harness.imagine("ours"))
+    other_guild = harness.discord.click(
+        button(final, "vary:subtle"), message_id=final.id, guild_id=DEFAULT_GUILD_ID + 1
+    )
+    known = set(harness.runpod.jobs)
+    await harness.discord.send(other_guild)
+    await harness.discord.wait_for(lambda: harness.private_replies(other_guild))
+    assert harness.private_replies(other_guild) == ["I have no record of this job any more."]
+    assert jobs_after(harness, known) == []
+
+
+async def test_a_confirmed_delete_is_still_only_for_the_requester_or_a_moderator(harness):
+    final = await harness.finished(await harness.imagine("mine"))
+    asked = await click(harness, final, "delete")
+    await harness.discord.wait_for(lambda: harness.private_replies(asked))
+    question = harness.discord.original_message(asked.token)
+    stranger = UserSpec(id=DEFAULT_USER_ID + 7, username="stranger", global_name="Stranger")
+    forged = await click(harness, question, "delete", user=stranger)  # a confirm button's custom_id, replayed
+    await harness.discord.wait_for(lambda: harness.private_replies(forged))
+    assert "Only the member who asked" in harness.private_replies(forged)[0]
+    assert not harness.discord.messages[final.id].deleted

@@ -230,3 +230,25 @@ async def test_sigkill_in_the_middle_of_a_set_of_four_then_all_four_arrive_in_on
     assert len(runpod.jobs) == 2  # both parts resumed, neither sent again
     bot.process.send_signal(signal.SIGTERM)
     assert await bot.finish() == 0
+
+
+async def test_sigkill_while_a_set_is_being_sent_delivers_the_parts_sent_and_says_so(tmp_path, discord_double, runpod):
+    runpod.default_script = lambda job_input: Script(
+        queue_s=0.1, run_s=0.2, output=outputs.sdxl(*(png_for(f"cut|{n}") for n in range(job_input["num_images"])))
+    )
+    bot = await start_bot(tmp_path, discord_double, runpod)
+    await ready(discord_double)
+    runpod.delay_next("run", 0.5)  # the first part's /run, long enough to hold back the second's
+    interaction = discord_double.slash("imagine", {"prompt": "cut short", "count": 4})
+    await discord_double.send(interaction)
+    await discord_double.wait_for(lambda: runpod.requests_for("run"), timeout=15)
+    runpod.delay_next("run", 30)  # the second part's /run hangs: the bot is killed while it waits
+    await discord_double.wait_for(lambda: len(runpod.requests_for("run")) == 2, timeout=15)
+    _, bot = await kill_and_restart(tmp_path, discord_double, runpod, bot)
+
+    await discord_double.wait_for(lambda: title(discord_double, interaction) == RESULT_TITLE, timeout=30)
+    result = discord_double.original_message(interaction.token)
+    assert [attachment.data for attachment in result.attachments] == [png_for("cut|0"), png_for("cut|1")]
+    assert field_value(result, "Note").startswith("2 of 4 pictures arrived. The bot restarted while")
+    bot.process.send_signal(signal.SIGTERM)
+    assert await bot.finish() == 0
