@@ -58,11 +58,12 @@ def submitting_embed(params: GenerationParams, requester: str) -> discord.Embed:
 
 def waiting_embed(params: GenerationParams, requester: str, *, position: int, running: int) -> discord.Embed:
     embed = _base("🕒 Waiting for your turn", QUEUED_COLOUR, params, requester)
-    embed.add_field(name="Place in this server's queue", value=f"You are number {position}")
+    # The same words as the RunPod queue's status (`_queued`): "Your place", "Why the wait".
+    embed.add_field(name="Your place", value=f"{ordinal(position)} in this server's line")
     if running:
         embed.add_field(name="Your jobs running now", value=str(running))
     embed.add_field(
-        name="Why",
+        name="Why the wait",
         value="This server limits how many pictures run at once, so everyone gets a turn. Nothing is paid yet.",
         inline=False,
     )
