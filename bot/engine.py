@@ -120,6 +120,7 @@ class RunPodContext:
         request_timeout: float = 20.0,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
         local: bool = False,
+        health_ttl: float = 5.0,
     ) -> None:
         self.session = session
         self.local = local  # RunPod's local test server (`python handler.py --rp_serve_api`)
@@ -131,6 +132,8 @@ class RunPodContext:
         self._request_timeout = request_timeout
         self.max_answer_bytes = max_answer_bytes
         self._stats: dict[str, EndpointStats] = {}
+        self.health_ttl = health_ttl
+        self._health: dict[tuple[str, str], tuple[float, asyncio.Future[Health | None]]] = {}  # by client identity
 
     def client(self, api_key: Secret, endpoint_id: str) -> RunPodClient:
         return RunPodClient(
@@ -145,15 +148,23 @@ class RunPodContext:
             local=self.local,
         )
 
-    async def queue_outlook(self, client: RunPodClient) -> tuple[Health | None, float | None]:
-        """The endpoint's health as RunPod reports it (None when /health fails) and its typical wait in the
-        queue, in seconds, as its finished jobs taught (None until one has)."""
+    async def health(self, client: RunPodClient) -> Health | None:
+        """The endpoint's `/health` as RunPod reports it, None when it fails. One answer serves every job of the
+        endpoint (and key) for `health_ttl` seconds, so a hundred waiting jobs cost one request, not a hundred."""
+        key, loop = client.identity, asyncio.get_running_loop()
+        cached = self._health.get(key)
+        if cached is None or loop.time() - cached[0] >= self.health_ttl:
+            cached = (loop.time(), asyncio.ensure_future(self._read_health(client)))
+            self._health[key] = cached
+        return await asyncio.shield(cached[1])
+
+    @staticmethod
+    async def _read_health(client: RunPodClient) -> Health | None:
         try:
-            health: Health | None = await client.health()
+            return await client.health()
         except RunPodError as error:
             log.info("endpoint %s: /health failed: %s", client.endpoint_id, error)
-            health = None
-        return health, self.stats(client.endpoint_id).typical_wait
+            return None
 
     def stats(self, endpoint_id: str) -> EndpointStats:
         """What this endpoint's finished jobs taught (kept for the life of the context)."""

@@ -406,7 +406,7 @@ class JobRunner:
         loop_time = asyncio.get_running_loop().time()
         if board.health_due(loop_time, self.options.health_interval):
             board.health_read_at = loop_time
-            board.health, _ = await self._runpod.queue_outlook(client)
+            board.health = await self._runpod.health(client)
         if board.waiting_on_runpod:
             endpoint_id = job.endpoint.endpoint_id
             board.move_up(other.status for other in self.live.values() if other.endpoint.endpoint_id == endpoint_id)

@@ -160,6 +160,7 @@ async def running_bot(
     database_url: str | None = None,
     discord_double: DiscordDouble | None = None,
     retry: RetryPolicy | None = None,
+    health_ttl: float = 0.1,
     **double: Any,
 ) -> AsyncIterator[Harness]:
     """The bot on a database (a fresh SQLite file unless given), talking to both doubles."""
@@ -176,7 +177,12 @@ async def running_bot(
         stack.push_async_callback(storage.close)
         settings = settings or settings_for(runpod)
         context = RunPodContext(
-            session, fetcher, api_url=settings.runpod_api_url, retry=retry, local=settings.runpod_local
+            session,
+            fetcher,
+            api_url=settings.runpod_api_url,
+            retry=retry,
+            local=settings.runpod_local,
+            health_ttl=health_ttl,  # short: tests change the double's workers and expect to see it soon
         )
         bot = ImagineBot(
             settings,

@@ -371,3 +371,15 @@ async def test_a_confirmed_delete_is_still_only_for_the_requester_or_a_moderator
     await harness.discord.wait_for(lambda: harness.private_replies(forged))
     assert "Only the member who asked" in harness.private_replies(forged)[0]
     assert not harness.discord.messages[final.id].deleted
+
+
+async def test_jobs_waiting_on_one_endpoint_share_its_health_instead_of_each_asking(runpod):
+    options = fast_options(status_refresh=0.02, health_interval=0.02)
+    async with running_bot(runpod, options=options, health_ttl=0.5) as harness:
+        await harness.bot.storage.save_guild_policy(DEFAULT_GUILD_ID, {"member_concurrent": 6, "guild_concurrent": 6})
+        runpod.default_script = lambda job_input: Script(queue_s=1.2, output=painted(job_input).output)
+        interactions = [await harness.imagine(f"waiting {n}") for n in range(6)]
+        for interaction in interactions:
+            await harness.finished(interaction)
+    # Six jobs redrawing every 20 ms for over a second would ask hundreds of times; one answer serves them all.
+    assert 1 <= len(runpod.requests_for("health")) <= 5
