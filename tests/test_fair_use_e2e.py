@@ -232,6 +232,16 @@ async def test_the_sweeper_cancels_a_stale_job_nobody_follows(harness, client):
     assert notice["embeds"][0]["title"] == "⚠️ No picture this time"
 
 
+async def test_the_sweeper_cancels_every_part_of_a_stale_set(harness, client):
+    await set_policy(harness, max_wall_seconds=60)
+    harness.runpod.default_script = lambda job_input: Script(queue_s=600)
+    first, second = [await client.run({"prompt": f"orphan part {n}"}) for n in range(2)]
+    await harness.bot.storage.record_job(orphan(43, first.id, "queued", more_job_ids=[second.id]))
+    await harness.bot.runner.sweep()
+    assert [request.job_id for request in harness.runpod.requests_for("cancel")] == [first.id, second.id]
+    assert (await harness.bot.storage.job(43)).state == "timed_out"
+
+
 def orphan(request_id: int, runpod_job_id: str, state: str, **changes) -> JobRecord:
     """A job an earlier run of the bot left in the ledger, five minutes old, nobody following it."""
     values = dict(

@@ -383,3 +383,21 @@ async def test_jobs_waiting_on_one_endpoint_share_its_health_instead_of_each_ask
             await harness.finished(interaction)
     # Six jobs redrawing every 20 ms for over a second would ask hundreds of times; one answer serves them all.
     assert 1 <= len(runpod.requests_for("health")) <= 5
+
+
+async def test_upscale_on_a_base64_worker_sends_the_enlarged_bytes(harness):
+    workflow = '{"1": {"inputs": {"text": "{{prompt}}", "image": "{{image}}", "denoise": "{{strength}}"}}}'
+    vault = Vault((TEST_ENCRYPTION_KEY,))
+    await harness.bot.storage.save_guild_endpoint(
+        GuildEndpoint(DEFAULT_GUILD_ID, "default", ENDPOINT, vault.encrypt(API_KEY), "comfyui", workflow)
+    )
+    start = make_png(40, 30, seed=2)
+    harness.runpod.default_script = lambda job_input: Script(output=outputs.comfyui(start))
+    option = harness.discord.attachment_option(make_png(8, 8), "seed.png", "image/png")
+    final = await harness.finished(await harness.imagine("enlarge", image=option))
+    known = set(harness.runpod.jobs)
+    await harness.finished(await click(harness, final, "upscale"))
+    (job,) = jobs_after(harness, known)
+    (entry,) = job.input["images"]
+    assert Image.open(io.BytesIO(base64.b64decode(entry["image"]))).size == (80, 60)  # twice the picture posted
+    assert job.input["workflow"]["1"]["inputs"]["denoise"] == UPSCALE_STRENGTH
