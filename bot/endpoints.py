@@ -43,6 +43,11 @@ class Endpoint:
     source: KeySource = KeySource.DEFAULT
     model: str | None = None  # the guild's name for it
 
+    @property
+    def takes_images(self) -> bool:
+        """Whether its worker (and workflow template) can start from a picture: Vary, Upscale, image prompts."""
+        return self.preset.takes_image(self.workflow)
+
 
 class Endpoints:
     def __init__(self, settings: Settings, storage: Storage, vault: Vault, runpod: RunPodContext) -> None:

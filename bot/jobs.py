@@ -448,7 +448,7 @@ class JobRunner:
         embed = render.result_embed(job.params, job.record.user_name, result, seconds=seconds, notes=notes)
         # Editing the status message is idempotent: a bot killed between this edit and the claim below
         # edits the same message again after its restart, and nobody sees the picture twice.
-        view = result_view(job.key, len(uploads), can_vary=job.endpoint.preset.takes_image(job.endpoint.workflow))
+        view = result_view(job.key, len(uploads), can_vary=job.endpoint.takes_images)
         if not await self._final(job, embed, view, uploads):
             await self._storage.update_job(job.record.request_id, state=LedgerState.UNDELIVERABLE)
             await self._storage.claim_delivery(job.record.request_id)  # its usage stays counted

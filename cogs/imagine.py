@@ -194,11 +194,10 @@ class Imagine(commands.Cog):
         elif action is ButtonAction.PICK:
             await self._pick(interaction, record, params, int(argument or 1))
         elif action is ButtonAction.VARY:
-            number = int(argument) if argument and argument.isdigit() else 1
-            strength = (
-                VARY_STRENGTH[Variation(argument)] if argument in tuple(Variation) else VARY_STRENGTH[Variation.STRONG]
-            )
-            source = _picture(interaction, number)
+            # vary:subtle|strong on one picture; vary:<n> on a set, strong as Midjourney's V buttons are
+            variation = Variation(argument) if argument in tuple(Variation) else None
+            strength = VARY_STRENGTH[variation or Variation.STRONG]
+            source = _picture(interaction, 1 if variation else int(argument or 1))
             varied = dataclasses.replace(params, image_url=source.url, strength=strength, upscale=False, seed=None)
             await self.run_new(interaction, varied, record.model)
         elif action is ButtonAction.UPSCALE:
@@ -214,7 +213,7 @@ class Imagine(commands.Cog):
         await interaction.response.defer(thinking=True)
         data = await source.read()
         try:
-            can_vary = (await self.bot.endpoints.for_guild(record.guild_id, record.model)).preset.can_start_from_image
+            can_vary = (await self.bot.endpoints.for_guild(record.guild_id, record.model)).takes_images
         except BotError:  # the endpoint is gone: the picture can still be posted, but not varied
             can_vary = False
         embed = render.picked_embed(params, record.user_name, number)
