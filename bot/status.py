@@ -71,12 +71,11 @@ class StatusBoard:
         return loop_time - self.health_read_at >= interval
 
     def move_up(self, others: Iterable[StatusBoard]) -> None:
-        """Its place among the waiting jobs of its endpoint this process follows (`others`): those sent earlier are
-        ahead. It only ever goes down (jobs ahead leave, new ones join behind); RunPod's own count of waiting jobs
-        bounds it, for jobs ahead that started since their last poll."""
+        """Its place among the waiting jobs of its endpoint this process follows (`others`): those sent earlier and
+        still waiting at their last poll are ahead. It only ever goes down: jobs ahead leave, new ones join behind.
+        (RunPod's count of waiting jobs cannot correct it: one `/health` answer serves many jobs for a few seconds,
+        and may be older than this job.)"""
         place = 1 + sum(1 for other in others if other.waiting_on_runpod and other.sent_at < self.sent_at)
-        if self.health is not None:
-            place = min(place, max(self.health.in_queue, 1))
         self.place = place if self.place is None else min(place, self.place)
 
     def outlook(self, now: datetime, stats: EndpointStats, asked: int) -> Outlook:
