@@ -39,6 +39,7 @@ class StatusBoard:
     update: JobUpdate | None = None  # RunPod's last word
     submitted_at: datetime | None = None  # by this process; after a restart the request time stands in
     painting_since: datetime | None = None
+    progress_at: datetime | None = None  # when the worker's progress last changed
     place: int | None = None  # 1 = next to start; only ever goes down
     health: Health | None = None
     health_read_at: float = float("-inf")  # event-loop time
@@ -61,6 +62,8 @@ class StatusBoard:
             if self.submitted_at is not None and update.delay_ms is not None:
                 begun = min(now, self.submitted_at + timedelta(milliseconds=update.delay_ms))
             self.painting_since = begun
+        if update.progress is not None and (self.update is None or update.progress != self.update.progress):
+            self.progress_at = now
         self.update = update
 
     def health_due(self, loop_time: float, interval: float) -> bool:
@@ -78,13 +81,26 @@ class StatusBoard:
         place = 1 + sum(1 for other in others if other.waiting_on_runpod and other.sent_at < self.sent_at)
         self.place = place if self.place is None else min(place, self.place)
 
+    def _expected_done(self, typical_run: float | None) -> datetime | None:
+        """When painting should end: from the worker's own progress once it says enough (as of when it said it,
+        so the estimate holds still between its reports), else from how long this endpoint's runs took."""
+        since, update = self.painting_since, self.update
+        assert since is not None
+        assert update is not None
+        fraction = update.progress.fraction if update.progress is not None else None
+        if fraction is not None and fraction >= 0.1 and self.progress_at is not None:
+            return since + (self.progress_at - since) / fraction
+        if typical_run is not None:
+            return since + timedelta(seconds=typical_run)
+        return None
+
     def outlook(self, now: datetime, stats: EndpointStats, asked: int) -> Outlook:
         expected_start = expected_done = None
         if self.waiting_on_runpod:
             if stats.typical_wait is not None:
                 expected_start = self.sent_at + timedelta(seconds=stats.typical_wait)
         elif self.painting_since is not None and self.update is not None:
-            expected_done = _expected_done(self.painting_since, now, self.update, stats.typical_run)
+            expected_done = self._expected_done(stats.typical_run)
         return Outlook(
             now=now,
             waiting_since=self.started,
@@ -96,14 +112,3 @@ class StatusBoard:
             expected_done=expected_done,
             pictures=(self.pictures_ready, asked) if self.pictures_ready is not None else None,
         )
-
-
-def _expected_done(since: datetime, now: datetime, update: JobUpdate, typical_run: float | None) -> datetime | None:
-    """When painting should end: from the worker's own progress once it says enough, else from how long this
-    endpoint's runs took."""
-    fraction = update.progress.fraction if update.progress is not None else None
-    if fraction is not None and fraction >= 0.1:
-        return since + (now - since) / fraction
-    if typical_run is not None:
-        return since + timedelta(seconds=typical_run)
-    return None
