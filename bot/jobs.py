@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import discord
 
@@ -306,6 +307,8 @@ class JobRunner:
         if params.image_url is None:
             return params, None
         where = "The picture to start from"
+        if not from_discord(params.image_url):  # only Discord's payloads put a URL here; never fetch another
+            raise BotError(f"{where} is not on Discord's CDN, so it was not fetched.")
         try:
             data = await self._discord.http.get_from_cdn(params.image_url)
         except discord.HTTPException as error:
@@ -604,6 +607,16 @@ def _one_set(results: Sequence[JobResult]) -> JobResult:
         execution_ms=sum(runs) if runs else None,
         worker_id=results[0].worker_id,
     )
+
+
+# Where Discord serves attachments; the API's own host too, which is Discord's unless a test points the client at
+# a double (doubles/discord/server.py).
+DISCORD_CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
+
+
+def from_discord(url: str) -> bool:
+    host = urlsplit(url).hostname
+    return host is not None and (host in DISCORD_CDN_HOSTS or host == urlsplit(discord.http.Route.BASE).hostname)
 
 
 def _cancel_view(job: LiveJob) -> discord.ui.View:

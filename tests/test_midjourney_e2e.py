@@ -16,6 +16,7 @@ from PIL import Image
 
 from bot.buttons import Variation
 from bot.crypto import Vault
+from bot.jobs import from_discord
 from bot.params import UPSCALE_STRENGTH
 from bot.runpod import RetryPolicy
 from bot.storage import GuildEndpoint
@@ -401,3 +402,11 @@ async def test_upscale_on_a_base64_worker_sends_the_enlarged_bytes(harness):
     (entry,) = job.input["images"]
     assert Image.open(io.BytesIO(base64.b64decode(entry["image"]))).size == (80, 60)  # twice the picture posted
     assert job.input["workflow"]["1"]["inputs"]["denoise"] == UPSCALE_STRENGTH
+
+
+def test_only_discord_s_own_addresses_are_fetched_as_a_picture_to_start_from():
+    assert from_discord("https://cdn.discordapp.com/attachments/1/2/a.png?ex=1&is=2&hm=3")
+    assert from_discord("https://media.discordapp.net/attachments/1/2/a.png")
+    assert not from_discord("http://169.254.169.254/latest/meta-data/")
+    assert not from_discord("https://cdn.discordapp.com.evil.example/a.png")
+    assert not from_discord("https://evil.example/?https://cdn.discordapp.com/a.png")
