@@ -1,7 +1,8 @@
 """What a member sees: one embed per job state, built so that it only changes when something real does.
 
 Times are Discord relative timestamps (`<t:…:R>`), which every client counts by itself, so an
-embed stays identical between polls and costs no edit while nothing happens.
+embed stays identical between polls and costs no edit while nothing happens. An estimate that has come due
+is drawn as "any moment now" instead (the job runner redraws now and then for that), never as a time past.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ FAILED_COLOUR = discord.Colour.red()
 CANCELLED_COLOUR = discord.Colour.dark_grey()
 BAR_CELLS = 12
 PROMPT_PREVIEW = 300
-
-
 DUE_MARGIN = timedelta(seconds=3)  # an estimate this close is shown as "any moment now", never as past
 
 
@@ -50,10 +49,6 @@ def _base(title: str, colour: discord.Colour, params: GenerationParams, requeste
     embed = discord.Embed(title=title, colour=colour, description=safe_text(params.prompt))
     embed.set_footer(text=f"Requested by {requester}")
     return embed
-
-
-def submitting_embed(params: GenerationParams, requester: str) -> discord.Embed:
-    return _base("⏳ Sending to RunPod…", QUEUED_COLOUR, params, requester)
 
 
 def waiting_embed(params: GenerationParams, requester: str, *, position: int, running: int) -> discord.Embed:

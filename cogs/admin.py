@@ -197,7 +197,8 @@ async def connect(
 def describe_health(health: Health) -> str:
     cold = " (none warm: the first job waits for a cold start)" if health.warm_workers == 0 else ""
     return (
-        f"Workers: {health.warm_workers} ready, {health.initializing} starting, {health.throttled} throttled{cold}. "
+        f"Workers: {health.ready_workers} ready, {health.running} busy, {health.initializing} starting, "
+        f"{health.throttled} throttled{cold}. "
         f"Jobs: {health.in_queue} in queue, {health.in_progress} running."
     )
 
