@@ -125,7 +125,6 @@ class DiscordDouble:
         self.calls: list[Recorded] = []
         self.messages: dict[int, Message] = {}
         self.uploaded: dict[int, Attachment] = {}  # members' uploads to slash commands, by attachment id
-        self.cdn_reads: list[int] = []  # attachment ids the bot downloaded, in order
         self.interactions: dict[str, Interaction] = {}
         self.connections: list[GatewayConnection] = []
         self._originals: dict[str, int] = {}
@@ -456,7 +455,6 @@ class DiscordDouble:
     # REST -----------------------------------------------------------------------------------------------
     async def _cdn(self, request: web.Request) -> web.Response:
         aid = int(request.match_info["attachment_id"])
-        self.cdn_reads.append(aid)
         held = [a for m in self.messages.values() for a in m.attachments] + list(self.uploaded.values())
         for a in held:
             if a.id == aid:
