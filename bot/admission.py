@@ -46,8 +46,7 @@ async def preflight(endpoints: Endpoints, request: Request, params: GenerationPa
         raise Refused(f"I cannot post pictures in this channel: I am missing {names}. Ask an admin to allow it.")
     check_size(policy, params)
     moderate(policy, params, nsfw_channel=request.nsfw_channel)
-    # The worker's own refusals, for the largest of the jobs the request runs as (`WorkerPreset.parts`).
-    endpoint.preset.refuse(endpoint.preset.parts(params.with_seed())[0], endpoint.workflow)
+    endpoint.preset.refuse(params, endpoint.workflow)  # any count: a request runs as `WorkerPreset.parts`
     return Admission(params, endpoint, policy)
 
 

@@ -205,7 +205,10 @@ async def submit_job(
 ) -> JobStatus:
     """Build the worker's input and POST /run. `params` must carry a seed; `image` is the picture to start from,
     for a worker that takes it in base64 (`WorkerPreset.image_input`)."""
-    job_input = preset.build_input(params, workflow, image)
+    if image is None:
+        job_input = preset.build_input(params, workflow)
+    else:  # base64 and a digest of megabytes: off the event loop
+        job_input = await asyncio.to_thread(preset.build_input, params, workflow, image)
     policy = {"executionTimeout": int(execution_timeout_s * 1000)} if execution_timeout_s else None
     status = await client.run(job_input, policy=policy)
     log.info("job %s submitted to endpoint %s (%s)", status.id, client.endpoint_id, preset.name)

@@ -98,20 +98,24 @@ class WorkerPreset:
         return max(64, round(side / 64) * 64)
 
     def refuse(self, params: GenerationParams, workflow: Any = None) -> None:
-        """Raise InvalidParams if this worker cannot run `params`; needs no seed and no image bytes (preflight)."""
+        """Raise InvalidParams if this worker cannot run `params` at all; needs no seed and no image bytes
+        (preflight). How many pictures one job makes is not a refusal: a request runs as `parts`."""
         if params.image_url is not None and not self.can_start_from_image:
             raise InvalidParams(f"This server's worker ({self.name}) cannot start from an image.")
-        most = self.max_count_for(params)
-        if params.count > most:
-            if most < self.max_count:
-                pictures = "1 image" if most == 1 else f"{most} images"
-                raise InvalidParams(
-                    f"This endpoint's worker ({self.name}) makes at most {pictures} per job"
-                    " when it starts from an image."
-                )
-            raise InvalidParams(f"This endpoint's worker ({self.name}) makes at most {most} images per job.")
         if self.check is not None:
             self.check(params, workflow)
+
+    def _check_count(self, params: GenerationParams) -> None:
+        """One job's count, for whoever sends a job directly rather than as `parts` (the CLI)."""
+        most = self.max_count_for(params)
+        if params.count <= most:
+            return
+        if most < self.max_count:
+            pictures = "1 image" if most == 1 else f"{most} images"
+            raise InvalidParams(
+                f"This endpoint's worker ({self.name}) makes at most {pictures} per job when it starts from an image."
+            )
+        raise InvalidParams(f"This endpoint's worker ({self.name}) makes at most {most} images per job.")
 
     def takes_image(self, workflow: Any = None) -> bool:
         """Whether image jobs can run on this endpoint, its workflow template included (Vary/Upscale, `image:`)."""
@@ -132,6 +136,7 @@ class WorkerPreset:
         if params.seed is None:
             raise ValueError("build_input needs a concrete seed")
         self.refuse(params, workflow)
+        self._check_count(params)
         start = None
         if params.image_url is not None:
             if self.image_input == "base64" and image is None:

@@ -410,3 +410,16 @@ def test_only_discord_s_own_addresses_are_fetched_as_a_picture_to_start_from():
     assert not from_discord("http://169.254.169.254/latest/meta-data/")
     assert not from_discord("https://cdn.discordapp.com.evil.example/a.png")
     assert not from_discord("https://evil.example/?https://cdn.discordapp.com/a.png")
+
+
+async def test_a_picture_deleted_before_its_variation_is_sent_ends_clearly_without_paying(harness):
+    final = await harness.finished(await harness.imagine("soon gone"))
+    known = set(harness.runpod.jobs)
+    vary = harness.discord.click(button(final, "vary:strong"), message_id=final.id)  # the click carries its URL
+    harness.discord.messages[final.id].attachments = []  # then the picture is gone from Discord's CDN
+    await harness.discord.send(vary)
+    failed = await harness.finished(vary)
+    assert failed.embeds[0]["title"] == "⚠️ No picture this time"
+    assert "The picture to start from could not be read from Discord (404)" in field_value(failed, "What happened")
+    assert jobs_after(harness, known) == []
+    assert custom_ids(failed)[0][0] == f"imagine:retry:{vary.id}"

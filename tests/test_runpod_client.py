@@ -385,3 +385,23 @@ async def test_a_429_burst_ends_without_a_synchronized_retry_storm(runpod, sessi
     assert [status.state for status in statuses] == [JobState.IN_QUEUE] * 40
     assert len(retries) >= 40
     assert peak_in_window(retries, 0.02) < 15  # in step, all forty would retry in the same instant
+
+
+async def test_one_health_answer_is_shared_per_endpoint_and_key_never_across_keys(context, runpod):
+    """Waiting jobs share /health; a guild with another key to the same endpoint never reads the first's answer."""
+    ours, again = context.client(Secret(API_KEY), ENDPOINT), context.client(Secret(API_KEY), ENDPOINT)
+    theirs = context.client(Secret("rp_someone_elses_key"), ENDPOINT)
+    other_endpoint = context.client(Secret(API_KEY), "other-endpoint")
+    first, second = await asyncio.gather(context.health(ours), context.health(again))
+    assert first is not None
+    assert first == second
+    assert await context.health(theirs) is None  # the double refuses that key: its own request, its own answer
+    assert await context.health(other_endpoint) is not None
+    asked = sorted((request.endpoint_id, request.headers["Authorization"]) for request in runpod.requests_for("health"))
+    assert asked == sorted(
+        [
+            (ENDPOINT, f"Bearer {API_KEY}"),
+            (ENDPOINT, "Bearer rp_someone_elses_key"),
+            ("other-endpoint", f"Bearer {API_KEY}"),
+        ]
+    )
