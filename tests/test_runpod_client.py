@@ -384,7 +384,9 @@ async def test_a_429_burst_ends_without_a_synchronized_retry_storm(runpod, sessi
     *statuses, _ = await asyncio.gather(*(client.status(job_id) for job_id in jobs), burst())
     assert [status.state for status in statuses] == [JobState.IN_QUEUE] * 40
     assert len(retries) >= 40
-    assert peak_in_window(retries, 0.02) < 15  # in step, all forty would retry in the same instant
+    # In step, all forty would retry in the same instant (40). With full jitter the busiest 20 ms hold 10 at the
+    # median and 18 at most in 3,000 simulated bursts, but 15 or more in 1 % of them: the old bound of 15 flaked.
+    assert peak_in_window(retries, 0.02) < 25
 
 
 async def test_one_health_answer_is_shared_per_endpoint_and_key_never_across_keys(context, runpod):
