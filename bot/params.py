@@ -165,5 +165,17 @@ def _check_image_url(url: object) -> None:
 
 
 def _shown(value: str, limit: int = 40) -> str:
-    """A member's value quoted back to them, cut short so a long one cannot swamp the message."""
-    return repr(value if len(value) <= limit else value[: limit - 1] + "…")
+    """A member's value quoted back to them, at most `limit` characters between its quotes, so a long one
+    cannot swamp the message.
+
+    Escaped first, then cut: repr() writes a control or unprintable character as up to 10 ("\\x01",
+    "\\U000e0001"), so the cut is measured on what is shown, and falls between escapes, never inside one.
+    """
+    quoted = repr(value)
+    if len(quoted) <= limit + 2:
+        return quoted
+    for kept in range(min(len(value), limit - 1), 0, -1):  # every character shows as one or more
+        quoted = repr(value[:kept] + "…")
+        if len(quoted) <= limit + 2:
+            return quoted
+    return repr("…")

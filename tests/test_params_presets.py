@@ -83,6 +83,25 @@ def test_a_seed_flag_is_ascii_digits_in_range_or_one_clear_message(value, messag
     assert str(refused.value) == message
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("\x01" * 40, "'" + "\\x01" * 9 + "…'"),  # 160 characters once escaped: cut after escaping
+        ("\U000e0001" * 40, "'" + "\\U000e0001" * 3 + "…'"),  # astral and unprintable: 10 characters each
+        ("ab\x1b[2J" + "c" * 40, "'ab\\x1b[2J" + "c" * 30 + "…'"),
+        ("\x01" * 3, "'" + "\\x01" * 3 + "'"),  # short enough escaped: shown whole
+    ],
+)
+def test_a_value_quoted_back_is_escaped_then_cut_to_its_limit(value, shown):
+    assert len(shown) <= 42  # 40 between the quotes
+    with pytest.raises(InvalidParams) as refused:
+        params_from_request(f"cat --seed {value}")
+    assert str(refused.value) == f"--seed needs a whole number from 0 to 4294967295, not {shown}."
+    with pytest.raises(InvalidParams) as refused:
+        GenerationParams("x", aspect_ratio=value)
+    assert str(refused.value) == f"Aspect ratio {shown} is not one of {', '.join(ASPECT_RATIOS)}."
+
+
 def test_a_seed_flag_with_leading_zeros_is_read_as_the_number():
     assert params_from_request("cat --seed 0042").seed == 42
     assert params_from_request("cat --seed 4294967295").seed == 4294967295
