@@ -1,7 +1,8 @@
 """Settings from the environment (and `.env` when present), validated once at start.
 
-The names are the interface contract of SPEC.md; a bad value raises `ConfigError` whose message
-names the variable, so the entry point can print one clear line instead of a traceback.
+The names and their meanings are the table in docs/operator.md (section 3, Environment variables); a bad
+value raises `ConfigError` whose message names the variable, so the entry point can print one clear line
+instead of a traceback.
 """
 
 from __future__ import annotations
