@@ -18,6 +18,7 @@ from bot.engine import LOCAL_MODE_NOTE, RunPodContext
 from bot.errors import BotError, ConfigError
 from bot.images import ImageFetcher
 from bot.storage import Storage
+from bot.text import printable
 
 log = logging.getLogger("bot")
 
@@ -79,12 +80,6 @@ async def run_bot(settings: Settings, *, sync_only: bool = False) -> None:
             await storage.close()
 
 
-def _printable_record(record: logging.LogRecord) -> bool:
-    """A logging filter: the message, arguments filled in, made safe for the terminal it is written to."""
-    record.msg, record.args = generate.printable(record.getMessage()), None
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check":  # reports configuration errors itself, as one of its lines
@@ -95,8 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         if args.command == "generate":
             configure_logging(settings.log_level, sys.stderr, settings.secrets)  # stdout carries the saved paths
-            for handler in logging.getLogger().handlers:  # log lines carry job ids and RunPod's words too
-                handler.addFilter(_printable_record)
             for path in asyncio.run(generate.generate(args, settings)):
                 print(path)
             return 0
@@ -104,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_bot(settings, sync_only=args.command == "sync"))
         return 0
     except ConfigError as error:
-        print(f"configuration error: {generate.printable(error)}", file=sys.stderr)
+        print(f"configuration error: {printable(error)}", file=sys.stderr)
         return EXIT_CONFIG
     except BotError as error:  # often the worker's or RunPod's own words (engine.describe_worker_error)
-        print(f"error: {generate.printable(error)}", file=sys.stderr)
+        print(f"error: {printable(error)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -21,6 +21,7 @@ from dotenv import find_dotenv, load_dotenv
 
 from bot.errors import ConfigError
 from bot.presets import PRESETS
+from bot.text import printable
 
 DEFAULT_RUNPOD_API_URL = "https://api.runpod.ai/v2"
 # The endpoint id of RunPod's local test server, which serves one worker with no id in its paths.
@@ -228,10 +229,11 @@ def _log_level(value: str) -> str:
 
 
 def configure_logging(level: str, stream: TextIO = sys.stdout, secrets: tuple[Secret | None, ...] = ()) -> None:
-    """Log to stdout (the PaaS log), with every token and key blanked out of every line.
+    """Log to stdout (the PaaS log), one line per record, with every token and key blanked out of every line.
 
     discord.py logs webhook URLs, which carry interaction tokens, at DEBUG; the formatter removes them
-    along with the secrets it is given, so even LOG_LEVEL=DEBUG is safe to paste into an issue.
+    along with the secrets it is given, so even LOG_LEVEL=DEBUG is safe to paste into an issue. Text from
+    outside (a worker's error, RunPod's words) is made `printable`, so it never writes a line of its own.
     """
     handler = logging.StreamHandler(stream)
     handler.setFormatter(RedactingFormatter(tuple(secret.reveal() for secret in secrets if secret)))
@@ -249,6 +251,12 @@ class RedactingFormatter(logging.Formatter):
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
         self._secrets = tuple(secret for secret in secrets if len(secret) >= 6)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The line itself, arguments filled in, made `printable`: a worker's error text with line breaks and
+        escape bytes can neither start lines of its own in the log nor reach the terminal's escapes. A
+        traceback that `exc_info` appends after it (our own) keeps its lines."""
+        return printable(super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
         text = self._TOKEN_IN_URL.sub(r"\1<token>", super().format(record))

@@ -28,6 +28,7 @@ DISCORD_FREE = (
     "bot.runpod",
     "bot.status",
     "bot.storage",
+    "bot.text",
     "bot.usage",
 )
 
