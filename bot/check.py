@@ -50,6 +50,7 @@ from bot.errors import (
 from bot.images import ImageFetcher
 from bot.runpod import RetryPolicy, RunPodClient
 from bot.storage import LedgerState, Storage, alembic_config
+from bot.text import health_text, plural
 
 if TYPE_CHECKING:
     from bot.bot import ImagineBot
@@ -359,7 +360,7 @@ async def _stored_guild_keys(storage: Storage) -> list[str]:
 
 
 def _encryption_line(keys: tuple[Secret, ...], stored: list[str] | None) -> Line:
-    count = f"{len(keys)} key{'s' if len(keys) != 1 else ''}"
+    count = plural(len(keys), "key")
     if not keys:
         if stored:
             return Line(
@@ -445,13 +446,8 @@ async def check_runpod(settings: Settings) -> Line:
         return Line(FAIL, subject, str(error))
     except TimeoutError:
         return Line(FAIL, subject, f"RunPod did not answer /health within {RUNPOD_TIMEOUT:.0f} s")
-    detail = (
-        f"healthy ({settings.runpod_worker} preset): workers {health.ready_workers} ready, {health.running} busy, "
-        f"{health.initializing} starting, {health.throttled} throttled; "
-        f"jobs {health.in_queue} in queue, {health.in_progress} running"
-    )
-    if health.warm_workers == 0:
-        detail += " (none warm: the first job waits for a cold start)"
+    workers, jobs = health_text(health)  # in the words /runpod status uses too
+    detail = f"healthy ({settings.runpod_worker} preset): workers {workers}; jobs {jobs}"
     if settings.runpod_worker == "comfyui":
         # A workflow is only ever given by an admin (/runpod setup) or on the command line (generate).
         return Line(
@@ -530,10 +526,9 @@ async def run_checks(settings: Settings) -> list[Line]:
 
 def summary(lines: Iterable[Line]) -> str:
     marks = [line.mark for line in lines]
-    warnings = marks.count(WARN)
     parts = [
         f"{marks.count(OK)} ok",
-        f"{warnings} warning{'' if warnings == 1 else 's'}",
+        plural(marks.count(WARN), "warning"),
         f"{marks.count(FAIL)} failed",
     ]
     if marks.count(SKIP):

@@ -11,8 +11,9 @@ from io import BytesIO
 
 from PIL import Image
 
-from bot.errors import OutputError, size_text
+from bot.errors import OutputError
 from bot.images import DecodedImage, MemoryBudget
+from bot.text import size_text
 
 # Discord refuses requests over 25 MiB (docs/discord-notes.md, Upload limits); room is kept for the JSON part.
 MAX_REQUEST_BYTES = 24 * 1024 * 1024
@@ -82,7 +83,7 @@ def fit_for_upload(pngs: list[bytes], *, per_file_limit: int, stem: str) -> list
 def _fit(png: bytes, budget: int, name: str, label: str) -> Upload:
     if len(png) <= budget:
         return Upload(f"{name}.png", png)
-    limit_text = _megabytes(budget)
+    limit_text = size_text(budget)
     rgb: Image.Image = Image.open(BytesIO(png))
     if rgb.mode != "RGB":  # converting copies the whole picture: only when JPEG needs it
         rgb = rgb.convert("RGB")
@@ -107,7 +108,3 @@ def _jpeg(image: Image.Image, quality: int) -> bytes:
     buffer = BytesIO()
     image.save(buffer, "JPEG", quality=quality, optimize=True)
     return buffer.getvalue()
-
-
-def _megabytes(size: int) -> str:
-    return f"{size / (1024 * 1024):.0f} MB" if size >= 1024 * 1024 else f"{size / 1024:.0f} KB"

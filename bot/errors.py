@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bot.text import size_text
+
 
 class BotError(Exception):
     """Base of every error this project raises on purpose; `str()` is safe to show to a user."""
@@ -133,8 +135,3 @@ class OutputError(JobError):
     """The job completed but its output held no usable picture."""
 
     advice = "Ask a server admin to check the endpoint's worker and its settings."
-
-
-def size_text(size: int) -> str:
-    """A size as a member reads it: "64 MB", or "512 KB" below a megabyte (of 1024 x 1024 bytes)."""
-    return f"{size / (1024 * 1024):.0f} MB" if size >= 1024 * 1024 else f"{size / 1024:.0f} KB"

@@ -18,13 +18,21 @@ import re2
 
 from bot.errors import BotError
 from bot.params import GenerationParams
+from bot.text import moment, plural
 
 MAX_PATTERNS = 20
 MAX_PATTERN_LENGTH = 200
 
 
 class Refused(BotError):
-    """A job this guild's rules do not allow; the message says why and when to try again."""
+    """A job this guild's rules do not allow; the message says why and when to try again.
+
+    Given in parts, a moment (when a quota resets) as the datetime itself: `str()` writes it in UTC (`moment`),
+    and the Discord side counts it down in each member's own time (`render.explanation`)."""
+
+    def __init__(self, *parts: str | datetime) -> None:
+        super().__init__("".join(part if isinstance(part, str) else moment(part) for part in parts))
+        self.parts = parts
 
 
 @dataclass(frozen=True)
@@ -135,9 +143,9 @@ def moderate(policy: GuildPolicy, params: GenerationParams, *, nsfw_channel: boo
 
 def check_size(policy: GuildPolicy, params: GenerationParams) -> None:
     if params.count > policy.max_count:
-        raise Refused(f"This server allows at most {policy.max_count} image(s) per job.")
+        raise Refused(f"This server allows at most {plural(policy.max_count, 'image')} per job.")
     if params.steps is not None and params.steps > policy.max_steps:
-        raise Refused(f"This server allows at most {policy.max_steps} steps.")
+        raise Refused(f"This server allows at most {plural(policy.max_steps, 'step')}.")
 
 
 @dataclass(frozen=True)
@@ -151,16 +159,6 @@ class Usage:
     gpu_seconds_month: float = 0.0
 
 
-def number(amount: float) -> str:
-    """`3`, `3,600`, `1.5`: whole numbers grouped, fractions to two places at most."""
-    return f"{amount:,.0f}" if float(amount).is_integer() else f"{amount:,.2f}".rstrip("0").rstrip(".")
-
-
-def plural(amount: float, unit: str) -> str:
-    """`1 picture`, `3 pictures`, `3,600 GPU seconds`, `1.5 minutes`."""
-    return f"{number(amount)} {unit}" if amount == 1 else f"{number(amount)} {unit}s"
-
-
 def start_of_day(now: datetime) -> datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
@@ -171,43 +169,43 @@ def start_of_month(now: datetime) -> datetime:
 
 def check_quota(policy: GuildPolicy, usage: Usage, now: datetime, pictures: int = 1) -> None:
     """Refuse when a daily or monthly quota is used up, or has fewer than the `pictures` asked for left,
-    saying how many are left and when the quota resets (a relative timestamp)."""
+    saying how many are left and when the quota resets (a moment of the refusal's parts)."""
     tomorrow = start_of_day(now) + timedelta(days=1)
     next_month = (start_of_month(now) + timedelta(days=32)).replace(day=1)
-    reset_day = f"<t:{int(tomorrow.timestamp())}:R>"
-    reset_month = f"<t:{int(next_month.timestamp())}:R>"
 
-    def over(limit: int, used: int, used_up: str, who: str, period: str, reset: str) -> None:
+    def over(limit: int, used: int, used_up: str, who: str, period: str, reset: datetime) -> None:
         if not limit or used + pictures <= limit:
             return
         left = limit - used
         if left <= 0:
-            raise Refused(used_up)
+            raise Refused(used_up, reset, ".")
         # A request for several pictures that would cross the limit: what is left can still be had.
         raise Refused(
             f"{who} {plural(left, 'picture')} left for {period} and you asked for {pictures}: "
-            f"ask for {left} or fewer now, or for more {reset}."
+            f"ask for {left} or fewer now, or for more ",
+            reset,
+            ".",
         )
 
     over(
         policy.member_daily, usage.member_today,
-        f"You have used your {plural(policy.member_daily, 'picture')} for today; you can make more {reset_day}.",
-        "You have", "today", reset_day,
+        f"You have used your {plural(policy.member_daily, 'picture')} for today; you can make more ",
+        "You have", "today", tomorrow,
     )  # fmt: skip
     over(
         policy.guild_daily_jobs, usage.guild_today,
-        f"This server has used its {plural(policy.guild_daily_jobs, 'picture')} for today; more {reset_day}.",
-        "This server has", "today", reset_day,
+        f"This server has used its {plural(policy.guild_daily_jobs, 'picture')} for today; more ",
+        "This server has", "today", tomorrow,
     )  # fmt: skip
     if policy.guild_daily_gpu_seconds and usage.gpu_seconds_today >= policy.guild_daily_gpu_seconds:
-        raise Refused(f"This server has used today's GPU time; more {reset_day}.")
+        raise Refused("This server has used today's GPU time; more ", tomorrow, ".")
     over(
         policy.guild_monthly_jobs, usage.guild_month,
-        f"This server has used its {plural(policy.guild_monthly_jobs, 'picture')} for this month; more {reset_month}.",
-        "This server has", "this month", reset_month,
+        f"This server has used its {plural(policy.guild_monthly_jobs, 'picture')} for this month; more ",
+        "This server has", "this month", next_month,
     )  # fmt: skip
     if policy.guild_monthly_gpu_seconds and usage.gpu_seconds_month >= policy.guild_monthly_gpu_seconds:
-        raise Refused(f"This server has used this month's GPU time; more {reset_month}.")
+        raise Refused("This server has used this month's GPU time; more ", next_month, ".")
 
 
 # --- the fair queue ------------------------------------------------------------------------------

@@ -14,9 +14,11 @@ import discord
 from bot.engine import JobResult, JobUpdate, Progress
 from bot.errors import BotError, JobCancelled
 from bot.params import GenerationParams
+from bot.policy import Refused
 from bot.runpod import Health, JobState
 from bot.status import Outlook
 from bot.storage import JobRecord
+from bot.text import dollars, noun, worker_counts
 
 QUEUED_COLOUR = discord.Colour.light_grey()
 RUNNING_COLOUR = discord.Colour.blurple()
@@ -36,6 +38,22 @@ def safe_text(text: str, limit: int = PROMPT_PREVIEW) -> str:
 
 def timestamp(moment: datetime) -> str:
     return discord.utils.format_dt(moment, "R")
+
+
+def explanation(error: BotError) -> str:
+    """What a member is told of an error, privately: its `explanation`, where a refusal's moment (when a quota
+    resets) is a timestamp each member's client counts down in their own time."""
+    return _refusal(error) if isinstance(error, Refused) else error.explanation
+
+
+def for_members(error: BotError) -> str:
+    """What a job's channel is told of its end: the error's `for_members`, a refusal's moment drawn as above."""
+    return _refusal(error) if isinstance(error, Refused) else error.for_members
+
+
+def _refusal(refused: Refused) -> str:
+    said = "".join(part if isinstance(part, str) else timestamp(part) for part in refused.parts)
+    return f"{said} {refused.advice}".strip()
 
 
 def progress_bar(progress: Progress) -> str:
@@ -124,12 +142,7 @@ def ordinal(number: int) -> str:
 
 def describe_workers(health: Health) -> str:
     """RunPod's worker counts in three words: ready for a job, busy with one, starting up (a cold start)."""
-    counts = (
-        (health.ready_workers, "ready"),
-        (health.running, "busy"),
-        (health.initializing, "starting"),
-    )
-    shown = [f"{count} {word}" for count, word in counts if count]
+    shown = [f"{count} {word}" for count, word in worker_counts(health) if count]
     return " · ".join(shown) or "none running yet"
 
 
@@ -170,7 +183,7 @@ def failure_embed(error: BotError, params: GenerationParams, requester: str) -> 
     cancelled = isinstance(error, JobCancelled)
     title, colour = ("🚫 Cancelled", CANCELLED_COLOUR) if cancelled else ("⚠️ No picture this time", FAILED_COLOUR)
     embed = _base(title, colour, params, requester)
-    embed.add_field(name="What happened", value=error.for_members[:1024], inline=False)
+    embed.add_field(name="What happened", value=for_members(error)[:1024], inline=False)
     return embed
 
 
@@ -208,15 +221,13 @@ def info_embed(record: JobRecord, cost: float | None = None) -> discord.Embed:
     if record.execution_ms is not None:
         embed.add_field(name="Run time", value=f"{record.execution_ms / 1000:.1f} s")
     if cost is not None:
-        embed.add_field(name="Estimated cost", value=f"${cost:.4f}")
+        embed.add_field(name="Estimated cost", value=dollars(cost, places=4))
     embed.add_field(name="State", value=record.state)
     if record.notice:
         embed.add_field(name="What happened", value=record.notice[:1024], inline=False)
     # Ids help whoever asks RunPod's support about this job; this embed is private.
     jobs = ", ".join(f"`{runpod_job_id}`" for runpod_job_id in record.runpod_job_ids) or "never submitted"
-    embed.add_field(
-        name="RunPod",
-        value=f"{'jobs' if len(record.runpod_job_ids) > 1 else 'job'} {jobs}\nendpoint `{record.endpoint_id}`",
-    )
+    said = noun(len(record.runpod_job_ids) or 1, "job")  # "job never submitted"
+    embed.add_field(name="RunPod", value=f"{said} {jobs}\nendpoint `{record.endpoint_id}`")
     embed.set_footer(text=f"Requested by {record.user_name}")
     return embed

@@ -8,6 +8,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from bot import render
 from bot.errors import BotError
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 def explain(interaction: discord.Interaction[Any], error: BaseException) -> str:
     """The private reply for an error; anything unexpected is logged with where it happened."""
     if isinstance(error, BotError):
-        return error.explanation
+        return render.explanation(error)  # a refusal's moment as a timestamp: Discord's markup is drawn there
     if isinstance(error, app_commands.MissingPermissions):
         return f"You need the {', '.join(_permission_names(error.missing_permissions))} permission for this."
     if isinstance(error, app_commands.BotMissingPermissions):

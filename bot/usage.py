@@ -10,8 +10,9 @@ from datetime import date, datetime, timedelta
 from io import BytesIO
 from typing import TYPE_CHECKING
 
-from bot.policy import GuildPolicy, plural
+from bot.policy import GuildPolicy
 from bot.storage import JobRecord
+from bot.text import dollars, plural
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -62,15 +63,10 @@ class UsageReport:
         return "\n".join(lines)
 
 
-def dollars(amount: float) -> str:
-    """To the cent; an amount that is not nothing but would round to $0.00 is "< $0.01"."""
-    return "< $0.01" if 0 < amount < 0.005 else f"${amount:,.2f}"
-
-
 def gpu_time(seconds: float) -> str:
     """GPU seconds as an admin reads them: a tenth where it matters (short runs), whole seconds beyond."""
     shown = f"{seconds:,.1f}".removesuffix(".0") if seconds < 100 else f"{seconds:,.0f}"
-    return f"{shown} GPU second{'' if shown == '1' else 's'}"
+    return plural(seconds, "GPU second", shown)
 
 
 def build_report(records: list[JobRecord], now: datetime, policy: GuildPolicy) -> UsageReport:

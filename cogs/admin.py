@@ -26,10 +26,11 @@ from bot.endpoints import DEFAULT_MODEL
 from bot.errors import BotError, RunPodAuthError, RunPodNotFound, RunPodRejected
 from bot.forms import BoundForm
 from bot.params import InvalidParams
-from bot.policy import GuildPolicy, check_pattern, number, plural
+from bot.policy import GuildPolicy, check_pattern
 from bot.presets import PRESETS
 from bot.replies import explain, reply_privately
 from bot.runpod import Health
+from bot.text import dollars, health_text, number, plural
 from bot.usage import DAYS, build_report, render_chart
 
 if TYPE_CHECKING:
@@ -195,12 +196,8 @@ async def connect(
 
 
 def describe_health(health: Health) -> str:
-    cold = " (none warm: the first job waits for a cold start)" if health.warm_workers == 0 else ""
-    return (
-        f"Workers: {health.ready_workers} ready, {health.running} busy, {health.initializing} starting, "
-        f"{health.throttled} throttled{cold}. "
-        f"Jobs: {health.in_queue} in queue, {health.in_progress} running."
-    )
+    workers, jobs = health_text(health)  # in the words `python -m bot check` uses too
+    return f"Workers: {workers}. Jobs: {jobs}."
 
 
 @app_commands.guild_only()
@@ -418,10 +415,7 @@ SETTINGS = {
 
 def price(per_second: float) -> str:
     """`$0.00031 per GPU second`: at least to the cent, and as many places as the admin gave (up to six)."""
-    if not per_second:
-        return "not set"
-    whole, _, cents = f"{per_second:.6f}".rstrip("0").partition(".")
-    return f"${whole}.{cents.ljust(2, '0')} per GPU second"
+    return f"{dollars(per_second, places=6)} per GPU second" if per_second else "not set"
 
 
 def amount(name: str, value: float) -> str:

@@ -20,7 +20,7 @@ from discord.ext import commands
 from bot import render
 from bot.admission import NEEDED_PERMISSIONS, Request, preflight
 from bot.buttons import ButtonAction, JobButton, Variation, result_view
-from bot.errors import BotError, size_text
+from bot.errors import BotError
 from bot.forms import BoundForm
 from bot.jobs import Origin, is_nsfw
 from bot.params import (
@@ -36,6 +36,7 @@ from bot.params import (
 )
 from bot.replies import explain, reply_privately
 from bot.storage import JobRecord
+from bot.text import size_text
 
 if TYPE_CHECKING:
     from bot.bot import ImagineBot

@@ -90,3 +90,48 @@ def test_bot_never_imports_a_cog():
     for module, imported in graph().items():
         if module.startswith("bot"):
             assert not any(name.startswith("cogs") for name in imported), module
+
+
+# Discord's markup: a timestamp, a user or role mention, a channel, a custom emoji. Drawn on the Discord side only.
+DISCORD_MARKUP = ("<t:", "<@", "<#", "<:")
+
+
+def strings(path: Path) -> list[tuple[int, str]]:
+    """Every string a module can build (f-strings' literal parts too), with its line; docstrings, which describe
+    rather than build, and comments are not strings here."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
+
+
+def test_the_core_never_writes_discord_markup():
+    found = [
+        f"{module}:{line}: {text!r}"
+        for module in DISCORD_FREE
+        for line, text in strings(modules()[module])
+        if any(markup in text for markup in DISCORD_MARKUP)
+    ]
+    assert not found, "Discord markup is drawn in bot/render.py, not in the core:\n" + "\n".join(found)
+
+
+def test_the_markup_scan_sees_f_strings_and_skips_docstrings_and_comments(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        '"""A module that mentions <t:123:R> in its docstring."""\n'
+        "# and <@1> in a comment\n"
+        "def reset(moment):\n"
+        '    """Drawn as <t:...:R> on the Discord side."""\n'
+        '    return f"more <t:{int(moment)}:R>."\n'
+    )
+    assert [text for _, text in strings(sample) if "<t:" in text] == ["more <t:"]
