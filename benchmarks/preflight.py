@@ -21,7 +21,7 @@ Measured, on a SQLite file and, when `--postgres URL` or `TEST_DATABASE_URL` is 
 - both queries with the window opened to the whole ledger (as if all of it were this month), for how their
   cost grows: the scan with the rows it reads, the counters with the days (`--wide-calls`, 20, after warm-ups);
 - what the counters cost the writes: `--writes` jobs (100) written through the bot's own `record_job` and
-  two `update_job`s (queued, then completed or failed), each write timed, against the same three writes
+  its moves (sent and queued, then completed or ended), each step timed, against the same three steps
   on `jobs` alone as `Storage` wrote them before the counters (in another server, interleaved);
 - that every answer agrees: counters, scan, old way and what was written (the Python tally), for every call;
   and counters and scan again after the writes.
@@ -63,8 +63,9 @@ from benchmarks.report import (
     quiet_logging,
     table,
 )
+from bot.lifecycle import LedgerState
 from bot.policy import Usage, start_of_day, start_of_month
-from bot.storage import JobRecord, KeySource, LedgerState, Storage, async_url, jobs, usage_days
+from bot.storage import JobRecord, KeySource, Storage, async_url, jobs, usage_days
 
 GUILD_ID = 800_000_000_000_000_001
 OTHER_GUILD_ID = 800_000_000_000_000_003  # where the writes without counters go, out of the checks' way
@@ -382,53 +383,71 @@ async def record_job_plain(storage: Storage, record: JobRecord) -> bool:
 
 
 async def update_job_plain(storage: Storage, request_id: int, **changes: Any) -> None:
-    """`Storage.update_job` as it was before the counters (4277563)."""
+    """A job's row changed as `Storage` did before the counters (4277563)."""
     async with storage.engine.begin() as connection:
         await connection.execute(
             sa.update(jobs).where(jobs.c.request_id == request_id).values(**changes, updated_at=datetime.now(UTC))
         )
 
 
-Record = Callable[[JobRecord], Awaitable[bool]]
-Update = Callable[..., Awaitable[None]]
+class Writes:
+    """A job's three ledger writes: written, queued on RunPod, finished."""
+
+    def __init__(self, storage: Storage, *, counters: bool) -> None:
+        self.storage = storage
+        self.counters = counters
+
+    async def write(self, record: JobRecord) -> bool:
+        return await (self.storage.record_job(record) if self.counters else record_job_plain(self.storage, record))
+
+    async def queued(self, record: JobRecord) -> JobRecord:
+        runpod_job_id = f"{record.request_id:x}-u1"
+        if not self.counters:
+            await update_job_plain(
+                self.storage, record.request_id, state=LedgerState.QUEUED, runpod_job_id=runpod_job_id
+            )
+            return record
+        return await self.storage.queued(await self.storage.sent(record, [runpod_job_id]))
+
+    async def finished(self, record: JobRecord, outcome: Outcome) -> None:
+        timings = {"delay_ms": outcome.delay_ms, "execution_ms": outcome.execution_ms}
+        if not self.counters:
+            await update_job_plain(self.storage, record.request_id, state=outcome.state, **timings)
+        elif outcome.state is LedgerState.COMPLETED:
+            await self.storage.completed(record, pictures=record.pictures, **timings)
+        else:
+            await self.storage.ended(record, outcome.state, "CUDA error")
 
 
-async def job_life(record: JobRecord, outcome: Outcome, write: Record, update: Update) -> list[float]:
+async def job_life(record: JobRecord, outcome: Outcome, writes: Writes) -> list[float]:
     """A job's three ledger writes (written, queued on RunPod, finished), seconds each."""
     seconds = []
     began = time.perf_counter()
-    if not await write(record):
+    if not await writes.write(record):
         raise RuntimeError(f"request id {record.request_id} is already in the ledger")
     seconds.append(time.perf_counter() - began)
     began = time.perf_counter()
-    await update(record.request_id, state=LedgerState.QUEUED, runpod_job_id=f"{record.request_id:x}-u1")
+    record = await writes.queued(record)
     seconds.append(time.perf_counter() - began)
     began = time.perf_counter()
-    await update(record.request_id, state=outcome.state, delay_ms=outcome.delay_ms, execution_ms=outcome.execution_ms)
+    await writes.finished(record, outcome)
     seconds.append(time.perf_counter() - began)
     return seconds
 
 
 async def write_jobs(storage: Storage, shape: LedgerShape, writes: int) -> tuple[list[float], list[float]]:
-    """(seconds per write through `Storage`, seconds per write of the statements without counters), the two
-    interleaved job by job; the latter in another server, so the checks' server keeps counters and jobs in step."""
+    """(seconds per write through `Storage`'s moves, seconds per write of the statements without counters), the
+    two interleaved job by job; the latter in another server, so the checks' server keeps counters and jobs in
+    step. The moves send a job to RunPod in two writes (its id, then queued), the plain statements in one."""
     bot_s: list[float] = []
     plain_s: list[float] = []
     for i, outcome in enumerate(outcomes(shape, writes)):
         # Snowflakes of now: later than every job of the ledger, two per moment told apart by the low bits.
         snowflake = (int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22
-        bot_s += await job_life(
-            new_job(snowflake | ((2 * i) & 0x3FFFFF), GUILD_ID, outcome.member),
-            outcome,
-            storage.record_job,
-            storage.update_job,
-        )
-        plain_s += await job_life(
-            new_job(snowflake | ((2 * i + 1) & 0x3FFFFF), OTHER_GUILD_ID, outcome.member),
-            outcome,
-            lambda record: record_job_plain(storage, record),
-            lambda request_id, **changes: update_job_plain(storage, request_id, **changes),
-        )
+        mine = new_job(snowflake | ((2 * i) & 0x3FFFFF), GUILD_ID, outcome.member)
+        bot_s += await job_life(mine, outcome, Writes(storage, counters=True))
+        plain = new_job(snowflake | ((2 * i + 1) & 0x3FFFFF), OTHER_GUILD_ID, outcome.member)
+        plain_s += await job_life(plain, outcome, Writes(storage, counters=False))
     return bot_s, plain_s
 
 
@@ -451,7 +470,7 @@ class Backend:
     wide_usage_s: list[float]  # Storage.usage with the window opened to the whole ledger
     wide_scan_s: list[float]  # usage_by_scan likewise
     wide_rows: int
-    write_s: list[float]  # record_job / update_job through Storage (jobs and counters)
+    write_s: list[float]  # record_job and the moves through Storage (jobs and counters)
     plain_write_s: list[float]  # the same statements on jobs alone
     plan: list[str]  # of Storage.usage's query
     scan_plan: list[str]
@@ -761,7 +780,7 @@ def ledger_table(backend: Backend) -> str:
 def writes_table(backend: Backend) -> str:
     jobs_written = len(backend.write_s) // 3
     rows = [
-        [f"through `Storage` (`record_job`, `update_job`: the job and its counters in one transaction), "
+        [f"through `Storage` (`record_job` and its moves: the job and its counters in one transaction), "
          f"{len(backend.write_s)} writes", _p50_p99_max(backend.write_s, 2)],
         ["the same statements on `jobs` alone, as `Storage` wrote before the counters (another server)",
          _p50_p99_max(backend.plain_write_s, 2)],
@@ -806,7 +825,7 @@ def markdown(report: Report) -> str:
         "it over the target (p99 84 ms on SQLite, 156 ms on PostgreSQL on 2026-11-29).",
         "",
         f"Writes: the counters move the cost to the ledger's writes, so {s['writes']} jobs are written through "
-        "`Storage.record_job` and two `Storage.update_job`s (queued, then completed or failed), each write timed, "
+        "`Storage.record_job` and its moves (sent and queued, then completed or ended), each step timed, "
         "against the same statements on `jobs` alone as `Storage` wrote them before (in another server, one job "
         "of each in turn).",
     ]

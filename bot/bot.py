@@ -11,11 +11,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import tasks
 from bot.config import Settings
 from bot.crypto import Vault
 from bot.endpoints import Endpoints
 from bot.engine import RunPodContext
 from bot.jobs import JobRunner, RunnerOptions
+from bot.recovery import Recovery
 from bot.replies import explain, reply_privately
 from bot.storage import Storage
 
@@ -58,6 +60,7 @@ class ImagineBot(commands.Bot):
         vault = Vault(settings.encryption_keys)
         self.endpoints = Endpoints(settings, storage, vault, runpod)
         self.runner = JobRunner(self, settings, storage, vault, runpod, self.endpoints, runner_options)
+        self.recovery = Recovery(self.runner, settings, storage, vault, self.endpoints)
         self._closing: asyncio.Task[None] | None = None
         self._resuming: asyncio.Task[None] | None = None
         self._sweeping: asyncio.Task[None] | None = None
@@ -83,8 +86,8 @@ class ImagineBot(commands.Bot):
         # before the gateway is up, so jobs from before a restart resume at once.
         await self.endpoints.rotate_keys()
         await self.endpoints.recall_run_times()
-        self._resuming = asyncio.create_task(self.runner.resume_all(), name="resume jobs")
-        self._sweeping = asyncio.create_task(self.runner.sweep_forever(), name="sweep stale jobs")
+        self._resuming = tasks.spawn(self.recovery.resume_all(), name="resume jobs")
+        self._sweeping = tasks.spawn(self.recovery.sweep_forever(), name="sweep stale jobs")
         await super().connect(reconnect=reconnect)
 
     async def on_ready(self) -> None:

@@ -48,8 +48,9 @@ from bot.errors import (
     RunPodUnavailable,
 )
 from bot.images import ImageFetcher
+from bot.lifecycle import LedgerState
 from bot.runpod import RetryPolicy, RunPodClient
-from bot.storage import LedgerState, Storage, alembic_config
+from bot.storage import Storage, alembic_config
 from bot.text import health_text, plural
 
 if TYPE_CHECKING:
@@ -297,6 +298,16 @@ async def _ledger_lines(storage: Storage, keys: tuple[Secret, ...]) -> list[Line
                 vault.decrypt(record.token_encrypted)
             except BotError:  # undecryptable, or no key at all
                 unreadable += 1
+    if storage.unreadable:
+        rows = [f"{request_id} ({reason})" for request_id, reason in sorted(storage.unreadable.items())[:5]]
+        lines.append(
+            Line(
+                WARN,
+                "unreadable jobs",
+                f"{len(storage.unreadable)} job row(s) the bot cannot read, skipped by resume and the sweeper: "
+                + ", ".join(rows),
+            )
+        )
     if unreadable:
         lines.append(
             Line(

@@ -1,4 +1,4 @@
-"""The one message that shows a job while it runs.
+"""The one message that shows a job while it runs, and what became of each attempt to show it.
 
 Edits are coalesced: `show()` only records what the message should look like, and one pump task
 edits at most once per `min_interval`, and only when the look changed. The message is addressed by
@@ -6,6 +6,10 @@ ids only (application, interaction token, message, channel), so it can be rebuil
 after a restart. The interaction token dies after 15 minutes (docs/discord-notes.md, Interaction
 deadlines); from then on, or when an edit says the token is gone, the status continues in a channel
 message sent with the bot token.
+
+Nothing here raises for a fault of Discord or of the network: every attempt ends as an `Outcome`
+(`Shown`, `RetryLater`, `Unreachable`), and the caller decides what to do about it. discord.py retries
+some 5xx answers itself, but lets a connection reset through as `OSError` or `aiohttp.ClientError`.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from io import BytesIO
 from typing import Any
 
+import aiohttp
 import discord
 
+from bot import tasks
+from bot.clock import monotonic, wall_clock
 from bot.delivery import Upload
 from bot.storage import JobRecord
 
@@ -28,14 +35,43 @@ log = logging.getLogger(__name__)
 
 # Invalid webhook token, unknown webhook, unknown message (docs/discord-notes.md, Error codes).
 _TOKEN_GONE_CODES = frozenset({50027, 10015, 10008})
+# What a request to Discord raises when the network or Discord failed it, rather than Discord refusing it.
+TRANSPORT_ERRORS = (OSError, aiohttp.ClientError, TimeoutError, discord.DiscordServerError)
+
+
+@dataclass(frozen=True)
+class Shown:
+    message: discord.Message | discord.PartialMessage | None
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    """The network or Discord failed this attempt (a reset, a 5xx): the next one may well work."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    """Neither the token nor the channel would take it (no permission, the channel gone)."""
+
+    reason: str
+
+
+Outcome = Shown | RetryLater | Unreachable
+
+
+class _TokenGone(Exception):
+    """The interaction token no longer works: go on in the channel."""
 
 
 @dataclass
 class _Look:
     embed: discord.Embed
     view: discord.ui.View | None = None
-    uploads: Sequence[Upload] = ()
-    final: bool = False  # a final look sets the attachments; a status leaves them as they are
+    # What the message's attachments become: None leaves them as they are (a status must never remove a picture
+    # a queued worker still has to fetch); a final look sets them, to none at all if it has none.
+    uploads: Sequence[Upload] | None = None
     key: Any = field(init=False)
 
     def __post_init__(self) -> None:
@@ -71,6 +107,13 @@ def token_gone(error: discord.HTTPException) -> bool:
     return error.status == 401 or error.code in _TOKEN_GONE_CODES
 
 
+def describe(error: BaseException) -> str:
+    """One short line for a log: what failed, never a token (discord.py's messages carry no URL)."""
+    if isinstance(error, discord.HTTPException):
+        return f"{error.status} {error.text or error.code}"[:200]
+    return f"{type(error).__name__}: {error}"[:200]
+
+
 class LiveMessage:
     def __init__(
         self,
@@ -81,12 +124,16 @@ class LiveMessage:
         expiry_margin: timedelta = timedelta(seconds=60),
         context: str = "",
         on_channel_message: Callable[[int], Awaitable[None]] | None = None,
+        clock: Callable[[], datetime] = wall_clock,
     ) -> None:
         self._address = address
         self._min_interval = min_interval
-        self._expiry_margin = expiry_margin
         self.context = context  # "job … guild …" for log lines
         self._on_channel_message = on_channel_message
+        # When the token stops being usable, on the monotonic clock: a step of the wall clock moves nothing.
+        expires = address.token_expires_at
+        left = (expires - clock() - expiry_margin).total_seconds() if expires is not None else 0.0
+        self._token_deadline = monotonic() + left
         self._webhook = (
             discord.Webhook.partial(client.application_id or 0, address.token, client=client)
             if address.token and address.message_id
@@ -96,10 +143,10 @@ class LiveMessage:
         self._channel_message = (
             self._channel.get_partial_message(address.channel_message_id) if address.channel_message_id else None
         )
-        self.unreachable = False  # neither the token nor the channel works: nothing can be shown
         self.message: discord.Message | discord.PartialMessage | None = self._channel_message
         self._pending: _Look | None = None
         self._shown_key: Any = None
+        self._failing = False  # the last status edit failed: said once in the log until one works again
         self._last_edit = float("-inf")
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
@@ -117,51 +164,49 @@ class LiveMessage:
         self._pending = _Look(embed, view)
         self._wake.set()
         if self._pump_task is None:
-            self._pump_task = asyncio.create_task(self._pump(), name=f"live-message {self.context}")
+            self._pump_task = tasks.spawn(self._pump(), name=f"live-message {self.context}")
 
     async def final(
-        self, embed: discord.Embed, view: discord.ui.View | None = None, uploads: Sequence[Upload] = ()
-    ) -> bool:
-        """Stop the pump and show this look now. False when it could not be shown anywhere."""
+        self, embed: discord.Embed, view: discord.ui.View | None = None, uploads: Sequence[Upload] | None = ()
+    ) -> Outcome:
+        """Stop the pump and show this look now. Its attachments become `uploads` (None: left as they are)."""
         await self.stop()
-        return await self._send(_Look(embed, view, uploads, final=True))
+        return await self._send(_Look(embed, view, uploads))
 
-    async def attach(self, embed: discord.Embed, upload: Upload) -> str | None:
-        """Show this look with one picture attached, now; the picture's address on Discord's CDN, or None when
-        it could not be shown. Later statuses keep the picture; the final look replaces it."""
-        look = _Look(embed, None, (upload,), final=True)
-        if not await self._send(look) or self.message is None or not isinstance(self.message, discord.Message):
-            return None
-        return self.message.attachments[0].url if self.message.attachments else None
+    async def attach(self, embed: discord.Embed, upload: Upload) -> Outcome:
+        """Show this look with one picture attached, now. Later statuses keep the picture; the final look
+        replaces it."""
+        return await self._send(_Look(embed, None, (upload,)))
 
     async def stop(self) -> None:
         self._closing.set()
         self._wake.set()
         if self._pump_task is not None:
-            with contextlib.suppress(Exception):
-                await self._pump_task
+            await asyncio.gather(self._pump_task, return_exceptions=True)  # it logs its own failure
 
-    async def notify(self, content: str, user: discord.abc.Snowflake) -> None:
+    async def notify(self, content: str, user: discord.abc.Snowflake) -> Outcome:
         """A reply to the job's message that pings only `user` (edits never notify anyone): one click leads to
         the picture. Where the bot cannot reply in the channel, a follow-up of the interaction says it instead."""
         mentions = discord.AllowedMentions(everyone=False, roles=False, users=[user], replied_user=False)
         shown = self.message.id if self.message is not None else self._address.message_id
-        try:
-            if shown is not None:
-                reference = discord.MessageReference(
-                    message_id=shown, channel_id=self._address.channel_id, fail_if_not_exists=False
-                )
-                await self._channel.send(content, reference=reference, allowed_mentions=mentions)
-                return
-        except discord.HTTPException as error:
-            log.info("%s: could not reply to the job's message (%s); following up instead", self.context, error)
+        if shown is not None:
+            reference = discord.MessageReference(
+                message_id=shown, channel_id=self._address.channel_id, fail_if_not_exists=False
+            )
+            try:
+                return Shown(await self._channel.send(content, reference=reference, allowed_mentions=mentions))
+            except TRANSPORT_ERRORS as error:
+                return RetryLater(describe(error))
+            except discord.HTTPException as error:
+                log.info("%s: could not reply to the job's message (%s); following up instead", self.context, error)
         try:
             if self._webhook is not None and self._token_usable():
-                await self._webhook.send(content, allowed_mentions=mentions)
-            else:
-                await self._channel.send(content, allowed_mentions=mentions)
+                return Shown(await self._webhook.send(content, allowed_mentions=mentions, wait=True))
+            return Shown(await self._channel.send(content, allowed_mentions=mentions))
+        except TRANSPORT_ERRORS as error:
+            return RetryLater(describe(error))
         except discord.HTTPException as error:
-            log.warning("%s: could not notify the requester: %s", self.context, error)
+            return Unreachable(describe(error))
 
     async def _pump(self) -> None:
         loop = asyncio.get_running_loop()
@@ -175,65 +220,77 @@ class LiveMessage:
             look = self._pending
             if self._closing.is_set() or look is None or look.key == self._shown_key:
                 continue
-            await self._send(look)
+            match await self._send(look):
+                case Shown():
+                    if self._failing:
+                        log.info("%s: the status shows again", self.context)
+                    self._failing = False
+                case RetryLater(reason) | Unreachable(reason) as outcome:
+                    if not self._failing:
+                        log.warning("%s: the status could not be shown (%s); trying again", self.context, reason)
+                    self._failing = True
+                    if isinstance(outcome, RetryLater):
+                        self._wake.set()  # try the latest look again at the next turn of the pace
 
-    async def _send(self, look: _Look) -> bool:
+    async def _send(self, look: _Look) -> Outcome:
         async with self._lock:
             self._last_edit = asyncio.get_running_loop().time()
-            shown = await self._via_interaction(look) or await self._via_channel(look)
-            if shown:
+            try:
+                outcome = await self._via_interaction(look)
+            except _TokenGone:
+                outcome = None
+            if outcome is None:
+                outcome = await self._via_channel(look)
+            if isinstance(outcome, Shown):
                 self._shown_key = look.key
-            return shown
+            return outcome
 
     def _token_usable(self) -> bool:
-        expires = self._address.token_expires_at
-        expiring = expires is None or expires - datetime.now(UTC) < self._expiry_margin
-        return self._webhook is not None and not expiring
+        return self._webhook is not None and monotonic() < self._token_deadline
 
-    async def _via_interaction(self, look: _Look) -> bool:
+    async def _via_interaction(self, look: _Look) -> Outcome | None:
+        """The outcome of editing the interaction's reply; None when the status lives in the channel."""
         if self._webhook is None or self._channel_message is not None or not self._token_usable():
-            return False
+            return None
         try:
             self.message = await self._webhook.edit_message(
                 self._address.message_id or 0, embed=look.embed, view=look.view, attachments=_attachments(look)
             )
-            return True
+            return Shown(self.message)
+        except TRANSPORT_ERRORS as error:
+            return RetryLater(describe(error))
         except discord.HTTPException as error:
             if not token_gone(error):
-                log.warning("%s: editing the reply failed: %s", self.context, error)
-                return False
+                return Unreachable(describe(error))
             log.info("%s: interaction token gone (%s); continuing in a channel message", self.context, error.code)
             self._webhook = None
-            return False
+            raise _TokenGone from None
 
-    async def _via_channel(self, look: _Look) -> bool:
-        if self.unreachable or (self._channel_message is None and self._token_usable()):
-            return False
+    async def _via_channel(self, look: _Look) -> Outcome:
+        new = self._channel_message is None
         try:
             if self._channel_message is None:
-                sent = await self._channel.send(
+                self._channel_message = await self._channel.send(
                     embed=look.embed,
                     view=look.view or discord.utils.MISSING,
-                    files=_files(look.uploads) or discord.utils.MISSING,
+                    files=_files(look.uploads or ()) or discord.utils.MISSING,
                 )
-                self._channel_message = sent
-                if self._on_channel_message is not None:
-                    await self._on_channel_message(sent.id)
             else:
                 self._channel_message = await self._channel_message.edit(
                     embed=look.embed, view=look.view, attachments=_attachments(look)
                 )
-            self.message = self._channel_message
-            return True
+        except TRANSPORT_ERRORS as error:
+            return RetryLater(describe(error))
         except discord.HTTPException as error:
-            if isinstance(error, discord.Forbidden | discord.NotFound):
-                self.unreachable = True
-            log.error("%s: cannot post in channel %s: %s", self.context, self._channel.id, error)
-            return False
+            return Unreachable(f"channel {self._channel.id}: {describe(error)}")
+        self.message = self._channel_message
+        if new and self._on_channel_message is not None:
+            await self._on_channel_message(self._channel_message.id)
+        return Shown(self.message)
 
 
 def _attachments(look: _Look) -> Any:
-    return _files(look.uploads) if look.final else discord.utils.MISSING
+    return discord.utils.MISSING if look.uploads is None else _files(look.uploads)
 
 
 def _files(uploads: Sequence[Upload]) -> list[discord.File]:

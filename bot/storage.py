@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -25,8 +26,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from bot.clock import wall_clock
 from bot.config import normalise_database_url
 from bot.errors import ConfigError
+from bot.lifecycle import ENDINGS, LedgerState, check_move
 from bot.policy import Usage
 
 log = logging.getLogger(__name__)
@@ -34,38 +37,6 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 metadata = sa.MetaData()
-
-
-class LedgerState(StrEnum):
-    """Where a job is in its life, as the ledger records it (stored as these very strings)."""
-
-    WAITING = "waiting"  # in the server's fair queue: nothing sent to RunPod, nothing paid
-    PENDING = "pending"  # being sent: RunPod may or may not have it
-    QUEUED = "queued"  # on RunPod, waiting for a worker
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    TIMED_OUT = "timed_out"
-    EXPIRED = "expired"  # gone from RunPod before it was delivered
-    UNDELIVERABLE = "undeliverable"  # finished and paid for, but could be posted nowhere (a final state)
-
-    @property
-    def counted(self) -> bool:
-        """Whether it counts against quotas and in usage: failures and cancellations are free."""
-        return self in _COUNTED
-
-
-_COUNTED = frozenset(
-    {
-        LedgerState.WAITING,
-        LedgerState.PENDING,
-        LedgerState.QUEUED,
-        LedgerState.RUNNING,
-        LedgerState.COMPLETED,
-        LedgerState.UNDELIVERABLE,
-    }
-)
 
 
 class KeySource(StrEnum):
@@ -288,16 +259,18 @@ def _patient(
 class Storage:
     write_patience = 60.0  # seconds a job's ledger write keeps trying through a locked or lost database
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Callable[[], datetime] = wall_clock) -> None:
         self.engine = engine
+        self.clock = clock  # the bot's one idea of now (bot/jobs.py, RunnerOptions.clock)
+        self.unreadable: dict[int, str] = {}  # ledger rows the code could not read, by id: why
         self._in_flight: set[asyncio.Future[Any]] = set()
 
     @classmethod
-    async def open(cls, url: str, *, migrate: bool = True) -> Storage:
+    async def open(cls, url: str, *, migrate: bool = True, clock: Callable[[], datetime] = wall_clock) -> Storage:
         """Connect and bring the schema up to date; a database that cannot be reached is one clear line."""
         parsed = make_url(async_url(url))
         engine = create_async_engine(parsed, pool_pre_ping=True)
-        storage = cls(engine)
+        storage = cls(engine, clock)
         try:
             if migrate:
                 await storage.migrate()
@@ -373,7 +346,7 @@ class Storage:
 
     @_uninterruptible
     async def save_guild_endpoint(self, endpoint: GuildEndpoint) -> None:
-        values = dataclasses.asdict(endpoint) | {"updated_at": _now()}
+        values = dataclasses.asdict(endpoint) | {"updated_at": self.clock()}
         key = (guild_endpoints.c.guild_id == endpoint.guild_id) & (guild_endpoints.c.name == endpoint.name)
         async with self.engine.begin() as connection:
             deleted = await connection.execute(sa.delete(guild_endpoints).where(key))
@@ -403,7 +376,7 @@ class Storage:
         async with self.engine.begin() as connection:
             await connection.execute(sa.delete(guild_policies).where(guild_policies.c.guild_id == guild_id))
             await connection.execute(
-                sa.insert(guild_policies).values(guild_id=guild_id, policy=policy, updated_at=_now())
+                sa.insert(guild_policies).values(guild_id=guild_id, policy=policy, updated_at=self.clock())
             )
 
     # --- job ledger --------------------------------------------------------------------------------
@@ -412,7 +385,7 @@ class Storage:
     @_patient
     async def record_job(self, record: JobRecord) -> bool:
         """Write a job before it is submitted. False when this interaction already has one (a replay)."""
-        now = _now()
+        now = self.clock()
         values = dataclasses.asdict(record) | {"created_at": record.created_at or now, "updated_at": now}
         try:
             async with self.engine.begin() as connection:
@@ -426,51 +399,96 @@ class Storage:
             return False
         return True
 
-    @_uninterruptible
-    @_patient
-    async def update_job(self, request_id: int, **changes: Any) -> None:
-        async with self.engine.begin() as connection:
-            before = None
-            if changes.keys() & {"state", "execution_ms", "pictures"}:  # what the quotas count may change
-                query = sa.select(
-                    jobs.c.guild_id,
-                    jobs.c.user_id,
-                    jobs.c.created_at,
-                    jobs.c.state,
-                    jobs.c.execution_ms,
-                    jobs.c.pictures,
-                )
-                if connection.dialect.name == "postgresql":
-                    query = query.with_for_update()
-                before = (await connection.execute(query.where(jobs.c.request_id == request_id))).first()
-            await connection.execute(
-                sa.update(jobs).where(jobs.c.request_id == request_id).values(**changes, updated_at=_now())
-            )
-            if before is not None and before.guild_id is not None:
-                counted_before, counted_after = (
-                    LedgerState(before.state).counted,
-                    LedgerState(changes.get("state", before.state)).counted,
-                )
-                pictures_before = before.pictures if counted_before else 0
-                pictures_after = changes.get("pictures", before.pictures) if counted_after else 0
-                gpu_before = (before.execution_ms or 0) if counted_before else 0
-                gpu_after = (changes.get("execution_ms", before.execution_ms) or 0) if counted_after else 0
-                pictures_change, gpu_change = pictures_after - pictures_before, gpu_after - gpu_before
-                if pictures_change or gpu_change:
-                    day = before.created_at.astimezone(UTC).date()
-                    await _count(connection, before.guild_id, day, before.user_id, pictures_change, gpu_change)
+    # --- the job's moves (bot/lifecycle.py, MOVES): each one transaction, returning the new record ----------
+
+    async def submitting(self, record: JobRecord) -> JobRecord:
+        """Its turn came: it is being sent to RunPod, which may or may not have it until `sent` says so."""
+        return await self._move(record, LedgerState.PENDING)
+
+    async def sent(self, record: JobRecord, runpod_job_ids: Sequence[str]) -> JobRecord:
+        """RunPod took these parts of it (recorded as each arrives, so a restart can follow or cancel them)."""
+        first, *more = runpod_job_ids
+        return await self._move(record, None, runpod_job_id=first, more_job_ids=more or None)
+
+    async def queued(self, record: JobRecord, *, delay_ms: int | None = None) -> JobRecord:
+        """On RunPod, waiting for a worker (again, for a set's next part). Already queued: nothing changes."""
+        if record.state is LedgerState.QUEUED:
+            return record
+        return await self._move(record, LedgerState.QUEUED, **_given(delay_ms=delay_ms))
+
+    async def running(self, record: JobRecord, *, delay_ms: int | None = None) -> JobRecord:
+        if record.state is LedgerState.RUNNING:
+            return record
+        return await self._move(record, LedgerState.RUNNING, **_given(delay_ms=delay_ms))
+
+    async def completed(
+        self, record: JobRecord, *, pictures: int, delay_ms: int | None, execution_ms: int | None
+    ) -> JobRecord:
+        """Its pictures arrived: what counts is the pictures that did (a set may be short) and the GPU time."""
+        changes = _given(delay_ms=delay_ms, execution_ms=execution_ms)
+        return await self._move(record, LedgerState.COMPLETED, pictures=pictures, **changes)
+
+    async def delivered(self, record: JobRecord) -> JobRecord:
+        """Posted. Raises `IllegalMove` when another run of the bot posted it first."""
+        return await self._move(record, LedgerState.DELIVERED, delivered_at=self.clock())
+
+    async def undeliverable(self, record: JobRecord) -> JobRecord:
+        """Paid for, but could be posted nowhere: recorded for good, its usage still counted."""
+        return await self._move(record, LedgerState.UNDELIVERABLE, delivered_at=self.clock())
+
+    async def ended(self, record: JobRecord, state: LedgerState, notice: str) -> JobRecord:
+        """It ends without pictures (failed, cancelled, timed out, expired); `told` once the member has seen it."""
+        if state not in ENDINGS:
+            raise ValueError(f"{state} is not how a job ends without pictures")
+        return await self._move(record, state, notice=notice)
 
     @_uninterruptible
     @_patient
-    async def claim_delivery(self, request_id: int) -> bool:
-        """Mark delivered; False if someone (an earlier run of the bot) already did."""
+    async def told(self, record: JobRecord) -> bool:
+        """The member was told how a job ended without pictures (or nobody could be): False if an earlier run of
+        the bot did it already. Not a move: the state stays what `ended` made it."""
+        if record.state not in ENDINGS:
+            raise ValueError(f"job {record.request_id} is {record.state}: only an ended job is told")
         async with self.engine.begin() as connection:
             result = await connection.execute(
                 sa.update(jobs)
-                .where(jobs.c.request_id == request_id, jobs.c.delivered_at.is_(None))
-                .values(delivered_at=_now(), updated_at=_now())
+                .where(jobs.c.request_id == record.request_id, jobs.c.delivered_at.is_(None))
+                .values(delivered_at=self.clock(), updated_at=self.clock())
             )
         return bool(result.rowcount)
+
+    async def channel_message(self, record: JobRecord, message_id: int) -> JobRecord:
+        """Its status continues in this channel message (the interaction token expired)."""
+        return await self._move(record, None, channel_message_id=message_id)
+
+    @_uninterruptible
+    @_patient
+    async def _move(self, record: JobRecord, to: LedgerState | None, **changes: Any) -> JobRecord:
+        """Move the job to `to` (None: stay) with these changes, and its usage counters with it, in one
+        transaction; the new record. The state is read from the row, not trusted from `record`."""
+        async with self.engine.begin() as connection:
+            query = sa.select(jobs).where(jobs.c.request_id == record.request_id)
+            if connection.dialect.name == "postgresql":
+                query = query.with_for_update()
+            row = (await connection.execute(_readable(query))).first()
+            if row is None:
+                raise LookupError(f"job {record.request_id} is not in the ledger")
+            before = _job_record(row)
+            after = dataclasses.replace(before, **changes, state=to or before.state, updated_at=self.clock())
+            if to is not None:
+                check_move(record.request_id, before.state, to)
+            await connection.execute(
+                sa.update(jobs)
+                .where(jobs.c.request_id == record.request_id)
+                .values(**changes, state=after.state, updated_at=after.updated_at)
+            )
+            if before.guild_id is not None and before.created_at is not None:
+                pictures = _counted(after, after.pictures) - _counted(before, before.pictures)
+                gpu_ms = _counted(after, after.execution_ms or 0) - _counted(before, before.execution_ms or 0)
+                if pictures or gpu_ms:
+                    day = before.created_at.astimezone(UTC).date()
+                    await _count(connection, before.guild_id, day, before.user_id, pictures, gpu_ms)
+        return after
 
     async def job(self, request_id: int) -> JobRecord | None:
         return await self._one(jobs.c.request_id == request_id)
@@ -482,9 +500,11 @@ class Storage:
     async def undelivered_jobs(self) -> list[JobRecord]:
         async with self.engine.connect() as connection:
             rows = await connection.execute(
-                sa.select(jobs).where(jobs.c.delivered_at.is_(None)).order_by(jobs.c.created_at)
+                _readable(
+                    sa.select(jobs).where(jobs.c.delivered_at.is_(None)).order_by(jobs.c.created_at, jobs.c.request_id)
+                )
             )
-        return [_job_record(row) for row in rows]
+        return self._records(rows)
 
     @_uninterruptible
     async def recent_run_times(self, limit: int = 2000) -> list[tuple[str, int | None, int]]:
@@ -492,7 +512,7 @@ class Storage:
         async with self.engine.connect() as connection:
             rows = await connection.execute(
                 sa.select(jobs.c.endpoint_id, jobs.c.delay_ms, jobs.c.execution_ms)
-                .where(jobs.c.state == LedgerState.COMPLETED, jobs.c.execution_ms.is_not(None))
+                .where(jobs.c.state.in_(_PICTURES_ARRIVED), jobs.c.execution_ms.is_not(None))
                 .order_by(jobs.c.updated_at.desc(), jobs.c.request_id.desc())
                 .limit(limit)
             )
@@ -502,20 +522,24 @@ class Storage:
     async def jobs_in_state(self, state: LedgerState, *, since: datetime) -> list[JobRecord]:
         async with self.engine.connect() as connection:
             rows = await connection.execute(
-                sa.select(jobs).where(jobs.c.state == state, jobs.c.created_at >= since).order_by(jobs.c.created_at)
+                _readable(
+                    sa.select(jobs).where(jobs.c.state == state, jobs.c.created_at >= since).order_by(jobs.c.created_at)
+                )
             )
-        return [_job_record(row) for row in rows]
+        return self._records(rows)
 
     @_uninterruptible
     async def guild_jobs_since(self, guild_id: int, since: datetime) -> list[JobRecord]:
         """Every job of a guild since a moment: what quotas and usage reports count."""
         async with self.engine.connect() as connection:
             rows = await connection.execute(
-                sa.select(jobs)
-                .where(jobs.c.guild_id == guild_id, jobs.c.created_at >= since)
-                .order_by(jobs.c.created_at)
+                _readable(
+                    sa.select(jobs)
+                    .where(jobs.c.guild_id == guild_id, jobs.c.created_at >= since)
+                    .order_by(jobs.c.created_at, jobs.c.request_id)
+                )
             )
-        return [_job_record(row) for row in rows]
+        return self._records(rows)
 
     @_uninterruptible
     async def usage(self, guild_id: int, member_id: int, today: datetime, month: datetime) -> Usage:
@@ -554,8 +578,27 @@ class Storage:
     @_uninterruptible
     async def _one(self, condition: sa.ColumnElement[bool]) -> JobRecord | None:
         async with self.engine.connect() as connection:
-            row = (await connection.execute(sa.select(jobs).where(condition))).first()
-        return _job_record(row) if row else None
+            row = (await connection.execute(_readable(sa.select(jobs).where(condition)))).first()
+        records = self._records([row] if row else [])
+        return records[0] if records else None
+
+    def _records(self, rows: Iterable[sa.Row[Any]]) -> list[JobRecord]:
+        """The rows as records; a row the code cannot read (an unknown state after a rollback, broken JSON) is
+        skipped with one warning naming its id, so every other job goes on."""
+        records = []
+        for row in rows:
+            try:
+                records.append(_job_record(row))
+            except UnreadableRow as error:
+                self.skip_unreadable(error.request_id, error.reason)
+        return records
+
+    def skip_unreadable(self, request_id: int, reason: str) -> None:
+        """A job row the code cannot read (here, or where its values are used): warned about once, listed by
+        `python -m bot check`, and left alone."""
+        if request_id not in self.unreadable:
+            log.warning("job row %s cannot be read (%s); skipped", request_id, reason)
+        self.unreadable[request_id] = reason
 
 
 def usage_from_jobs(dialect: str) -> sa.Insert:
@@ -593,10 +636,46 @@ async def _count(
     )
 
 
+# The states in which a job's pictures arrived: where its timings are learned from.
+_PICTURES_ARRIVED = (LedgerState.COMPLETED, LedgerState.DELIVERED, LedgerState.UNDELIVERABLE)
+_JSON_COLUMNS = frozenset({"params", "more_job_ids"})
+
+
+class UnreadableRow(ValueError):
+    def __init__(self, request_id: int, reason: str) -> None:
+        super().__init__(reason)
+        self.request_id = request_id
+        self.reason = reason
+
+
+def _readable(query: sa.Select[Any]) -> sa.Select[Any]:
+    """The query with its JSON columns read as text, so broken JSON is one unreadable row (`_job_record`), not a
+    failure of the whole result."""
+    return query.with_only_columns(
+        *(sa.type_coerce(column, sa.Text).label(column.name) if column.name in _JSON_COLUMNS else column
+          for column in jobs.c),
+        maintain_column_froms=True,
+    )  # fmt: skip
+
+
 def _job_record(row: sa.Row[Any]) -> JobRecord:
     values = dict(row._mapping)
-    return JobRecord(**values | {"state": LedgerState(row.state), "key_source": KeySource(row.key_source)})
+    try:
+        for name in _JSON_COLUMNS:
+            if isinstance(values[name], str | bytes):
+                values[name] = json.loads(values[name])
+        if not isinstance(values["params"], dict):
+            raise ValueError("its parameters are not an object")
+        values |= {"state": LedgerState(row.state), "key_source": KeySource(row.key_source)}
+        return JobRecord(**values)
+    except (ValueError, TypeError) as error:
+        raise UnreadableRow(row.request_id, str(error)[:200]) from None
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+def _given(**values: Any) -> dict[str, Any]:
+    """The values that are known (not None): a move records what it learned, never forgets what it knew."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _counted(record: JobRecord, value: int) -> int:
+    return value if record.state.counted else 0

@@ -22,7 +22,7 @@ from bot.admission import NEEDED_PERMISSIONS, Request, preflight
 from bot.buttons import ButtonAction, JobButton, Variation, result_view
 from bot.errors import BotError
 from bot.forms import BoundForm
-from bot.jobs import Origin, is_nsfw
+from bot.jobs import Origin
 from bot.params import (
     ASPECT_RATIOS,
     MAX_COUNT,
@@ -34,6 +34,7 @@ from bot.params import (
     InvalidParams,
     params_from_request,
 )
+from bot.presenter import is_nsfw
 from bot.replies import explain, reply_privately
 from bot.storage import JobRecord
 from bot.text import size_text

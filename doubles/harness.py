@@ -173,7 +173,8 @@ async def running_bot(
         if database_url is None:
             folder = stack.enter_context(tempfile.TemporaryDirectory())
             database_url = f"sqlite:///{folder}/bot.db"
-        storage = await Storage.open(database_url)
+        options = options or fast_options()
+        storage = await Storage.open(database_url, clock=options.clock)
         stack.push_async_callback(storage.close)
         settings = settings or settings_for(runpod)
         context = RunPodContext(
@@ -188,7 +189,7 @@ async def running_bot(
             settings,
             storage=storage,
             runpod=context,
-            runner_options=options or fast_options(),
+            runner_options=options,
             guild_ready_timeout=0.05,
         )
         await stack.enter_async_context(run_bot(bot, discord_double))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import sqlalchemy as sa
 
 from bot.check import inspector_class
 from bot.config import Secret
@@ -171,7 +172,8 @@ async def test_jobs_an_operator_should_hear_of_are_reported(tmp_path, discord_do
     from cryptography.fernet import Fernet
 
     from bot.crypto import Vault
-    from bot.storage import JobRecord, KeySource, LedgerState
+    from bot.lifecycle import LedgerState
+    from bot.storage import JobRecord, KeySource
 
     await synced(tmp_path, discord_double, runpod)
     storage = await Storage.open(f"sqlite:///{tmp_path}/bot.db")
@@ -186,14 +188,24 @@ async def test_jobs_an_operator_should_hear_of_are_reported(tmp_path, discord_do
                 request_id=request_id, channel_id=555, user_id=1, user_name="m", params={"prompt": "x"},
                 endpoint_id="ep", worker="sdxl", key_source=KeySource.DEFAULT, state=state,
                 token_encrypted=token, created_at=datetime.now(UTC),
+                delivered_at=datetime.now(UTC) if state is LedgerState.UNDELIVERABLE else None,
             )
         )  # fmt: skip
-    await storage.claim_delivery(3)
+    await storage.record_job(
+        JobRecord(request_id=4, channel_id=555, user_id=1, user_name="m", params={"prompt": "x"}, endpoint_id="ep",
+                  worker="sdxl", key_source=KeySource.DEFAULT, state=LedgerState.QUEUED, created_at=datetime.now(UTC))
+    )  # fmt: skip
+    async with storage.engine.begin() as connection:  # a state this version does not know (after a rollback)
+        await connection.execute(sa.text("UPDATE jobs SET state = 'zombie' WHERE request_id = 4"))
     await storage.close()
     report = await check(tmp_path, discord_double, runpod)
     assert report.line("unfinished jobs").startswith("warn unfinished jobs: 1 unfinished job(s) hold an interaction")
     assert report.line("undeliverable pictures").startswith("warn undeliverable pictures: 1 finished picture(s)")
     assert report.line("undeliverable pictures").endswith("channels 555")
+    assert report.line("unreadable jobs") == (
+        "warn unreadable jobs: 1 job row(s) the bot cannot read, skipped by resume and the sweeper: "
+        "4 ('zombie' is not a valid LedgerState)"
+    )
 
 
 async def test_malformed_log_level(tmp_path, discord_double, runpod):

@@ -11,7 +11,8 @@ import discord
 import pytest
 from PIL import Image
 
-from bot.storage import JobRecord, KeySource, LedgerState
+from bot.lifecycle import LedgerState
+from bot.storage import JobRecord, KeySource
 from bot.usage import gpu_time
 from doubles import outputs
 from doubles.discord import (
@@ -222,7 +223,7 @@ async def test_the_sweeper_cancels_a_stale_job_nobody_follows(harness, client):
     harness.runpod.default_script = lambda job_input: Script(queue_s=600)
     job = await client.run({"prompt": "orphan"})
     await harness.bot.storage.record_job(orphan(42, job.id, "queued"))
-    await harness.bot.runner.sweep()
+    await harness.bot.recovery.sweep()
     assert [request.job_id for request in harness.runpod.requests_for("cancel")] == [job.id]
     assert harness.runpod.requests_for("cancel")[0].headers["Authorization"] == f"Bearer {API_KEY}"
     record = await harness.bot.storage.job(42)
@@ -237,7 +238,7 @@ async def test_the_sweeper_cancels_every_part_of_a_stale_set(harness, client):
     harness.runpod.default_script = lambda job_input: Script(queue_s=600)
     first, second = [await client.run({"prompt": f"orphan part {n}"}) for n in range(2)]
     await harness.bot.storage.record_job(orphan(43, first.id, "queued", more_job_ids=[second.id]))
-    await harness.bot.runner.sweep()
+    await harness.bot.recovery.sweep()
     assert [request.job_id for request in harness.runpod.requests_for("cancel")] == [first.id, second.id]
     assert (await harness.bot.storage.job(43)).state == "timed_out"
 
@@ -262,10 +263,10 @@ async def test_the_sweeper_never_cancels_a_finished_job_and_one_bad_job_stops_no
     await harness.bot.storage.record_job(orphan(41, finished, "completed", execution_ms=4200))
     await harness.bot.storage.record_job(orphan(42, unreadable, "queued", token_encrypted="gAAAAA-not-ours"))
     await harness.bot.storage.record_job(orphan(43, stale, "running"))
-    await harness.bot.runner.sweep()
+    await harness.bot.recovery.sweep()
     assert sorted(request.job_id for request in harness.runpod.requests_for("cancel")) == sorted([unreadable, stale])
     assert [(await harness.bot.storage.job(n)).state for n in (41, 42, 43)] == ["completed", "timed_out", "timed_out"]
-    await harness.bot.runner.sweep()  # nothing left to sweep: no second cancel
+    await harness.bot.recovery.sweep()  # nothing left to sweep: no second cancel
     assert len(harness.runpod.requests_for("cancel")) == 2
 
 
@@ -351,7 +352,7 @@ async def test_usage_counts_pictures_and_cents_and_its_chart_is_a_png(harness):
         assert (image.format, image.size) == ("PNG", (900, 560))
 
     records = await harness.bot.storage.guild_jobs_since(DEFAULT_GUILD_ID, datetime.now(UTC) - timedelta(days=1))
-    counted = [r for r in records if r.state == "completed"]
+    counted = [r for r in records if r.state == "delivered"]
     gpu = sum(r.execution_ms for r in counted) / 1000
     mine = sum(r.execution_ms for r in counted if r.user_name == "Member 1") / 1000
     text = reply.json["content"]

@@ -229,7 +229,7 @@ async def test_when_the_channel_refuses_too_the_loss_is_logged(runpod, caplog):
             True,
             True,
         )
-        await harness.bot.runner.sweep()
+        await harness.bot.recovery.sweep()
         assert harness.runpod.requests_for("cancel") == []
     (job_id,) = runpod.jobs
     assert f"job {job_id}" in caplog.text
@@ -517,7 +517,7 @@ async def test_a_database_locked_while_the_job_runs_delays_the_ledger_but_loses_
         assert [attachment.data for attachment in final.attachments] == [png_for("x")]
         await harness.discord.wait_for(lambda: harness.bot.runner.live == {})
         record = await harness.bot.storage.job(interaction.id)
-        assert (record.state, record.delivered_at is not None) == ("completed", True)
+        assert (record.state, record.delivered_at is not None) == ("delivered", True)
     edits_with_pictures = [call for call in harness.edits(interaction) if call.files]
     assert len(edits_with_pictures) == 1
 

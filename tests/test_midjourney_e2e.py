@@ -16,9 +16,9 @@ from PIL import Image
 
 from bot.buttons import Variation
 from bot.crypto import Vault
-from bot.jobs import from_discord
 from bot.params import UPSCALE_STRENGTH
 from bot.runpod import RetryPolicy
+from bot.start_picture import from_discord
 from bot.storage import GuildEndpoint
 from cogs.imagine import VARY_STRENGTH
 from doubles import outputs

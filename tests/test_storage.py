@@ -12,6 +12,7 @@ from alembic.script import ScriptDirectory
 
 from bot.admission import check_quota_now
 from bot.errors import ConfigError
+from bot.lifecycle import ENDINGS, MOVES, IllegalMove, LedgerState
 from bot.policy import GuildPolicy, Refused, Usage, start_of_day, start_of_month
 from bot.storage import GuildEndpoint, JobRecord, Storage, alembic_config, async_url
 
@@ -38,6 +39,34 @@ def job(request_id: int = 1, **changes) -> JobRecord:
         "key_source": "guild",
     }
     return JobRecord(**(values | changes))
+
+
+# The shortest legal way to each state from a job just written (waiting), through the ledger's named moves.
+async def move_to(storage: Storage, request_id: int, state: str, **values) -> JobRecord:
+    record = await storage.job(request_id)
+    target = LedgerState(state)
+    if target is LedgerState.WAITING:
+        return record
+    record = await storage.submitting(record)
+    if target is LedgerState.PENDING:
+        return record
+    record = await storage.sent(record, [f"{request_id}-u1"])
+    if target in ENDINGS:
+        return await storage.ended(record, target, values.get("notice", "it ended"))
+    record = await storage.queued(record)
+    if target is not LedgerState.QUEUED:
+        record = await storage.running(record, delay_ms=values.get("delay_ms"))
+    if target in (LedgerState.QUEUED, LedgerState.RUNNING):
+        return record
+    pictures = values.get("pictures", record.pictures)
+    record = await storage.completed(
+        record, pictures=pictures, delay_ms=values.get("delay_ms"), execution_ms=values.get("execution_ms")
+    )
+    if target is LedgerState.DELIVERED:
+        return await storage.delivered(record)
+    if target is LedgerState.UNDELIVERABLE:
+        return await storage.undeliverable(record)
+    return record
 
 
 async def test_migrations_from_an_empty_database(storage):
@@ -85,7 +114,7 @@ async def test_migrations_upgrade_a_previous_schema_in_place(database_url):
         # The quota counters start from the jobs the previous version wrote, then follow every change.
         today, month = start_of_day(now), start_of_month(now)
         assert await upgraded.usage(10, 30, today, month) == Usage(1, 1, 1, 0.0, 0.0)
-        await upgraded.update_job(5, delay_ms=1500, execution_ms=4200)
+        await upgraded.completed(record, pictures=1, delay_ms=1500, execution_ms=4200)
         assert (await upgraded.job(5)).execution_ms == 4200
         assert await upgraded.usage(10, 30, today, month) == Usage(1, 1, 1, 4.2, 4.2)
         (model,) = await upgraded.guild_endpoints(10)  # the guild's one endpoint became its "default" model
@@ -101,22 +130,88 @@ async def test_a_replayed_interaction_is_recorded_once(storage):
 
 
 async def test_transitions_and_exactly_once_delivery(storage):
-    await storage.record_job(job(1))
-    await storage.record_job(job(2))
-    await storage.update_job(1, runpod_job_id="abc-u1", state="queued", message_id=99)
-    record = await storage.job_by_runpod_id("abc-u1")
-    assert (record.request_id, record.state, record.message_id) == (1, "queued", 99)
+    await storage.record_job(job(1, state="waiting", message_id=99))
+    await storage.record_job(job(2, state="waiting"))
+    sent = await storage.sent(await storage.submitting(await storage.job(1)), ["abc-u1", "abc-u2"])
+    queued = await storage.queued(sent)
+    assert queued == await storage.job_by_runpod_id("abc-u1")  # what the move returned is what the row says
+    assert (queued.state, queued.message_id, queued.runpod_job_ids) == ("queued", 99, ("abc-u1", "abc-u2"))
     assert [r.request_id for r in await storage.undelivered_jobs()] == [1, 2]
-    assert await storage.claim_delivery(1)
-    assert not await storage.claim_delivery(1)  # a second run of the bot finds it done
+    completed = await storage.completed(queued, pictures=1, delay_ms=None, execution_ms=3000)
+    delivered = await storage.delivered(completed)
+    assert (delivered.state, delivered.delivered_at is not None) == ("delivered", True)
+    with pytest.raises(IllegalMove):  # a second run of the bot finds it done
+        await storage.delivered(completed)
     assert [r.request_id for r in await storage.undelivered_jobs()] == [2]
 
 
+async def test_a_final_state_is_final_and_the_row_not_the_callers_copy_decides(storage):
+    """COMPLETED may become DELIVERED or UNDELIVERABLE, never FAILED; a stale copy of the record that still says
+    `running` cannot move the row past that either."""
+    await storage.record_job(job(1, state="waiting"))
+    running = await move_to(storage, 1, "running")
+    completed = await storage.completed(running, pictures=1, delay_ms=10, execution_ms=2000)
+    for stale in (running, completed):
+        with pytest.raises(IllegalMove) as caught:
+            await storage.ended(stale, LedgerState.FAILED, "Something went wrong")
+        assert (caught.value.current, caught.value.wanted) == ("completed", "failed")
+    record = await storage.job(1)
+    assert (record.state, record.notice, record.execution_ms) == ("completed", None, 2000)
+    for final in (LedgerState.DELIVERED, LedgerState.FAILED, LedgerState.UNDELIVERABLE):
+        assert final.final and not MOVES[final]
+    with pytest.raises(ValueError, match="not how a job ends"):
+        await storage.ended(completed, LedgerState.DELIVERED, "")
+
+
+async def test_every_move_outside_the_table_is_refused_and_changes_nothing(storage):
+    """Each state reached through legal moves, then every state it may not move to tried: refused, row unchanged."""
+    request_id = 0
+    for state in LedgerState:
+        for wanted in set(LedgerState) - MOVES[state] - {state}:
+            request_id += 1
+            await storage.record_job(job(request_id, state="waiting"))
+            before = await move_to(storage, request_id, state, execution_ms=1000)
+            usage = await storage.usage(10, 30, start_of_day(before.created_at), start_of_month(before.created_at))
+            with pytest.raises(IllegalMove):
+                await storage._move(before, wanted)
+            assert await storage.job(request_id) == before
+            assert (
+                await storage.usage(10, 30, start_of_day(before.created_at), start_of_month(before.created_at)) == usage
+            )
+
+
+async def test_told_stamps_an_ended_job_once(storage):
+    await storage.record_job(job(1, state="waiting"))
+    failed = await move_to(storage, 1, "failed", notice="CUDA error")
+    assert await storage.told(failed)
+    assert not await storage.told(failed)  # an earlier run told it
+    assert await storage.undelivered_jobs() == []
+
+
+async def test_rows_the_code_cannot_read_are_skipped_with_one_warning_each(storage, caplog):
+    """An unknown state (written by a newer version, then rolled back) and broken JSON cost their own row only."""
+    for request_id in (1, 2, 3):
+        await storage.record_job(job(request_id, state="waiting"))
+    async with storage.engine.begin() as connection:
+        await connection.execute(sa.text("UPDATE jobs SET state = 'zombie' WHERE request_id = 1"))
+        if connection.dialect.name == "sqlite":  # PostgreSQL refuses broken JSON on write
+            await connection.execute(sa.text("UPDATE jobs SET params = '{not json' WHERE request_id = 3"))
+    for _ in range(3):
+        readable = [record.request_id for record in await storage.undelivered_jobs()]
+    unreadable = {1, 3} if storage.engine.dialect.name == "sqlite" else {1}
+    assert set(readable) == {1, 2, 3} - unreadable
+    assert set(storage.unreadable) == unreadable
+    assert "'zombie' is not a valid LedgerState" in storage.unreadable[1]
+    warnings = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(warnings) == len(unreadable)  # once each, however often the rows are read
+    assert await storage.job(1) is None
+
+
 async def test_recent_run_times_are_those_of_completed_jobs_oldest_first(storage):
-    ledger = [("completed", 900, 8100), ("failed", 100, 300), ("completed", None, 7600), ("running", 500, None)]
+    ledger = [("delivered", 900, 8100), ("failed", 100, 300), ("completed", None, 7600), ("running", 500, None)]
     for request_id, (state, delay_ms, execution_ms) in enumerate(ledger, start=1):
-        await storage.record_job(job(request_id, endpoint_id=f"ep{request_id % 2}"))
-        await storage.update_job(request_id, state=state, delay_ms=delay_ms, execution_ms=execution_ms)
+        await storage.record_job(job(request_id, endpoint_id=f"ep{request_id % 2}", state="waiting"))
+        await move_to(storage, request_id, state, delay_ms=delay_ms, execution_ms=execution_ms)
     assert await storage.recent_run_times() == [("ep1", 900, 8100), ("ep1", None, 7600)]
     assert await storage.recent_run_times(limit=1) == [("ep1", None, 7600)]
 
@@ -198,15 +293,15 @@ async def test_usage_is_summed_by_the_database_counting_only_what_quotas_count(s
     now = datetime(2026, 11, 22, 15, 0, tzinfo=UTC)
     today, month = datetime(2026, 11, 22, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
     ledger = [  # (member, created, state, run ms)
-        (30, now, "completed", 4000),  # counted today, mine
+        (30, now, "delivered", 4000),  # counted today, mine
         (30, now, "failed", 9000),  # failures are free
         (31, now, "running", None),  # counted today, another member's, no GPU time yet
         (30, datetime(2026, 11, 3, tzinfo=UTC), "completed", 2500),  # this month, not today
-        (30, datetime(2026, 10, 31, 23, 59, tzinfo=UTC), "completed", 7000),  # last month
+        (30, datetime(2026, 10, 31, 23, 59, tzinfo=UTC), "delivered", 7000),  # last month
     ]
     for request_id, (member, created, state, execution_ms) in enumerate(ledger, start=1):
-        await storage.record_job(job(request_id, user_id=member, created_at=created))
-        await storage.update_job(request_id, state=state, execution_ms=execution_ms)
+        await storage.record_job(job(request_id, user_id=member, created_at=created, state="waiting"))
+        await move_to(storage, request_id, state, execution_ms=execution_ms)
     await storage.record_job(job(99, guild_id=11, created_at=now))  # another guild's
     usage = await storage.usage(10, 30, today, month)
     assert (usage.member_today, usage.guild_today, usage.guild_month) == (1, 2, 3)
@@ -222,12 +317,13 @@ async def test_quota_counters_follow_every_change_and_match_a_rebuild(storage):
     for request_id in (1, 2, 3):
         await storage.record_job(job(request_id, created_at=now, state="waiting"))
     assert await storage.usage(10, 30, today, month) == Usage(3, 3, 3, 0.0, 0.0)
-    await storage.update_job(1, state="queued")  # counted before and after: nothing changes
-    await storage.update_job(1, state="completed", execution_ms=2500)
-    await storage.update_job(2, state="failed", notice="CUDA error")  # failures are free
-    await storage.update_job(3, state="cancelled")
+    queued = await move_to(storage, 1, "queued")  # counted before and after: nothing changes
+    assert await storage.usage(10, 30, today, month) == Usage(3, 3, 3, 0.0, 0.0)
+    completed = await storage.completed(queued, pictures=1, delay_ms=None, execution_ms=2500)
+    await move_to(storage, 2, "failed", notice="CUDA error")  # failures are free
+    await move_to(storage, 3, "cancelled")
     assert await storage.usage(10, 30, today, month) == Usage(1, 1, 1, 2.5, 2.5)
-    await storage.update_job(1, state="undeliverable")  # paid for, so still counted
+    await storage.undeliverable(completed)  # paid for, so still counted
     await storage.record_job(job(4, created_at=now, user_id=31))  # another member: the guild's, not mine
     await storage.record_job(job(5, guild_id=None, created_at=now))  # no guild, no quota
     counted = await storage.usage(10, 30, today, month)
@@ -252,10 +348,10 @@ async def test_quotas_and_usage_count_pictures_not_jobs(storage):
     await storage.record_job(job(2, params={"prompt": "a pair", "count": 2}, created_at=now, state="waiting"))
     await storage.record_job(job(3, params={"prompt": "theirs", "count": 3}, user_id=31, created_at=now))
     assert await storage.usage(10, 30, today, month) == Usage(6, 9, 9, 0.0, 0.0)
-    await storage.update_job(1, state="completed", execution_ms=8000)
-    await storage.update_job(2, state="failed")  # both of its pictures are given back
-    assert await storage.usage(10, 30, today, month) == Usage(4, 7, 7, 8.0, 8.0)
-    await storage.update_job(1, pictures=3)  # fewer delivered than asked, should a runner say so
+    running = await move_to(storage, 1, "running")
+    await move_to(storage, 2, "failed")  # both of its pictures are given back
+    assert await storage.usage(10, 30, today, month) == Usage(4, 7, 7, 0.0, 0.0)
+    await storage.completed(running, pictures=3, delay_ms=None, execution_ms=8000)  # a set that arrived short
     assert await storage.usage(10, 30, today, month) == Usage(3, 6, 6, 8.0, 8.0)
     counted = await storage.usage(10, 30, today, month)
     await storage.rebuild_usage()

@@ -9,8 +9,9 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
+from bot.lifecycle import LedgerState
 from bot.policy import GuildPolicy
-from bot.storage import JobRecord, KeySource, LedgerState
+from bot.storage import JobRecord, KeySource
 from bot.usage import (
     DAY_AXIS,
     HEIGHT,
