@@ -20,6 +20,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from .faults import Chaos
+
 
 class _Missing:
     """Sentinel type: "no value", distinct from ``None`` (which is valid JSON output)."""
@@ -44,6 +46,10 @@ _METHODS: Final[dict[str, frozenset[str]]] = {
 }
 _JOB_OPS: Final = frozenset({"status", "status-sync", "stream", "cancel", "retry"})
 OPS: Final = frozenset({*_METHODS, "other"})
+# What RunPod's gateway says when it cannot reach the API behind it (Envoy), as its 5xx bodies.
+_GATEWAY_ERROR: Final = (
+    b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+)
 
 
 @dataclass
@@ -77,6 +83,7 @@ class RecordedRequest:
     op: str
     endpoint_id: str | None
     job_id: str | None  # for run/runsync: the id of the job it created, if any
+    chaos: str | None = None  # the Chaos kind that hit it ("reset", "503"...), None when none did
 
 
 def _ms(seconds: float) -> int:
@@ -228,6 +235,13 @@ async def _stream(request: web.Request, fault: _Fault) -> web.StreamResponse:
     return response
 
 
+def _drop(request: web.Request) -> web.Response:
+    """Close the connection without answering."""
+    if request.transport is not None:
+        request.transport.abort()
+    return web.Response()  # never reaches the client: the socket is gone
+
+
 def _parse_body(raw: bytes | None) -> Any:
     if not raw:
         return None
@@ -259,7 +273,10 @@ def _wait_param(query: Mapping[str, str], default_ms: int, max_ms: int) -> float
 
 
 class RunPodDouble:
-    """An aiohttp server on 127.0.0.1 that plays RunPod's serverless API."""
+    """An aiohttp server on 127.0.0.1 that plays RunPod's serverless API.
+
+    ``chaos=Chaos(...)`` (doubles.faults), or setting ``chaos`` later, faults requests at random, seeded.
+    """
 
     def __init__(
         self,
@@ -268,6 +285,7 @@ class RunPodDouble:
         endpoints: Iterable[str] = ("test-endpoint",),
         clock: Callable[[], float] = time.monotonic,
         default_script: Script | Callable[[dict[str, Any]], Script] | None = None,
+        chaos: Chaos | None = None,
     ) -> None:
         self.api_keys = set(api_keys)
         self.endpoints = set(endpoints)
@@ -276,6 +294,7 @@ class RunPodDouble:
         self.requests: list[RecordedRequest] = []
         self.jobs: dict[str, Job] = {}
         self.health_workers: dict[str, int] | None = None
+        self.chaos = chaos  # seeded random faults on every op (or chaos.routes); see doubles/faults.py
         self._scripts: deque[Script] = deque()
         self._faults: dict[str, deque[_Fault]] = {}
         self._limits: dict[str, tuple[int, float]] = {}
@@ -374,6 +393,18 @@ class RunPodDouble:
         """Recorded requests of ``op`` (optionally only those about ``job_id``)."""
         return [r for r in self.requests if r.op == op and (job_id is None or r.job_id == job_id)]
 
+    @property
+    def chaos(self) -> Chaos | None:
+        """Seeded random faults (doubles.faults.Chaos); ``routes`` are ops, None meaning all of them."""
+        return self._chaos
+
+    @chaos.setter
+    def chaos(self, chaos: Chaos | None) -> None:
+        if chaos is not None and chaos.routes is not None:
+            for op in chaos.routes:  # a misspelt op would never be faulted
+                self._check_op(op)
+        self._chaos = chaos
+
     @staticmethod
     def _check_op(op: str) -> None:
         if op not in OPS:
@@ -414,9 +445,16 @@ class RunPodDouble:
         query, headers, body = dict(request.query), dict(request.headers), _parse_body(raw)
         rec = RecordedRequest(request.method, request.path, query, headers, body, self.clock(), op, endpoint, job_id)
         self.requests.append(rec)
-        limited = self._rate_limited(op, endpoint)
         faults = self._faults.get(op)
         fault = faults.popleft() if faults else None
+        if fault is None and (chaos := self._chaos) is not None and (kind := chaos.draw(op)) is not None:
+            rec.chaos = kind  # answered before the rate limit counts it: a faulted request has no effect at all
+            if kind == "reset":
+                return _drop(request)
+            if kind != "slow":
+                return web.Response(status=int(kind), body=_GATEWAY_ERROR, content_type="text/plain")
+            await asyncio.sleep(chaos.slow_s)
+        limited = self._rate_limited(op, endpoint)
         if fault is not None and fault.kind == "fail":
             return web.Response(
                 status=fault.status, body=fault.body, content_type=fault.content_type, headers=fault.headers
@@ -424,9 +462,7 @@ class RunPodDouble:
         if fault is not None and fault.kind == "stream":
             return await _stream(request, fault)
         if fault is not None and fault.kind == "drop":
-            if request.transport is not None:
-                request.transport.abort()
-            return web.Response()  # never reaches the client: the socket is gone
+            return _drop(request)
         if fault is not None and fault.kind == "delay":
             await asyncio.sleep(fault.seconds)
         if limited:

@@ -18,6 +18,7 @@ from PIL import Image
 from doubles.discord import (
     APP_ID,
     BOT_USER_ID,
+    CHAOS_ROUTES,
     DEFAULT_CHANNEL_ID,
     DEFAULT_GUILD_ID,
     DEFAULT_USER_ID,
@@ -28,6 +29,7 @@ from doubles.discord import (
     RateLimits,
     run_bot,
 )
+from doubles.faults import RESET, Chaos
 
 
 def _png() -> bytes:
@@ -457,3 +459,119 @@ async def test_discord_py_paces_itself_from_the_headers() -> None:
     assert all(call.status == 200 for call in edits)
     assert edits[-1].at - edits[0].at >= 0.5  # six requests, two per 0.3 s window: at least two waits
     assert double.original_message(inter.token).content == "edit 4"
+
+
+# --- chaos: seeded random faults ------------------------------------------------------------------------
+
+RESET_ERRORS = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)
+
+
+async def test_chaos_reset_closes_the_connection_and_posts_nothing() -> None:
+    async with DiscordDouble(chaos=Chaos(rate=1.0, kinds=("reset",))) as double, aiohttp.ClientSession() as http:
+        general = f"{double.rest_base}/channels/{DEFAULT_CHANNEL_ID}/messages"
+        with pytest.raises(RESET_ERRORS):
+            async with http.post(general, json={"content": "lost"}, headers=BOT_AUTH):
+                pass
+        assert double.messages == {}
+        (call,) = double.calls
+        assert (call.route, call.status, call.chaos) == ("channel_message", RESET, "reset")
+        async with http.get(f"{double.rest_base}/users/@me", headers=BOT_AUTH) as me:
+            assert me.status == 200  # logging in is never faulted unless a test names its routes
+        assert double.chaos is not None
+        assert double.chaos.injected == {("channel_message", "reset"): 1}
+
+
+async def test_chaos_503_is_json_and_the_edit_has_no_effect() -> None:
+    clock = FrozenClock()
+    double = DiscordDouble(rate_limits=RateLimits(interaction=Limit(1, 5.0)), clock=clock)
+    async with double, aiohttp.ClientSession() as http:
+        original = await _deferred(http, double)
+        double.chaos = Chaos(rate=1.0, kinds=("503",))  # after the callback, which it would spare anyway
+        for _ in range(2):
+            async with http.patch(original, json={"content": "lost"}) as edit:
+                assert edit.status == 503
+                assert edit.headers["Content-Type"] == "application/json"
+                assert await edit.json() == {"message": "503: Service Unavailable", "code": 0}
+        token = original.split("/")[-3]
+        assert double.original_message(token).loading  # still the "thinking" placeholder
+        double.chaos = None
+        async with http.patch(original, json={"content": "kept"}) as edit:
+            assert edit.status == 200  # the faulted edits used none of the bucket's one request
+    assert [(c.status, c.chaos) for c in double.calls_for("edit_original")] == [(503, "503")] * 2 + [(200, None)]
+    assert double.original_message(token).content == "kept"
+
+
+async def test_chaos_same_seed_same_faults() -> None:
+    async def statuses(seed: int) -> tuple[list[int], int]:
+        chaos = Chaos(rate=0.3, seed=seed, kinds=("500", "502", "503"))
+        async with DiscordDouble(chaos=chaos) as double, aiohttp.ClientSession() as http:
+            general = f"{double.rest_base}/channels/{DEFAULT_CHANNEL_ID}/messages"
+            seen = []
+            for n in range(30):
+                async with http.post(general, json={"content": f"hi {n}"}, headers=BOT_AUTH) as sent:
+                    seen.append(sent.status)
+            assert [c.status for c in double.calls] == seen
+            assert len(double.messages) == seen.count(200)  # only answered posts made messages
+            return seen, chaos.total
+
+    first, total = await statuses(3)
+    assert 0 < total == sum(s != 200 for s in first) < 30
+    assert await statuses(3) == (first, total)
+    assert (await statuses(4))[0] != first
+
+
+async def test_chaos_routes_restrict_where_faults_land() -> None:
+    with pytest.raises(ValueError, match="unknown routes"):
+        DiscordDouble(chaos=Chaos(rate=1.0, routes=frozenset({"channel_messages"})))
+    assert "callback" not in CHAOS_ROUTES
+    assert {"cdn", "edit_original", "channel_message"} <= CHAOS_ROUTES
+    chaos = Chaos(rate=1.0, kinds=("reset", "500"), routes=frozenset({"cdn", "callback"}))
+    async with DiscordDouble() as double, aiohttp.ClientSession() as http:
+        general = f"{double.rest_base}/channels/{DEFAULT_CHANNEL_ID}/messages"
+        form = aiohttp.FormData()
+        form.add_field("payload_json", '{"content": "a picture"}', content_type="application/json")
+        form.add_field("files[0]", PNG, filename="ping.png", content_type="image/png")
+        async with http.post(general, data=form, headers=BOT_AUTH) as sent:
+            url = (await sent.json())["attachments"][0]["url"]
+        double.chaos = chaos
+        async with http.post(general, json={"content": "not covered"}, headers=BOT_AUTH) as sent:
+            assert sent.status == 200
+        inter = double.slash("ping")
+        callback = f"{double.rest_base}/interactions/{inter.id}/{inter.token}/callback"
+        for _ in range(3):  # a callback is faulted only when named; a GET may be resent once after a reset
+            try:
+                async with http.post(callback, json={"type": 5}) as ack:
+                    assert ack.status == 500
+            except RESET_ERRORS:
+                pass
+            try:
+                async with http.get(url) as download:
+                    assert download.status == 500
+            except RESET_ERRORS:
+                pass
+        assert inter.callback_type is None
+        double.chaos = None
+        async with http.get(url) as download:
+            assert await download.read() == PNG
+    assert {route for route, _ in chaos.injected} == {"cdn", "callback"}
+    assert chaos.injected[("callback", "reset")] + chaos.injected[("callback", "500")] == 3
+    assert chaos.total >= 6
+    assert chaos.summary().startswith(f"{chaos.total} faults: callback ")
+
+
+async def test_chaos_reset_reaches_discord_py_as_a_client_error(bot: PingBot, double: DiscordDouble) -> None:
+    # discord.py retries only OSErrors of errno 54/10054; the aborted connection reaches it as aiohttp's
+    # ServerDisconnectedError (no OSError at all) or, should the kernel reset it, ClientOSError (errno 104).
+    channel = bot.get_channel(DEFAULT_CHANNEL_ID)
+    assert isinstance(channel, discord.TextChannel)
+    double.chaos = Chaos(rate=1.0, kinds=("reset",), routes=frozenset({"channel_message", "followup"}))
+    with pytest.raises(RESET_ERRORS):  # both are aiohttp.ClientError
+        await channel.send("lost")
+    webhook = discord.Webhook.partial(APP_ID, double.slash("ping").token, client=bot)
+    with pytest.raises(RESET_ERRORS):
+        await webhook.send("lost too")  # the webhook adapter has its own retry loop, alike
+    double.chaos = Chaos(rate=1.0, kinds=("503",), routes=frozenset({"channel_message"}))
+    with pytest.raises(discord.DiscordServerError):  # 503 is not among the statuses HTTPClient retries
+        await channel.send("refused")
+    assert [c.status for c in double.calls_for("channel_message")] == [RESET, 503]
+    assert double.messages == {}

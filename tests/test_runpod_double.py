@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from doubles.faults import Chaos
 from doubles.runpod import RunPodDouble, Script
 
 KEY = "test-key"
@@ -249,3 +250,71 @@ async def test_health_counts(rp: RunPodDouble, http: aiohttp.ClientSession, cloc
     assert body["workers"] == {"idle": 0, "initializing": 0, "ready": 0, "running": 1, "throttled": 0}
     rp.health_workers = {"idle": 3, "running": 0}
     assert (await call(http, rp, "GET", "health"))[1]["workers"] == {"idle": 3, "running": 0}
+
+
+# --- chaos: seeded random faults ------------------------------------------------------------------------
+
+RESET_ERRORS = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)
+
+
+async def test_chaos_reset_closes_the_connection_and_creates_no_job(
+    rp: RunPodDouble, http: aiohttp.ClientSession
+) -> None:
+    rp.chaos = Chaos(rate=1.0, kinds=("reset",))
+    with pytest.raises(RESET_ERRORS):
+        await call(http, rp, "POST", "run", json={"input": {"prompt": "a cat"}})
+    assert not rp.jobs
+    (rec,) = rp.requests
+    assert (rec.op, rec.chaos, rec.job_id) == ("run", "reset", None)
+    assert rp.chaos.injected == {("run", "reset"): 1}
+    rp.chaos = None  # off again: the next request is answered
+    await submit(http, rp)
+    assert len(rp.jobs) == 1
+    assert rp.requests[-1].chaos is None
+
+
+async def test_chaos_503_is_the_gateways_text_and_has_no_effect(rp: RunPodDouble, http: aiohttp.ClientSession) -> None:
+    rp.set_rate_limit("run", 1, 10)
+    rp.chaos = Chaos(rate=1.0, kinds=("503",))
+    for _ in range(2):
+        async with http.post(f"{rp.api_url}/test-endpoint/run", json={"input": {}}) as resp:
+            assert (resp.status, resp.content_type) == (503, "text/plain")
+            assert (await resp.text()).startswith("upstream connect error")
+    assert not rp.jobs
+    assert [r.chaos for r in rp.requests] == ["503", "503"]
+    rp.chaos = None
+    await submit(http, rp)  # the faulted requests used none of the rate limit's one request
+    assert rp.chaos is None
+
+
+async def test_chaos_is_deterministic_per_seed_and_one_shots_come_first(http: aiohttp.ClientSession) -> None:
+    async def run_once(seed: int) -> list[int | str]:
+        async with RunPodDouble(chaos=Chaos(rate=0.5, seed=seed, kinds=("500", "502", "503"))) as double:
+            double.fail_next("health", 418)  # a one-shot injection answers first and draws nothing
+            seen: list[int | str] = []
+            for _ in range(20):
+                seen.append((await call(http, double, "GET", "health"))[0])
+            assert double.chaos is not None
+            assert sum(n for (op, _), n in double.chaos.injected.items() if op == "health") == double.chaos.total
+            assert double.chaos.total == sum(s != 200 for s in seen[1:])
+            assert [r.chaos for r in double.requests] == [None if s in (200, 418) else str(s) for s in seen]
+            return seen
+
+    first = await run_once(7)
+    assert first[0] == 418
+    assert 200 in first[1:]
+    assert any(s != 200 for s in first[1:])
+    assert await run_once(7) == first
+    assert await run_once(8) != first
+
+
+async def test_chaos_routes_restrict_where_faults_land(rp: RunPodDouble, http: aiohttp.ClientSession) -> None:
+    with pytest.raises(ValueError, match="unknown op"):
+        rp.chaos = Chaos(rate=1.0, routes=frozenset({"stauts"}))
+    rp.chaos = Chaos(rate=1.0, kinds=("502",), routes=frozenset({"status"}))
+    job_id = await submit(http, rp)  # /run is not covered
+    for _ in range(3):
+        assert (await call(http, rp, "GET", f"status/{job_id}"))[0] == 502
+    assert (await call(http, rp, "GET", "health"))[0] == 200
+    assert rp.chaos.injected == {("status", "502"): 3}
+    assert rp.chaos.summary() == "3 faults: status 502 x3"

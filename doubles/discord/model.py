@@ -105,10 +105,11 @@ class Recorded:
     message_id: int | None
     json: Any
     files: list[Attachment]
-    status: int
+    status: int  # 0 until answered; -1 (doubles.faults.RESET) when Chaos hung up on it
     at: float  # when the request reached the double (its headers; the body is read after)
     query: dict[str, str] = field(default_factory=dict)
     bucket: str | None = None  # its rate-limit bucket, when rate limits are on
+    chaos: str | None = None  # the Chaos kind that hit it ("reset", "503"...), None when none did
 
 
 @dataclass

@@ -23,6 +23,7 @@ import discord.http
 import yarl
 from aiohttp import web
 
+from ..faults import RESET, Chaos
 from . import ratelimits
 from .model import (
     _WEBHOOK_ROUTES,
@@ -77,6 +78,13 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", r"/channels/(?P<channel_id>\d+)", "get_channel"),
     ]
 ]
+# What Chaos may fault when its routes are None: not logging in, nor the 3-second acknowledgement.
+CHAOS_ROUTES = frozenset(
+    {name for _, _, name in _ROUTES} - {"users_me", "app_info", "gateway", "sync_global", "sync_guild",
+                                        "get_commands", "callback"} | {"other", "cdn"}
+)  # fmt: skip
+_CHAOS_NAMES = frozenset({name for _, _, name in _ROUTES} | {"other", "cdn"})
+_REASONS = {"500": "Internal Server Error", "502": "Bad Gateway", "503": "Service Unavailable"}
 
 
 @dataclass
@@ -111,7 +119,7 @@ class DiscordDouble:
     def __init__(
         self, *, guilds: Sequence[GuildSpec] | None = None, token: str = "test-token", shard_count: int = 1,
         token_ttl: float = 900.0, enforce_ack_deadline: bool = False, rate_limits: RateLimits | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, chaos: Chaos | None = None,
     ) -> None:  # fmt: skip
         self.guilds = list(guilds) if guilds is not None else [GuildSpec()]  # one guild, one #general
         self.token = token
@@ -120,6 +128,7 @@ class DiscordDouble:
         self.enforce_ack_deadline = enforce_ack_deadline  # callbacks later than 3 s answer 404/10062
         self.rate_limits = rate_limits  # None: no limits and no X-RateLimit headers, as before
         self.clock = clock  # the rate-limit windows' clock; tests may pass a fake one
+        self.chaos = chaos  # seeded random faults on CHAOS_ROUTES (or chaos.routes); see doubles/faults.py
         self.rate_limit_hits: list[RateLimitHit] = []  # every 429 sent, injected ones included
         self.denied_channels: set[int] = set()
         self.calls: list[Recorded] = []
@@ -239,6 +248,33 @@ class DiscordDouble:
         self.rate_limit_hits.append(RateLimitHit(self.clock(), route, f"double-{route}", "user", "injected", wait,
                                                  token, None))  # fmt: skip
         return _json_response(429, body, headers)
+
+    @property
+    def chaos(self) -> Chaos | None:
+        """Seeded random faults (doubles.faults.Chaos); ``routes`` are route names, "cdn" and "other"."""
+        return self._chaos
+
+    @chaos.setter
+    def chaos(self, chaos: Chaos | None) -> None:
+        unknown = set(chaos.routes or ()) - _CHAOS_NAMES if chaos is not None else set()
+        if unknown:  # a misspelt route would never be faulted
+            raise ValueError(f"unknown routes {sorted(unknown)}; expected some of {sorted(_CHAOS_NAMES)}")
+        self._chaos = chaos
+
+    async def _chaos_fault(self, route: str, request: web.Request) -> tuple[str | None, web.Response | None]:
+        """(the Chaos kind drawn for this request, if any; its answer, or None to handle the request normally)."""
+        chaos = self._chaos
+        kind = chaos.draw(route, CHAOS_ROUTES) if chaos is not None else None
+        if kind is None or chaos is None:
+            return None, None
+        if kind == "slow":
+            await asyncio.sleep(chaos.slow_s)
+            return kind, None
+        if kind == "reset":
+            if request.transport is not None:
+                request.transport.abort()
+            return kind, web.Response()  # never reaches the client: the socket is gone
+        return kind, self._error(ApiError(int(kind), 0, f"{kind}: {_REASONS[kind]}"))
 
     @staticmethod
     def _error(err: ApiError) -> web.Response:
@@ -454,6 +490,9 @@ class DiscordDouble:
 
     # REST -----------------------------------------------------------------------------------------------
     async def _cdn(self, request: web.Request) -> web.Response:
+        _, faulted = await self._chaos_fault("cdn", request)
+        if faulted is not None:
+            return faulted
         aid = int(request.match_info["attachment_id"])
         held = [a for m in self.messages.values() for a in m.attachments] + list(self.uploaded.values())
         for a in held:
@@ -518,6 +557,8 @@ class DiscordDouble:
         )  # fmt: skip
         self.calls.append(rec)  # appended before answering so call order is arrival order
         response = self._take_fault(route, rec.token)
+        if response is None:  # drawn before the rate limit counts it: a faulted request has no effect at all
+            rec.chaos, response = await self._chaos_fault(route, request)
         limit_headers: dict[str, str] = {}
         if response is None and self.rate_limits is not None:
             response, limit_headers = self._rate_limit(rec, request, self.rate_limits)
@@ -527,7 +568,7 @@ class DiscordDouble:
             except ApiError as err:
                 response = self._error(err)
             response.headers.update(limit_headers)  # on errors too: Discord counts and reports those as well
-        rec.status = response.status
+        rec.status = RESET if rec.chaos == "reset" else response.status
         return response
 
     # rate limits ----------------------------------------------------------------------------------------
