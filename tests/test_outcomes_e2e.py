@@ -13,6 +13,7 @@ from bot.policy import start_of_day, start_of_month
 from bot.storage import JobRecord, KeySource
 from doubles import outputs
 from doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID
+from doubles.faults import RESET
 from doubles.harness import ENDPOINT, button, fast_options, field_value, png_for, running_bot
 from doubles.runpod import Script
 
@@ -138,3 +139,46 @@ async def test_a_ledger_row_the_bot_cannot_read_stops_no_other_job(runpod, disco
         await harness.bot.recovery.sweep()
     warnings = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
     assert warnings == ["job row 51 cannot be read ('zombie' is not a valid LedgerState); skipped"]
+
+
+async def test_a_connection_reset_while_posting_the_picture_is_tried_again_and_it_is_delivered_once(runpod, caplog):
+    """The request that carries the finished picture is hung up on (a TCP reset, which discord.py lets through
+    as an OSError / aiohttp error): the bot tries again, the picture is posted once, the ledger says delivered
+    and the GPU time RunPod billed is counted."""
+    async with running_bot(runpod) as harness:
+        harness.runpod.default_script = painted
+        harness.discord.fail_next("edit_followup", RESET, with_files=True)  # the reply, edited by its id
+        interaction = await harness.imagine("through a reset")
+        final = await harness.finished(interaction)
+        await harness.discord.wait_for(lambda: harness.bot.runner.live == {})
+
+        assert final.embeds[0]["title"] == "✅ Done"
+        (job,) = harness.runpod.jobs.values()
+        assert [a.data for a in final.attachments] == [png_for(f"through a reset|{job.input['seed']}|0")]
+        with_files = [call for call in harness.edits(interaction) if call.files]
+        assert [call.chaos for call in with_files] == ["reset", None]  # hung up on once, then posted once
+        record = await harness.bot.storage.job(interaction.id)
+        assert (record.state, record.execution_ms) == ("delivered", 100)
+        now = datetime.now(UTC)
+        usage = await harness.bot.storage.usage(DEFAULT_GUILD_ID, 0, start_of_day(now), start_of_month(now))
+        assert (usage.guild_today, usage.gpu_seconds_today) == (1, 0.1)
+        await counters_match_the_ledger(harness)
+    assert "Something went wrong" not in caplog.text
+
+
+async def test_a_reset_during_a_status_edit_is_logged_once_and_the_next_change_is_still_shown(runpod, caplog):
+    async with running_bot(runpod) as harness:
+        harness.runpod.default_script = lambda job_input: Script(
+            queue_s=0.5, run_s=1.0, progress=[(0.3, "3/10"), (0.6, "6/10")], output=painted(job_input).output
+        )
+        harness.discord.fail_next("edit_followup", RESET)  # the first status edit after the "thinking" reply
+        interaction = await harness.imagine("a status through a reset")
+        final = await harness.finished(interaction)
+        edits = harness.edits(interaction)
+        hung_up = next(n for n, call in enumerate(edits) if call.chaos == "reset")
+        later = [call.json["embeds"][0]["title"] for call in edits[hung_up + 1 :] if call.status == 200 and call.json]
+        assert "🎨 Painting…" in later  # the status went on after the reset
+        assert final.embeds[0]["title"] == "✅ Done"
+    said = [r.getMessage() for r in caplog.records if "status could not be shown" in r.getMessage()]
+    assert len(said) == 1
+    assert "ServerDisconnectedError" in said[0] or "ClientOSError" in said[0]

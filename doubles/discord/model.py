@@ -109,7 +109,7 @@ class Recorded:
     at: float  # when the request reached the double (its headers; the body is read after)
     query: dict[str, str] = field(default_factory=dict)
     bucket: str | None = None  # its rate-limit bucket, when rate limits are on
-    chaos: str | None = None  # the Chaos kind that hit it ("reset", "503"...), None when none did
+    chaos: str | None = None  # the fault that hit it ("reset", "503"...: Chaos, or a one-shot reset), else None
 
 
 @dataclass

@@ -95,6 +95,7 @@ class _Fault:
     code: int | None
     retry_after: float | None
     token: str | None
+    with_files: bool = False
 
 
 def _json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -219,18 +220,27 @@ class DiscordDouble:
     # fault injection ------------------------------------------------------------------------------------
     def fail_next(
         self, route: str, status: int, *, count: int = 1, code: int | None = None,
-        retry_after: float | None = None, token: str | None = None,
+        retry_after: float | None = None, token: str | None = None, with_files: bool = False,
     ) -> None:  # fmt: skip
-        """Answer the next ``count`` calls to ``route`` (optionally only for ``token``) with an error."""
-        self._faults.append(_Fault(route, status, count, code, retry_after, token))
+        """Answer the next ``count`` calls to ``route`` (optionally only for ``token``, or only those that upload
+        files) with an error; ``status`` :data:`RESET` hangs up without an answer, as a connection reset does."""
+        self._faults.append(_Fault(route, status, count, code, retry_after, token, with_files))
 
-    def _take_fault(self, route: str, token: str | None) -> web.Response | None:
+    def _take_fault(self, rec: Recorded, request: web.Request) -> web.Response | None:
+        route, token = rec.route, rec.token
         for fault in self._faults:
             if fault.route == route and fault.token in (None, token) and fault.count > 0:
+                if fault.with_files and not rec.files:
+                    continue
                 fault.count -= 1
                 break
         else:
             return None
+        if fault.status == RESET:
+            rec.chaos = "reset"
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response()  # never reaches the client: the socket is gone
         if fault.status != 429:
             code = fault.code
             if code is None and fault.status == 404:
@@ -556,7 +566,7 @@ class DiscordDouble:
             body, files, 0, arrived, dict(request.query),
         )  # fmt: skip
         self.calls.append(rec)  # appended before answering so call order is arrival order
-        response = self._take_fault(route, rec.token)
+        response = self._take_fault(rec, request)
         if response is None:  # drawn before the rate limit counts it: a faulted request has no effect at all
             rec.chaos, response = await self._chaos_fault(route, request)
         limit_headers: dict[str, str] = {}
