@@ -225,6 +225,8 @@ class JobRunner:
         return job
 
     def follow(self, job: LiveJob) -> None:
+        if not self.accepting:  # shutting down: the next run finds the job in the ledger and takes it up
+            return
         self.live[job.record.request_id] = job
         job.task = tasks.spawn(self._run(job), name=job.context)
 
@@ -443,7 +445,8 @@ class JobRunner:
     # --- shutdown ----------------------------------------------------------------------------------
 
     async def shutdown(self, grace: float = 10.0) -> None:
-        """Stop taking jobs and following; tell every waiting member their job goes on. Within `grace`."""
+        """Stop taking jobs and following; tell every waiting member their job goes on. Within `grace`: a job
+        still being delivered then is left to the next run, which finds it in the ledger."""
         self.accepting = False
         ending = [job.task for job in self.live.values() if job.ending and job.task]
         waiting = [job for job in self.live.values() if not job.ending]
@@ -451,11 +454,12 @@ class JobRunner:
             if job.task is not None:
                 job.task.cancel()
         await asyncio.gather(*(job.task for job in waiting if job.task), return_exceptions=True)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(*ending, *(job.presenter.restarting() for job in waiting), return_exceptions=True),
-                grace,
-            )
+        telling = [tasks.spawn(job.presenter.restarting(), name=f"restarting {job.context}") for job in waiting]
+        if ending or telling:
+            _, late = await asyncio.wait([*ending, *telling], timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
 
 # How a job that ended without pictures is recorded: failures of every other kind are "failed".

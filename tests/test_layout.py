@@ -13,6 +13,7 @@ PACKAGES = ("bot", "cogs")
 # No Discord in these: the RunPod client and engine, where jobs run, the rules, the ledger, the CLI.
 DISCORD_FREE = (
     "bot.admission",
+    "bot.clock",
     "bot.config",
     "bot.crypto",
     "bot.endpoints",
@@ -20,6 +21,7 @@ DISCORD_FREE = (
     "bot.errors",
     "bot.generate",
     "bot.images",
+    "bot.lifecycle",
     "bot.params",
     "bot.policy",
     "bot.polling",
@@ -28,6 +30,7 @@ DISCORD_FREE = (
     "bot.runpod",
     "bot.status",
     "bot.storage",
+    "bot.tasks",
     "bot.text",
     "bot.usage",
 )
@@ -135,3 +138,29 @@ def test_the_markup_scan_sees_f_strings_and_skips_docstrings_and_comments(tmp_pa
         '    return f"more <t:{int(moment)}:R>."\n'
     )
     assert [text for _, text in strings(sample) if "<t:" in text] == ["more <t:"]
+
+
+def test_the_runner_keeps_queue_submit_and_follow_only():
+    """Resume and sweep live in bot/recovery.py, what members see in bot/presenter.py: JobRunner stays small."""
+    tree = ast.parse(modules()["bot.jobs"].read_text())
+    (runner,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "JobRunner"]
+    assert runner.end_lineno is not None
+    assert runner.end_lineno - runner.lineno + 1 <= 350
+    methods = {node.name for node in runner.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+    assert not {"resume", "resume_all", "sweep", "sweep_forever"} & methods
+
+
+def test_only_the_ledger_writes_a_job_s_state():
+    """Every change of a job's state is one of the ledger's named moves (bot/lifecycle.py): outside bot/storage.py
+    no code passes a ledger state as `state=`, but a new job's first line (waiting), and nothing calls the old
+    untyped `update_job`."""
+    writers = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.keyword) and node.arg == "state" and name != "bot.storage":
+                value = ast.unparse(node.value)
+                if "LedgerState" in value and value != "LedgerState.WAITING":
+                    writers.append(f"{name}:{node.lineno}: state={value}")
+            if isinstance(node, ast.Attribute) and node.attr in ("update_job", "claim_delivery"):
+                writers.append(f"{name}:{node.lineno}: {node.attr}")
+    assert writers == []
