@@ -12,7 +12,7 @@ import sys
 import aiohttp
 import discord
 
-from bot import generate
+from bot import generate, tasks
 from bot.config import Settings, configure_logging, load_settings
 from bot.engine import LOCAL_MODE_NOTE, RunPodContext
 from bot.errors import BotError, ConfigError
@@ -54,13 +54,10 @@ async def run_bot(settings: Settings, *, sync_only: bool = False) -> None:
         runpod = RunPodContext(session, fetcher, api_url=settings.runpod_api_url, local=settings.runpod_local)
         bot = make_bot(settings, storage=storage, runpod=runpod)
         loop = asyncio.get_running_loop()
-        closing: set[asyncio.Task[None]] = set()
 
         def on_signal(name: str) -> None:
             log.info("%s received: closing", name)
-            task = asyncio.create_task(bot.close())
-            closing.add(task)
-            task.add_done_callback(closing.discard)
+            tasks.spawn(bot.close(), name=f"close on {name}")
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig.name)

@@ -96,7 +96,7 @@ class ImagineBot(commands.Bot):
     async def close(self) -> None:
         """Idempotent: a PaaS may send SIGTERM more than once (docs/discord-notes.md, PaaS restarts)."""
         if self._closing is None:
-            self._closing = asyncio.create_task(self._shutdown())
+            self._closing = tasks.spawn(self._shutdown(), name="shutdown")
         await asyncio.shield(self._closing)
 
     async def _shutdown(self) -> None:

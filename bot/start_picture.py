@@ -12,7 +12,7 @@ import discord
 
 from bot.errors import BotError, OutputError
 from bot.images import MemoryBudget, enlarge, read_header
-from bot.live import TRANSPORT_ERRORS
+from bot.live import TRANSPORT_ERRORS, describe
 from bot.params import GenerationParams, InvalidParams
 from bot.presenter import JobPresenter
 from bot.presets import WorkerPreset
@@ -67,12 +67,10 @@ async def _read(client: discord.Client, url: str) -> bytes:
     for pause in (*_READ_PAUSES, None):
         try:
             return await client.http.get_from_cdn(url)
-        except TRANSPORT_ERRORS as error:
-            if pause is None:
-                raise BotError(
-                    f"{_WHERE} could not be read from Discord ({type(error).__name__}). Try again."
-                ) from None
+        except (*TRANSPORT_ERRORS, discord.HTTPException) as error:
+            if isinstance(error, discord.HTTPException) and error.status < 500:
+                raise BotError(f"{_WHERE} could not be read from Discord ({error.status}); was it deleted?") from None
+            if pause is None:  # the network or the CDN failed every time
+                raise BotError(f"{_WHERE} could not be read from Discord ({describe(error)}). Try again.") from None
             await asyncio.sleep(pause)
-        except discord.HTTPException as error:
-            raise BotError(f"{_WHERE} could not be read from Discord ({error.status}); was it deleted?") from None
     raise AssertionError("unreachable")
