@@ -189,7 +189,7 @@ def _lenient_b64decode(text: str, where: str) -> bytes:
 # a pixel (Pillow keeps RGB in 32 bits), 4 more when its mode must be converted (grey, CMYK), and the PNG it becomes
 # takes up to 4: 7.5 to 11.5 measured. libwebp decodes into two canvases of its own and hands Pillow a copy, 12
 # bytes a pixel before Pillow's own 4 and the PNG: 18 to 25 measured. A PNG is only checked (see `decode_image`),
-# which inflates nothing; re-encoding one to fit Discord's upload limit is counted where it happens (bot/jobs.py).
+# which inflates nothing; re-encoding one to fit Discord's upload limit is counted where it happens (bot/delivery.py).
 DECODE_BYTES_PER_PIXEL = {"PNG": 0, "JPEG": 12, "WEBP": 28}
 # How much memory the pictures being decoded or re-encoded at once may take together, process-wide
 # (`ImageFetcher.budget`): a hostile worker's output costs the bot this much at most, whatever it holds, and a

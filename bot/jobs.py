@@ -237,17 +237,17 @@ class JobRunner:
         guild_id = job.record.guild_id or 0
         try:
             submitted: list[JobStatus] = []
+            refused: BotError | None = None
             if job.record.state is LedgerState.WAITING:
                 job.ticket = self.queue.join(guild_id, job.record.user_id, job.policy)
                 log.info("%s: waiting for a turn, place %s", job.context, self.queue.position(job.ticket) or "-")
                 await self._wait_for_turn(job)
-                submitted = await self._submit(job)
+                submitted, refused = await self._submit(job)
                 if job.cancelled_by is not None:  # cancelled while its parts were being sent
                     await self.cancel_parts(job.endpoint, job.record.runpod_job_ids, job.context)
-                    raise JobCancelled(f"Cancelled by {job.cancelled_by}.")
             else:
                 job.ticket = self.queue.occupy(guild_id, job.record.user_id, job.policy)
-            await self._follow(job, submitted)
+            await self._follow(job, submitted, refused)
         except BotError as error:  # refused by the queue or by RunPod, cancelled, failed on RunPod
             await self.end(job, error)
         except asyncio.CancelledError:
@@ -275,12 +275,15 @@ class JobRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(job.ticket.admitted), 1.0)
 
-    async def _submit(self, job: LiveJob) -> list[JobStatus]:
-        """Send the request as the RunPod jobs that make it (`WorkerPreset.parts`): RunPod's answers to `/run`.
-        Each part's id is in the ledger as soon as RunPod gives it; if one fails, those sent are cancelled."""
+    async def _submit(self, job: LiveJob) -> tuple[list[JobStatus], BotError | None]:
+        """Send the request as the RunPod jobs that make it (`WorkerPreset.parts`): RunPod's answers to `/run`,
+        and why the rest of a set was not sent. Each part's id is in the ledger as soon as RunPod gives it. When
+        a later part fails to be sent, those sent are cancelled (they would bill for a set cut short) but still
+        followed: one that finished before its cancel is paid for, and posted."""
         job.record = await self._storage.submitting(job.record)
         client, preset = self._endpoints.client(job.endpoint), job.endpoint.preset
         submitted: list[JobStatus] = []
+        refused: BotError | None = None
         try:
             budget = self._runpod.fetcher.budget
             params, image = await start_picture.prepare(self._discord, budget, job.presenter, job.params, preset)
@@ -289,23 +292,24 @@ class JobRunner:
                 submitted.append(status)
                 job.status.submitted_at = job.status.submitted_at or self.options.clock()
                 job.record = await self._storage.sent(job.record, [status.id for status in submitted])
-        except BotError:
-            sent = [status.id for status in submitted]
-            await self.cancel_parts(job.endpoint, sent, job.context)  # they would bill for nothing shown
-            raise
+        except BotError as error:
+            if not submitted:
+                raise
+            await self.cancel_parts(job.endpoint, [status.id for status in submitted], job.context)
+            refused = error
         job.record = await self._storage.queued(job.record)
         job.presenter.context = job.context
         log.info("%s: submitted as %d job(s) for request %s", job.context, len(submitted), job.record.request_id)
-        return submitted
+        return submitted, refused
 
-    async def _follow(self, job: LiveJob, submitted: Sequence[JobStatus] = ()) -> None:
+    async def _follow(self, job: LiveJob, submitted: Sequence[JobStatus] = (), refused: BotError | None = None) -> None:
         """Follow every part in turn (they run side by side on RunPod), then deliver their pictures as one set.
         A part that fails costs only its own pictures; parts that finished before a cancel are still posted."""
         client = self._endpoints.client(job.endpoint)
         refresher = tasks.spawn(self._keep_status_fresh(job, client), name=f"status {job.context}")
         parts = job.record.runpod_job_ids
         results: list[JobResult] = []
-        failures: list[BotError] = []
+        failures: list[BotError] = [refused] if refused else []  # why the set is short, first reason first
         try:
             for index, runpod_job_id in enumerate(parts):
                 if len(parts) > 1:

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from io import BytesIO
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import discord
@@ -33,10 +33,15 @@ from bot.storage import JobRecord
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # Invalid webhook token, unknown webhook, unknown message (docs/discord-notes.md, Error codes).
 _TOKEN_GONE_CODES = frozenset({50027, 10015, 10008})
 # What a request to Discord raises when the network or Discord failed it, rather than Discord refusing it.
 TRANSPORT_ERRORS = (OSError, aiohttp.ClientError, TimeoutError, discord.DiscordServerError)
+# A status edit still unanswered after this long (discord.py sleeping 1, 3, 5 s between its own tries of a 5xx)
+# is dropped, and the pump sends the latest look at its next turn: a status is never silent for long.
+STATUS_EDIT_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,7 @@ class LiveMessage:
         self._pending: _Look | None = None
         self._shown_key: Any = None
         self._failing = False  # the last status edit failed: said once in the log until one works again
+        self._refused = False  # Discord refused a status: no more statuses, only the last look
         self._last_edit = float("-inf")
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
@@ -218,19 +224,23 @@ class LiveMessage:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), wait)
             look = self._pending
-            if self._closing.is_set() or look is None or look.key == self._shown_key:
+            if self._closing.is_set() or self._refused or look is None or look.key == self._shown_key:
                 continue
             match await self._send(look):
                 case Shown():
                     if self._failing:
                         log.info("%s: the status shows again", self.context)
                     self._failing = False
-                case RetryLater(reason) | Unreachable(reason) as outcome:
+                case RetryLater(reason):
                     if not self._failing:
                         log.warning("%s: the status could not be shown (%s); trying again", self.context, reason)
                     self._failing = True
-                    if isinstance(outcome, RetryLater):
-                        self._wake.set()  # try the latest look again at the next turn of the pace
+                    self._wake.set()  # try the latest look again at the next turn of the pace
+                case Unreachable(reason):
+                    # Refused (no permission, no channel): asking again every few seconds would only add to
+                    # Discord's count of invalid requests. The job's last look is still tried (`final`).
+                    log.warning("%s: the status cannot be shown (%s); only its end will be tried", self.context, reason)
+                    self._refused = True
 
     async def _send(self, look: _Look) -> Outcome:
         async with self._lock:
@@ -253,9 +263,10 @@ class LiveMessage:
         if self._webhook is None or self._channel_message is not None or not self._token_usable():
             return None
         try:
-            self.message = await self._webhook.edit_message(
+            edit = self._webhook.edit_message(
                 self._address.message_id or 0, embed=look.embed, view=look.view, attachments=_attachments(look)
             )
+            self.message = await _bounded(edit, look)
             return Shown(self.message)
         except TRANSPORT_ERRORS as error:
             return RetryLater(describe(error))
@@ -276,9 +287,8 @@ class LiveMessage:
                     files=_files(look.uploads or ()) or discord.utils.MISSING,
                 )
             else:
-                self._channel_message = await self._channel_message.edit(
-                    embed=look.embed, view=look.view, attachments=_attachments(look)
-                )
+                edit = self._channel_message.edit(embed=look.embed, view=look.view, attachments=_attachments(look))
+                self._channel_message = await _bounded(edit, look)
         except TRANSPORT_ERRORS as error:
             return RetryLater(describe(error))
         except discord.HTTPException as error:
@@ -287,6 +297,12 @@ class LiveMessage:
         if new and self._on_channel_message is not None:
             await self._on_channel_message(self._channel_message.id)
         return Shown(self.message)
+
+
+async def _bounded(edit: Awaitable[T], look: _Look) -> T:
+    """An edit, within `STATUS_EDIT_TIMEOUT` when it is a status (an edit is the same however often it is sent);
+    a last look with its pictures is left to discord.py's own tries, then the presenter's."""
+    return await (asyncio.wait_for(edit, STATUS_EDIT_TIMEOUT) if look.uploads is None else edit)
 
 
 def _attachments(look: _Look) -> Any:

@@ -191,7 +191,7 @@ class JobPresenter:
                 return Undelivered(reason)
         raise AssertionError(outcome)
 
-    async def _tried(self, attempt: Callable[[], Awaitable[Outcome]], pauses: Sequence[float] | None = None) -> Any:
+    async def _tried(self, attempt: Callable[[], Awaitable[Outcome]], pauses: Sequence[float] | None = None) -> Outcome:
         """The attempt's outcome, tried again after each pause while it is not `Shown`: a reset or a 5xx passes,
         and an admin may give the bot back its permission in the channel."""
         pauses = self._stage.retries if pauses is None else pauses

@@ -150,7 +150,7 @@ class JobRecord:
     model: str | None = None
     guild_id: int | None = None
     runpod_job_id: str | None = None
-    more_job_ids: list[str] | None = None  # the other parts' (bot/jobs.py, `parts`)
+    more_job_ids: list[str] | None = None  # the other parts' (bot/presets.py, `WorkerPreset.parts`)
     token_encrypted: str | None = dataclasses.field(default=None, repr=False)
     token_expires_at: datetime | None = None
     message_id: int | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -161,10 +161,12 @@ async def running_bot(
     discord_double: DiscordDouble | None = None,
     retry: RetryPolicy | None = None,
     health_ttl: float = 0.1,
+    worker: Callable[[dict[str, Any]], Script] = script_for,
     **double: Any,
 ) -> AsyncIterator[Harness]:
-    """The bot on a database (a fresh SQLite file unless given), talking to both doubles."""
-    runpod.default_script = script_for
+    """The bot on a database (a fresh SQLite file unless given), talking to both doubles; `worker` scripts the
+    jobs RunPod is sent (from the start: a restarted bot may send jobs recorded before it)."""
+    runpod.default_script = worker
     async with contextlib.AsyncExitStack() as stack:
         if discord_double is None:
             discord_double = await stack.enter_async_context(DiscordDouble(**double))

@@ -18,6 +18,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from bot.lifecycle import LedgerState
+from bot.live import STATUS_EDIT_TIMEOUT
 from bot.runpod import RetryPolicy
 from doubles import outputs
 from doubles.discord import DEFAULT_GUILD_ID, DEFAULT_USER_ID, DiscordDouble, UserSpec
@@ -31,9 +32,9 @@ RATE = 0.1
 COUNTED = sa.text("SELECT * FROM usage_days WHERE pictures != 0 OR gpu_ms != 0")
 FINAL = {"✅ Done", "⚠️ No picture this time", "🚫 Cancelled"}
 STATUS_REFRESH = 1.0
-# A status edit that failed is followed by another look within the refresh, plus discord.py's own pause before
-# it tries a 5xx again (1 s, then 3 s), plus the pace of edits: else the status fell silent.
-SILENT_AT_MOST = timedelta(seconds=STATUS_REFRESH + 1 + 3 + 1)
+# A status edit that failed is followed by another look within the refresh and one more try (a status edit
+# waits at most STATUS_EDIT_TIMEOUT, discord.py's own retries of a 5xx included), and a second of slack.
+SILENT_AT_MOST = timedelta(seconds=STATUS_REFRESH + STATUS_EDIT_TIMEOUT + 1)
 
 
 def worker(job_input) -> Script:
@@ -136,16 +137,15 @@ async def test_every_paid_picture_is_posted_once_or_recorded_honestly_under_ten_
     requests = plan(JOBS)
     half = len(requests) // 2
     async with DiscordDouble() as discord:
-        async with running_bot(runpod, database_url=url, discord_double=discord, options=options, retry=retry) as h:
+        bot = {"database_url": url, "discord_double": discord, "options": options, "retry": retry, "worker": worker}
+        async with running_bot(runpod, **bot) as h:
             await h.bot.storage.save_guild_policy(
                 DEFAULT_GUILD_ID, {"member_concurrent": 20, "guild_concurrent": 200, "member_waiting": 100}
             )
-            runpod.default_script = worker
             discord.chaos, runpod.chaos = discord_chaos, runpod_chaos
             first = await run_phase(h, requests[:half], upscales=JOBS // 20)
         # The restart: every job still running is told so, and the next run takes them up.
-        async with running_bot(runpod, database_url=url, discord_double=discord, options=options, retry=retry) as h:
-            runpod.default_script = worker
+        async with running_bot(runpod, **bot) as h:
             second = await run_phase(h, requests[half:], upscales=JOBS // 20)
             storage = h.bot.storage
             await settled(h)

@@ -10,6 +10,7 @@ import aiohttp
 import sqlalchemy as sa
 
 from bot.policy import start_of_day, start_of_month
+from bot.runpod import RetryPolicy
 from bot.storage import JobRecord, KeySource
 from doubles import outputs
 from doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID
@@ -134,6 +135,7 @@ async def test_a_ledger_row_the_bot_cannot_read_stops_no_other_job(runpod, disco
     caplog.set_level(logging.WARNING)
     async with running_bot(runpod, database_url=url, discord_double=discord_double) as harness:
         await harness.discord.wait_for(lambda: posted_in_channel(harness, "✅ Done"))
+        await harness.discord.wait_for(lambda: harness.bot.runner.live == {})
         assert (await harness.bot.storage.job(52)).state == "delivered"
         await harness.bot.recovery.sweep()
         await harness.bot.recovery.sweep()
@@ -182,3 +184,24 @@ async def test_a_reset_during_a_status_edit_is_logged_once_and_the_next_change_i
     said = [r.getMessage() for r in caplog.records if "status could not be shown" in r.getMessage()]
     assert len(said) == 1
     assert "ServerDisconnectedError" in said[0] or "ClientOSError" in said[0]
+
+
+async def test_a_part_that_finished_before_the_rest_of_its_set_failed_to_be_sent_is_still_posted(runpod):
+    """RunPod refuses the second part's /run after the first part was taken and had already finished: the first
+    is cancelled to be safe (a no-op once finished), followed anyway, and its paid pictures posted with a note."""
+    async with running_bot(runpod, retry=RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)) as harness:
+        harness.runpod.default_script = lambda job_input: Script(output=painted(job_input).output)  # done at once
+        runpod.delay_next("run", 0.3)
+        interaction = await harness.imagine("half sent, half paid", count=4, seed=5)
+        await harness.discord.wait_for(lambda: runpod.requests_for("run"))
+        runpod.fail_next("run", 503, count=10)  # the second part's /run
+        final = await harness.finished(interaction)
+        await harness.discord.wait_for(lambda: harness.bot.runner.live == {})
+        (sent,) = runpod.jobs.values()
+        assert [request.job_id for request in runpod.requests_for("cancel")] == [sent.id]
+        assert final.embeds[0]["title"] == "✅ Done"
+        assert [a.data for a in final.attachments] == [png_for(f"half sent, half paid|5|{n}") for n in range(2)]
+        assert field_value(final, "Note").startswith("2 of 4 pictures arrived. RunPod answered 503 to /run.")
+        record = await harness.bot.storage.job(interaction.id)
+        assert (record.state, record.pictures) == ("delivered", 2)
+        await counters_match_the_ledger(harness)
