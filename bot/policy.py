@@ -123,10 +123,20 @@ def _find_word(words: tuple[str, ...], text: str) -> str | None:
 
 
 def moderate(policy: GuildPolicy, params: GenerationParams, *, nsfw_channel: bool) -> None:
-    """Refuse a prompt the guild does not allow, saying which word, never echoing the whole rule set."""
-    text = params.prompt
+    """Refuse a prompt the guild does not allow, saying which word, never echoing the whole rule set.
+
+    The negative prompt (`negative_prompt`, or `--no` in the prompt) is judged by the same rules: it is sent to
+    the worker and shown on the public result ("Without: ..."), so a refused word may not hide there either."""
+    _moderate_text(policy, params.prompt, nsfw_channel=nsfw_channel, where="")
+    if params.negative_prompt:
+        where = " (in the “without” part: --no or negative_prompt)"
+        _moderate_text(policy, params.negative_prompt, nsfw_channel=nsfw_channel, where=where)
+
+
+def _moderate_text(policy: GuildPolicy, text: str, *, nsfw_channel: bool, where: str) -> None:
+    """`moderate` for one part of the request; `where` names that part in the refusal ("" for the prompt)."""
     if word := _find_word(policy.banned_words, text):
-        raise Refused(f"This server does not allow “{word}” in prompts.")
+        raise Refused(f"This server does not allow “{word}” in prompts{where}.")
     for pattern in policy.banned_patterns:
         try:
             matched = _compiled(pattern).search(text) is not None
@@ -136,9 +146,9 @@ def moderate(policy: GuildPolicy, params: GenerationParams, *, nsfw_channel: boo
                 "an admin should replace it with /runpod moderation."
             ) from None
         if matched:
-            raise Refused("This server's rules do not allow that prompt.")
+            raise Refused(f"This server's rules do not allow that prompt{where}.")
     if not nsfw_channel and (word := _find_word(policy.nsfw_only_words, text)):
-        raise Refused(f"“{word}” is only allowed in this server's NSFW channels.")
+        raise Refused(f"“{word}” is only allowed in this server's NSFW channels{where}.")
 
 
 def check_size(policy: GuildPolicy, params: GenerationParams) -> None:

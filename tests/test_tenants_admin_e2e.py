@@ -1,0 +1,98 @@
+"""No server can starve another, the admin side (issue 21): a month of ledger rows cannot freeze the loop during
+`/runpod usage`, a refused word cannot hide in the negative prompt, a hostile key cannot crash setup, every admin
+reply fits Discord's limits, and a server that removes the bot stops its jobs and leaves no key behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from doubles.discord import (
+    DEFAULT_CHANNEL_ID,
+    DEFAULT_GUILD_ID,
+    DEFAULT_USER_ID,
+    ChannelSpec,
+    GuildSpec,
+    UserSpec,
+)
+from doubles.harness import running_bot
+
+MANAGE_GUILD = 1 << 5
+ADMIN = UserSpec(id=DEFAULT_USER_ID + 900, username="admin", global_name="Admin")
+NSFW_CHANNEL_ID = DEFAULT_CHANNEL_ID + 7
+OTHER_GUILD_ID = DEFAULT_GUILD_ID + 1000
+OTHER_CHANNEL_ID = DEFAULT_CHANNEL_ID + 1000
+GUILD_KEY = "rpa_GUILD_OWN_KEY_0123456789"
+GUILD_ENDPOINT = "other-endpoint"
+
+
+@pytest.fixture
+async def harness(runpod, tmp_path):
+    guilds = [
+        GuildSpec(channels=[ChannelSpec(), ChannelSpec(id=NSFW_CHANNEL_ID, name="after-dark", nsfw=True)]),
+        GuildSpec(id=OTHER_GUILD_ID, name="Other", channels=[ChannelSpec(id=OTHER_CHANNEL_ID, name="art")]),
+    ]
+    runpod.api_keys.add(GUILD_KEY)
+    async with running_bot(runpod, guilds=guilds, database_url=f"sqlite:///{tmp_path}/bot.db") as running:
+        yield running
+
+
+async def private_reply(harness, interaction, timeout: float = 10.0) -> str:
+    await harness.discord.wait_for(lambda: harness.private_replies(interaction), timeout=timeout)
+    return harness.private_replies(interaction)[-1]
+
+
+async def admin_command(harness, subcommand: str, guild_id: int = DEFAULT_GUILD_ID, **options):
+    channel_id = OTHER_CHANNEL_ID if guild_id == OTHER_GUILD_ID else DEFAULT_CHANNEL_ID
+    interaction = harness.discord.slash(
+        "runpod", options, subcommand=subcommand, user=ADMIN, permissions=MANAGE_GUILD,
+        guild_id=guild_id, channel_id=channel_id,
+    )  # fmt: skip
+    await harness.discord.send(interaction)
+    return interaction
+
+
+def everything_sent(harness) -> str:
+    """Every request body the bot sent Discord, as one text: what anyone could ever have seen."""
+    return "\n".join(json.dumps(call.json, ensure_ascii=False) for call in harness.discord.calls if call.json)
+
+
+# --- 2. moderation covers the negative prompt ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prompt", "options"),
+    [("a quiet harbour --no dragon", {}), ("a quiet harbour", {"negative_prompt": "blur, Dragon"})],
+    ids=["--no flag", "negative_prompt option"],
+)
+async def test_a_refused_word_in_the_without_part_is_refused_privately_and_never_reaches_runpod(
+    harness, prompt, options
+):
+    await harness.bot.storage.save_guild_policy(DEFAULT_GUILD_ID, {"banned_words": ["dragon"]})
+    interaction = await harness.imagine(prompt, **options)
+    text = await private_reply(harness, interaction)
+    assert text == "This server does not allow “dragon” in prompts (in the “without” part: --no or negative_prompt)."
+    assert harness.runpod.requests == []
+    public = [m for m in harness.discord.messages.values() if not m.ephemeral and not m.deleted]
+    assert not any("dragon" in json.dumps([m.content, m.embeds]).lower() for m in public)
+
+
+async def test_patterns_and_nsfw_only_words_judge_the_without_part_too(harness):
+    await harness.bot.storage.save_guild_policy(
+        DEFAULT_GUILD_ID, {"banned_patterns": ["s[a4]nd ?worm"], "nsfw_only_words": ["gore"]}
+    )
+    by_pattern = await harness.imagine("a desert", negative_prompt="sand worm")
+    assert await private_reply(harness, by_pattern) == (
+        "This server's rules do not allow that prompt (in the “without” part: --no or negative_prompt)."
+    )
+    nsfw_only = await harness.imagine("a battle --no gore")
+    assert await private_reply(harness, nsfw_only) == (
+        "“gore” is only allowed in this server's NSFW channels (in the “without” part: --no or negative_prompt)."
+    )
+    assert harness.runpod.requests == []
+    allowed = harness.discord.slash("imagine", {"prompt": "a battle --no gore"}, channel_id=NSFW_CHANNEL_ID)
+    await harness.discord.send(allowed)
+    assert (await harness.finished(allowed)).embeds[0]["title"] == "✅ Done"
+    (job,) = harness.runpod.jobs.values()
+    assert job.input["negative_prompt"] == "gore"
