@@ -100,8 +100,9 @@ class SetupModal(BoundForm):
                 interaction, self.name, values.get("api_key", "").strip(), endpoint_id, self.worker, workflow
             )
         except SetupRefused as refused:
-            # Within the field's max_length, or Discord would refuse the prefilled form.
-            again = TryAgain(interaction, self.worker, self.name, endpoint_id[:128], workflow)
+            # Within the field's max_length and on one line, or Discord would refuse the prefilled form.
+            typed = "".join(character for character in endpoint_id if character.isprintable())[:128]
+            again = TryAgain(interaction, self.worker, self.name, typed, workflow)
             again.message = await interaction.followup.send(refused.explanation, ephemeral=True, view=again, wait=True)
             return
         await interaction.followup.send(reply, ephemeral=True)
@@ -173,6 +174,7 @@ async def connect(
     """Check the key against RunPod, then save it encrypted. Returns what to tell the admin; raises
     `SetupRefused` when RunPod or the form's checks refuse it (nothing saved)."""
     assert interaction.guild_id is not None
+    check_typed(api_key, endpoint_id)
     key = Secret(api_key)
     try:
         health = await interaction.client.endpoints.connect(
@@ -193,6 +195,28 @@ async def connect(
         f"✅ Connected endpoint `{endpoint_id}` ({worker}){model} with key `{key.masked}`.\n"
         f"{describe_health(health)}\nMembers can use /imagine now."
     )
+
+
+# What RunPod's keys are made of (`rpa_` and letters and digits; older keys are letters and digits): anything else,
+# a line break above all, could never be a key, and aiohttp refuses it in a header rather than send it.
+API_KEY_SHAPE = re.compile(r"[A-Za-z0-9_-]+")
+# The endpoint ids the RunPod client takes (bot/runpod.py, `_ID`): never anything path-like.
+ENDPOINT_ID_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+
+def check_typed(api_key: str, endpoint_id: str) -> None:
+    """Refuse, in one line naming the field, what the form holds that RunPod could never have given: before any
+    request, so a stray line break is a plain answer, not a failure on our side. Neither value is echoed."""
+    if not API_KEY_SHAPE.fullmatch(api_key):
+        raise SetupRefused(
+            "❌ That is not a RunPod API key: a key is letters, digits, _ and - only (like `rpa_…`), with no spaces "
+            "or line breaks. Copy it again from RunPod → Settings → API Keys. Nothing was saved."
+        )
+    if not ENDPOINT_ID_SHAPE.fullmatch(endpoint_id):
+        raise SetupRefused(
+            "❌ What you typed as the endpoint id is not a RunPod endpoint id: it is letters, digits, - and _ only "
+            "(like `abc123xyz`), as on your endpoint's page. Nothing was saved."
+        )
 
 
 def describe_health(health: Health) -> str:

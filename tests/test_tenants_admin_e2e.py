@@ -5,6 +5,7 @@ reply fits Discord's limits, and a server that removes the bot stops its jobs an
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -96,3 +97,54 @@ async def test_patterns_and_nsfw_only_words_judge_the_without_part_too(harness):
     assert (await harness.finished(allowed)).embeds[0]["title"] == "✅ Done"
     (job,) = harness.runpod.jobs.values()
     assert job.input["negative_prompt"] == "gore"
+
+
+# --- 3. a hostile key in the setup form ---------------------------------------------------------------------
+
+
+async def submit_setup(harness, values: dict[str, str]) -> str:
+    setup = await admin_command(harness, "setup")
+    await harness.discord.wait_for(lambda: harness.discord.calls_for("callback", setup.token))
+    submitted = harness.discord.submit_modal(harness.form_id(setup), values, user=ADMIN, permissions=MANAGE_GUILD)
+    await harness.discord.send(submitted)
+    return await private_reply(harness, submitted)
+
+
+@pytest.mark.parametrize(
+    ("values", "refusal"),
+    [
+        (
+            {"api_key": "rpa_GUILD_OWN\r\nX-Injected: 1", "endpoint_id": GUILD_ENDPOINT},
+            "❌ That is not a RunPod API key: a key is letters, digits, _ and - only (like `rpa_…`), with no spaces or "
+            "line breaks. Copy it again from RunPod → Settings → API Keys. Nothing was saved.",
+        ),
+        (
+            {"api_key": "rpa_GUILD_OWN KEY\u00e9", "endpoint_id": GUILD_ENDPOINT},
+            "❌ That is not a RunPod API key:",
+        ),
+        (
+            {"api_key": GUILD_KEY, "endpoint_id": "other\r\nendpoint"},
+            "❌ What you typed as the endpoint id is not a RunPod endpoint id: it is letters, digits, - and _ only",
+        ),
+    ],
+    ids=["key with CR/LF", "key with a space and an accent", "endpoint id with CR/LF"],
+)
+async def test_a_key_or_endpoint_id_runpod_never_gives_is_refused_in_one_line_before_any_request(
+    harness, caplog, values, refusal
+):
+    with caplog.at_level(logging.ERROR):
+        reply = await submit_setup(harness, values)
+    assert reply.startswith(refusal)
+    assert "Nothing was saved." in reply
+    assert values["api_key"] not in everything_sent(harness)
+    assert harness.runpod.requests == []
+    assert await harness.bot.storage.guild_endpoint(DEFAULT_GUILD_ID) is None
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
+
+
+async def test_keys_and_endpoint_ids_of_every_shape_runpod_gives_still_connect(harness):
+    for key, endpoint in ((GUILD_KEY, GUILD_ENDPOINT), ("ABCDEF0123456789ABCDEF0123456789", "test_endpoint")):
+        harness.runpod.api_keys.add(key)
+        harness.runpod.endpoints.add(endpoint)
+        reply = await submit_setup(harness, {"api_key": f" {key}\n", "endpoint_id": endpoint})
+        assert reply.startswith(f"✅ Connected endpoint `{endpoint}` (sdxl) with key `…{key[-4:]}`.")
