@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,6 +36,8 @@ from bot.usage import DAYS, build_report, render_chart
 
 if TYPE_CHECKING:
     from bot.bot import ImagineBot
+
+log = logging.getLogger(__name__)
 
 WORKER_CHOICES = [
     app_commands.Choice(name=f"{name}: {preset.description}", value=name) for name, preset in PRESETS.items()
@@ -399,6 +402,15 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
             report.summary(), file=discord.File(BytesIO(chart), filename="usage.png"), ephemeral=True
         )
 
+    @commands.Cog.listener()
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        """The server removed the bot (kicked, or the server deleted): nobody there can see or cancel its jobs any
+        more, so they are cancelled on RunPod to stop the billing, and its keys are forgotten.
+
+        Only for a removal: discord.py calls `on_guild_unavailable` instead when a GUILD_DELETE says the server is
+        unavailable (a Discord outage), and then nothing here changes."""
+        await forget_guild(self.bot, guild.id)
+
     async def _update_policy(
         self, interaction: discord.Interaction[ImagineBot], changes: dict[str, Any]
     ) -> tuple[GuildPolicy, GuildPolicy]:
@@ -410,6 +422,29 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
         if policy != before:
             await endpoints.save_policy(interaction.guild_id, policy)
         return before, policy
+
+
+REMOVED_BY = "the server removing the bot"
+
+
+async def forget_guild(bot: ImagineBot, guild_id: int) -> None:
+    """Cancel a guild's running and waiting jobs (with its own key, still in memory), then delete its stored keys.
+    What RunPod refuses is logged and stops nothing else: the keys are deleted whatever happened to the jobs."""
+    runner = bot.runner
+    mine = [request_id for request_id, job in list(runner.live.items()) if job.record.guild_id == guild_id]
+    for request_id in mine:
+        try:
+            await runner.cancel(request_id, by=REMOVED_BY)
+        except BotError as error:
+            log.warning("guild %s removed the bot: job %s was not cancelled: %s", guild_id, request_id, error)
+        except Exception:
+            log.exception("guild %s removed the bot: cancelling job %s failed", guild_id, request_id)
+    models = await bot.storage.guild_endpoints(guild_id)
+    for saved in models:
+        await bot.storage.delete_guild_endpoint(guild_id, saved.name)
+    log.info(
+        "guild %s removed the bot: %d job(s) cancelled, %d stored key(s) deleted", guild_id, len(mine), len(models)
+    )
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,13 @@ reply fits Discord's limits, and a server that removes the bot stops its jobs an
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
 import pytest
 
+from bot.config import Secret
 from doubles.discord import (
     DEFAULT_CHANNEL_ID,
     DEFAULT_GUILD_ID,
@@ -18,6 +20,8 @@ from doubles.discord import (
     UserSpec,
 )
 from doubles.harness import running_bot
+from doubles.runpod import Script
+from tests.conftest import ENDPOINT
 
 MANAGE_GUILD = 1 << 5
 ADMIN = UserSpec(id=DEFAULT_USER_ID + 900, username="admin", global_name="Admin")
@@ -148,3 +152,61 @@ async def test_keys_and_endpoint_ids_of_every_shape_runpod_gives_still_connect(h
         harness.runpod.endpoints.add(endpoint)
         reply = await submit_setup(harness, {"api_key": f" {key}\n", "endpoint_id": endpoint})
         assert reply.startswith(f"✅ Connected endpoint `{endpoint}` (sdxl) with key `…{key[-4:]}`.")
+
+
+# --- 5. a server that removes the bot -----------------------------------------------------------------------
+
+OTHER_KEY = "rpa_OTHER_GUILD_KEY_9876543210"
+
+
+async def eventually(check, timeout: float = 5.0) -> None:
+    """Wait until the async `check()` is true (the bot handles gateway events in tasks of its own)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_server_that_removes_the_bot_has_its_jobs_cancelled_and_its_keys_deleted(harness, caplog):
+    """Two servers with their own keys and a job each on RunPod. The other server becomes unavailable (an
+    outage): nothing changes for it. This server removes the bot: its job is cancelled on RunPod with its own
+    key, and both of its stored models are deleted; the other server's job and key are untouched."""
+    harness.runpod.api_keys.add(OTHER_KEY)
+    harness.runpod.default_script = lambda job_input: Script(queue_s=600)
+    for name in ("default", "turbo"):
+        await harness.bot.endpoints.connect(
+            DEFAULT_GUILD_ID, name, Secret(GUILD_KEY), GUILD_ENDPOINT, "sdxl", None, by=ADMIN.id
+        )
+    await harness.bot.endpoints.connect(OTHER_GUILD_ID, "default", Secret(OTHER_KEY), ENDPOINT, "sdxl", None, by=1)
+    ours = await harness.imagine("ours")
+    theirs = harness.discord.slash(
+        "imagine", {"prompt": "theirs"}, guild_id=OTHER_GUILD_ID, channel_id=OTHER_CHANNEL_ID
+    )
+    await harness.discord.send(theirs)
+    await harness.discord.wait_for(lambda: len(harness.runpod.jobs) == 2)
+    jobs = {job.input["prompt"]: job for job in harness.runpod.jobs.values()}
+    assert (jobs["ours"].api_key, jobs["theirs"].api_key) == (GUILD_KEY, OTHER_KEY)
+
+    with caplog.at_level(logging.INFO, logger="cogs.admin"):
+        await harness.discord.dispatch(
+            "GUILD_DELETE", {"id": str(OTHER_GUILD_ID), "unavailable": True}, guild_id=OTHER_GUILD_ID
+        )
+        await harness.discord.dispatch("GUILD_DELETE", {"id": str(DEFAULT_GUILD_ID)}, guild_id=DEFAULT_GUILD_ID)
+        await harness.discord.wait_for(lambda: harness.runpod.requests_for("cancel"))
+        await eventually(lambda: _no_models(harness, DEFAULT_GUILD_ID))
+    (cancel,) = harness.runpod.requests_for("cancel")
+    assert (cancel.job_id, cancel.endpoint_id) == (jobs["ours"].id, GUILD_ENDPOINT)
+    assert cancel.headers["Authorization"] == f"Bearer {GUILD_KEY}"
+    assert f"guild {DEFAULT_GUILD_ID} removed the bot: 1 job(s) cancelled, 2 stored key(s) deleted" in caplog.text
+    assert str(OTHER_GUILD_ID) not in caplog.text
+
+    # The server that was only unavailable keeps its key and its job, which is still followed.
+    assert [saved.name for saved in await harness.bot.storage.guild_endpoints(OTHER_GUILD_ID)] == ["default"]
+    (live,) = harness.bot.runner.live.values()
+    assert live.record.guild_id == OTHER_GUILD_ID
+    assert harness.runpod.requests_for("cancel", jobs["theirs"].id) == []
+    await harness.discord.wait_for(lambda: harness.title(ours) == "🚫 Cancelled")
+
+
+async def _no_models(harness, guild_id: int) -> bool:
+    return await harness.bot.storage.guild_endpoints(guild_id) == []
