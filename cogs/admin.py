@@ -106,9 +106,11 @@ class SetupModal(BoundForm):
             # Within the field's max_length and on one line, or Discord would refuse the prefilled form.
             typed = "".join(character for character in endpoint_id if character.isprintable())[:128]
             again = TryAgain(interaction, self.worker, self.name, typed, workflow)
-            again.message = await interaction.followup.send(refused.explanation, ephemeral=True, view=again, wait=True)
+            again.message = await interaction.followup.send(
+                fit(refused.explanation), ephemeral=True, view=again, wait=True
+            )
             return
-        await interaction.followup.send(reply, ephemeral=True)
+        await interaction.followup.send(fit(reply), ephemeral=True)
 
 
 class SetupRefused(BotError):
@@ -265,30 +267,42 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
         endpoints = self.bot.endpoints
         assert interaction.guild_id is not None
         models: list[str | None] = [saved.name for saved in await endpoints.models(interaction.guild_id)]
-        lines = []
+        blocks: list[str] = []
+        left_out: list[str] = []  # models past what one message holds: named, not checked
         for model in models or [None]:  # None: the operator's default endpoint
+            if left_out:
+                left_out.append(str(model))
+                continue
             try:
                 endpoint = await endpoints.for_guild(interaction.guild_id, model)
             except BotError as error:
-                await interaction.followup.send(error.explanation, ephemeral=True)
+                await interaction.followup.send(fit(error.explanation), ephemeral=True)
                 return
             owner = f"model “{model}”:" if model else "the bot operator's default endpoint:"
-            lines.append(
+            block = (
                 f"**{owner}** endpoint `{endpoint.endpoint_id}` (worker {endpoint.preset.name}), "
                 f"key `{endpoint.api_key.masked}`."
             )
             try:
-                lines.append(describe_health(await endpoints.client(endpoint).health()))
+                block += "\n" + describe_health(await endpoints.client(endpoint).health())
             except BotError as error:
-                lines.append(f"RunPod health check failed: {error.explanation}")
-        await interaction.followup.send("\n".join(lines), ephemeral=True)
+                block += f"\nRunPod health check failed: {error.explanation}"
+            last = model == models[-1] if models else True
+            room = MESSAGE_LIMIT - (0 if last else STATUS_TAIL)  # the last model needs no room for a tail
+            if len("\n".join([*blocks, block])) <= room:
+                blocks.append(block)
+            else:
+                left_out.append(str(model))
+        if left_out:
+            blocks.append(f"…and {plural(len(left_out), 'more model')}: {listing(tuple(left_out), STATUS_TAIL - 40)}.")
+        await interaction.followup.send(fit("\n".join(blocks)), ephemeral=True)
 
     @app_commands.command(name="remove", description="Disconnect this server's RunPod endpoint and forget its key")
     @app_commands.describe(name="Which model to remove (default: default)")
     async def remove(self, interaction: discord.Interaction[ImagineBot], name: str = DEFAULT_MODEL) -> None:
         assert interaction.guild_id is not None
         removed = await self.bot.endpoints.remove(interaction.guild_id, name.lower())
-        text = "Removed: the key is forgotten." if removed else f"This server has no model “{name}”."
+        text = "Removed: the key is forgotten." if removed else f"This server has no model “{name[:32]}”."
         await interaction.response.send_message(text, ephemeral=True)
 
     @app_commands.command(name="limits", description="Show or change this server's limits and quotas (0: no limit)")
@@ -353,7 +367,7 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
         else:  # only asked to see them
             head = ""
         text = "\n\n".join(part for part in (head, describe_limits(policy)) if part)
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.response.send_message(fit(text), ephemeral=True)
 
     @app_commands.command(name="moderation", description="Show or change which prompts this server refuses")
     @app_commands.describe(
@@ -388,7 +402,12 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
         if spoiler is not None:
             changes["spoiler_outside_nsfw"] = spoiler
         _, policy = await self._update_policy(interaction, changes)
-        await interaction.response.send_message(describe_moderation(policy), ephemeral=True)
+        text, whole = describe_moderation(policy)
+        if whole is None:
+            await interaction.response.send_message(text, ephemeral=True)
+        else:  # too long for one message: the lists in full in a file beside it
+            rules = discord.File(BytesIO(whole.encode()), filename=RULES_FILE)
+            await interaction.response.send_message(text, file=rules, ephemeral=True)
 
     @app_commands.command(name="usage", description="This server's use of its GPU in the last 30 days")
     async def usage(self, interaction: discord.Interaction[ImagineBot]) -> None:
@@ -518,18 +537,75 @@ def describe_limits(policy: GuildPolicy) -> str:
     )
 
 
-def describe_moderation(policy: GuildPolicy) -> str:
-    def listing(items: tuple[str, ...]) -> str:
-        return ", ".join(f"`{item}`" for item in items) or "none"
+RULE_LISTS = (
+    ("Refused words", "banned_words"),
+    ("Refused patterns", "banned_patterns"),
+    ("Only in NSFW channels", "nsfw_only_words"),
+)
+RULES_FILE = "moderation.txt"
 
-    return "\n".join(
-        [
-            f"Refused words: {listing(policy.banned_words)}",
-            f"Refused patterns: {listing(policy.banned_patterns)}",
-            f"Only in NSFW channels: {listing(policy.nsfw_only_words)}",
-            f"Spoilers outside NSFW channels: {'on' if policy.spoiler_outside_nsfw else 'off'}",
-        ]
-    )
+
+def describe_moderation(policy: GuildPolicy) -> tuple[str, str | None]:
+    """The rules in one message of at most MESSAGE_LIMIT characters, and, when the lists are too long for it (20
+    patterns of 200 characters are), the whole text for a file beside it (None when the message holds it all)."""
+    spoilers = f"Spoilers outside NSFW channels: {'on' if policy.spoiler_outside_nsfw else 'off'}"
+    lists = [(label, getattr(policy, rule)) for label, rule in RULE_LISTS]
+    whole = "\n".join([*(f"{label}: {listing(items)}" for label, items in lists), spoilers])
+    if len(whole) <= MESSAGE_LIMIT:
+        return whole, None
+    note = f"(Too long for one message: every rule is in {RULES_FILE}.)"
+    fixed = sum(len(f"{label}: ") for label, _ in lists) + len(spoilers) + len(note) + len(lists) + 1
+    budgets = fair_shares([len(listing(items)) for _, items in lists], MESSAGE_LIMIT - fixed)
+    shown = [f"{label}: {listing(items, budget)}" for (label, items), budget in zip(lists, budgets, strict=True)]
+    return "\n".join([*shown, spoilers, note]), whole
+
+
+MESSAGE_LIMIT = 2000  # Discord refuses a message whose content is longer: the reply would never arrive
+STATUS_TAIL = 300  # what `/runpod status` keeps free for naming the models it has no room to show
+
+
+def listing(items: tuple[str, ...], budget: int | None = None) -> str:
+    """`a`, `b`, `c` in at most `budget` characters: as many as fit, then "… and 3 more"."""
+    whole = ", ".join(f"`{item}`" for item in items) or "none"
+    if budget is None or len(whole) <= budget:
+        return whole
+    shown: list[str] = []
+    for item in items:
+        more = len(items) - len(shown) - 1
+        candidate = ", ".join([*shown, f"`{item}`"]) + (f" … and {more} more" if more else "")
+        if len(candidate) > budget:
+            break
+        shown.append(f"`{item}`")
+    if not shown:
+        return f"{len(items)}, too long to show here"
+    return ", ".join(shown) + f" … and {len(items) - len(shown)} more"
+
+
+def fair_shares(wanted: list[int], budget: int) -> list[int]:
+    """Split `budget` characters between texts that want `wanted` each: a short one gets all it wants, and what
+    it leaves is shared equally by the longer ones."""
+    shares = [0] * len(wanted)
+    pending = sorted(range(len(wanted)), key=lambda index: wanted[index])
+    left = budget
+    while pending:
+        equal = left // len(pending)
+        if wanted[pending[0]] > equal:
+            for index in pending:
+                shares[index] = equal
+            break
+        index = pending.pop(0)
+        shares[index] = wanted[index]
+        left -= wanted[index]
+    return shares
+
+
+def fit(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """The last guard of every admin reply: cut at a line (or at the limit) with "…", never a refused message."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    line_end = cut.rfind("\n")
+    return (cut[:line_end] if line_end > limit // 2 else cut) + "…"
 
 
 async def setup(bot: ImagineBot) -> None:

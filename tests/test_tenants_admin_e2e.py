@@ -11,6 +11,7 @@ import logging
 import pytest
 
 from bot.config import Secret
+from bot.policy import MAX_PATTERN_LENGTH
 from doubles.discord import (
     DEFAULT_CHANNEL_ID,
     DEFAULT_GUILD_ID,
@@ -210,3 +211,63 @@ async def test_a_server_that_removes_the_bot_has_its_jobs_cancelled_and_its_keys
 
 async def _no_models(harness, guild_id: int) -> bool:
     return await harness.bot.storage.guild_endpoints(guild_id) == []
+
+
+# --- 4. every admin reply fits Discord's limits -------------------------------------------------------------
+
+
+def pattern(n: int) -> str:
+    return f"p{n:02d}" + "a" * (MAX_PATTERN_LENGTH - 3)
+
+
+async def test_moderation_with_ten_long_patterns_still_answers_and_keeps_answering(harness):
+    """Each of ten patterns of 200 characters is added with a reply (past the sixth, the whole list is over
+    Discord's 2000 characters): every reply arrives, fits, and the full rules come beside it as a file."""
+    await private_reply(harness, await admin_command(harness, "moderation", ban="dragon"))
+    for n in range(10):
+        added = await admin_command(harness, "moderation", ban_pattern=pattern(n))
+        text = await private_reply(harness, added)
+        assert len(text) <= 2000
+        assert text.startswith("Refused words: `dragon`\nRefused patterns: `p00")
+    viewing = await admin_command(harness, "moderation")
+    text = await private_reply(harness, viewing)
+    assert len(text) <= 2000
+    assert "Refused patterns: `p00" in text and "… and " in text and " more\n" in text
+    assert "Spoilers outside NSFW channels: off\n(Too long for one message: every rule is in moderation.txt.)" in text
+    (message,) = [m for m in harness.discord.messages.values() if m.interaction_token == viewing.token]
+    (rules,) = message.attachments
+    assert rules.filename == "moderation.txt"
+    assert all(f"`{pattern(n)}`" in rules.data.decode() for n in range(10))
+    policy = await harness.bot.endpoints.policy(DEFAULT_GUILD_ID)
+    assert policy.banned_patterns == tuple(pattern(n) for n in range(10))
+
+    # An unban (copied from the file) still answers, and so does a short list, without a file.
+    for n in range(10):
+        await private_reply(harness, await admin_command(harness, "moderation", unban=pattern(n)))
+    short = await admin_command(harness, "moderation")
+    assert await private_reply(harness, short) == (
+        "Refused words: `dragon`\nRefused patterns: none\nOnly in NSFW channels: none\n"
+        "Spoilers outside NSFW channels: off"
+    )
+
+
+async def test_status_with_many_models_fits_one_message_and_names_the_rest(harness):
+    names = [f"model-{n:02d}-{'x' * 23}" for n in range(16)]
+    endpoint = "endpoint-" + "e" * 60
+    harness.runpod.endpoints.add(endpoint)
+    for name in names:
+        await harness.bot.endpoints.connect(DEFAULT_GUILD_ID, name, Secret(GUILD_KEY), endpoint, "sdxl", None, by=1)
+    status = await admin_command(harness, "status")
+    text = await private_reply(harness, status)
+    assert len(text) <= 2000
+    assert text.startswith(f"**model “{names[0]}”:** endpoint `{endpoint}` (worker sdxl), key `…6789`.\nWorkers:")
+    shown = [name for name in names if f"**model “{name}”:**" in text]
+    rest = names[len(shown) :]
+    assert shown == names[: len(shown)] and rest
+    assert f"…and {len(rest)} more models: `{rest[0]}`" in text
+    assert GUILD_KEY not in text
+
+
+async def test_removing_a_model_by_a_very_long_name_answers(harness):
+    remove = await admin_command(harness, "remove", name="n" * 3000)
+    assert await private_reply(harness, remove) == f"This server has no model “{'n' * 32}”."
