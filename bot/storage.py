@@ -568,6 +568,76 @@ class Storage:
             gpu_seconds_month=int(gpu_month_ms) / 1000,
         )
 
+    # --- the usage report (bot/usage.py): sums the database makes, never a month of rows in Python --------------
+
+    @_uninterruptible
+    async def usage_by_day(self, guild_id: int, first_day: date) -> list[tuple[date, int, int]]:
+        """(day, pictures, GPU ms) of each day since `first_day` that has any, from the per-day counters."""
+        query = (
+            sa.select(usage_days.c.day, sa.func.sum(usage_days.c.pictures), sa.func.sum(usage_days.c.gpu_ms))
+            .where(usage_days.c.guild_id == guild_id, usage_days.c.day >= first_day)
+            .group_by(usage_days.c.day)
+        )
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [(day, int(pictures), int(gpu_ms)) for day, pictures, gpu_ms in rows]
+
+    @_uninterruptible
+    async def usage_by_member(
+        self, guild_id: int, first_day: date, limit: int
+    ) -> tuple[int, list[tuple[int, int, int]]]:
+        """How many members made pictures since `first_day`, and (user id, pictures, GPU ms) of the `limit` who used
+        the most GPU time (then pictures), from the per-day counters."""
+        pictures, gpu_ms = sa.func.sum(usage_days.c.pictures), sa.func.sum(usage_days.c.gpu_ms)
+        members = (
+            sa.select(usage_days.c.user_id, pictures.label("pictures"), gpu_ms.label("gpu_ms"))
+            .where(usage_days.c.guild_id == guild_id, usage_days.c.day >= first_day)
+            .group_by(usage_days.c.user_id)
+            .having(pictures > 0)  # a member whose jobs all failed keeps a row of zeros
+        )
+        ranked = members.subquery()
+        async with self.engine.connect() as connection:
+            count = (await connection.execute(sa.select(sa.func.count()).select_from(ranked))).scalar_one()
+            rows = (
+                await connection.execute(
+                    sa.select(ranked.c.user_id, ranked.c.pictures, ranked.c.gpu_ms)
+                    .order_by(ranked.c.gpu_ms.desc(), ranked.c.pictures.desc(), ranked.c.user_id)
+                    .limit(limit)
+                )
+            ).all()
+        return int(count), [(user_id, int(made), int(ms)) for user_id, made, ms in rows]
+
+    @_uninterruptible
+    async def uncounted_pictures(self, guild_id: int, since: datetime) -> int:
+        """The pictures of the guild's jobs since a moment that do not count (failed, cancelled, ...): one sum."""
+        counted = [state.value for state in LedgerState if state.counted]
+        query = sa.select(sa.func.coalesce(sa.func.sum(jobs.c.pictures), 0)).where(
+            jobs.c.guild_id == guild_id, jobs.c.created_at >= since, jobs.c.state.not_in(counted)
+        )
+        async with self.engine.connect() as connection:
+            return int((await connection.execute(query)).scalar_one())
+
+    @_uninterruptible
+    async def member_names(self, guild_id: int, user_ids: Sequence[int], since: datetime) -> dict[int, str]:
+        """The name each of these members had on their latest counted job since a moment."""
+        if not user_ids:
+            return {}
+        counted = [state.value for state in LedgerState if state.counted]
+        latest = (
+            sa.select(sa.func.max(jobs.c.request_id))
+            .where(
+                jobs.c.guild_id == guild_id,
+                jobs.c.created_at >= since,
+                jobs.c.user_id.in_(list(user_ids)),
+                jobs.c.state.in_(counted),
+            )
+            .group_by(jobs.c.user_id)
+        )
+        query = sa.select(jobs.c.user_id, jobs.c.user_name).where(jobs.c.request_id.in_(latest.scalar_subquery()))
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return {user_id: name for user_id, name in rows}
+
     @_uninterruptible
     async def rebuild_usage(self) -> None:
         """Sum the per-day counters afresh from the ledger (for a ledger written behind the bot's back)."""

@@ -1,17 +1,20 @@
 """A guild's use of its GPU over the last 30 days: figures from the ledger (pictures, GPU seconds, cost), and a
-chart drawn with matplotlib."""
+chart drawn with matplotlib.
+
+The figures are sums the database makes (`read_figures`: the per-day counters, and one sum over the jobs that do
+not count), never a month of job rows summed in Python: a server with 200,000 jobs this month cannot hold the
+event loop, and every other server's commands, for seconds. The chart is drawn in a thread (`render_chart`)."""
 
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from io import BytesIO
 from typing import TYPE_CHECKING
 
 from bot.policy import GuildPolicy
-from bot.storage import JobRecord
+from bot.storage import Storage
 from bot.text import dollars, plural
 
 if TYPE_CHECKING:
@@ -36,11 +39,12 @@ class UsageReport:
     days: tuple[date, ...]
     pictures_by_day: tuple[int, ...]
     gpu_seconds_by_day: tuple[float, ...]
-    members: tuple[MemberUse, ...]  # most GPU time first
+    members: tuple[MemberUse, ...]  # most GPU time first, at most LISTED_MEMBERS
     total_pictures: int
     total_gpu_seconds: float
     not_counted: int  # pictures of failed and cancelled jobs: free for the member, shown for the admin
     cost: float | None
+    member_count: int = 0  # every member who made pictures in these days, listed or not
 
     def summary(self) -> str:
         cost = f", estimated cost {dollars(self.cost)}" if self.cost is not None else ""
@@ -58,8 +62,9 @@ class UsageReport:
                 lines.append(
                     f"• {member.name[:32]}: {plural(member.pictures, 'picture')}, {gpu_time(member.gpu_seconds)}{cost}"
                 )
-            if len(self.members) > LISTED_MEMBERS:
-                lines.append(f"…and {plural(len(self.members) - LISTED_MEMBERS, 'more member')}.")
+            listed = min(len(self.members), LISTED_MEMBERS)
+            if self.member_count > listed:
+                lines.append(f"…and {plural(self.member_count - listed, 'more member')}.")
         return "\n".join(lines)
 
 
@@ -69,45 +74,72 @@ def gpu_time(seconds: float) -> str:
     return plural(seconds, "GPU second", shown)
 
 
-def build_report(records: list[JobRecord], now: datetime, policy: GuildPolicy) -> UsageReport:
-    first = (now - timedelta(days=DAYS - 1)).date()
+@dataclass(frozen=True)
+class MemberTotal:
+    user_id: int
+    name: str
+    pictures: int
+    gpu_ms: int
+
+
+@dataclass(frozen=True)
+class UsageFigures:
+    """What a report is made of, as the database sums it: a few dozen numbers, whatever the ledger's length."""
+
+    by_day: dict[date, tuple[int, int]]  # day (UTC) -> (pictures, GPU ms), for the days that have any
+    members: tuple[MemberTotal, ...]  # the LISTED_MEMBERS who used the most GPU time
+    member_count: int  # every member who made pictures in these days
+    not_counted: int  # pictures of jobs that failed or were cancelled
+
+
+def first_day(now: datetime) -> date:
+    """The first of the report's DAYS days, the last being today (UTC, as the per-day counters count)."""
+    return (now.astimezone(UTC) - timedelta(days=DAYS - 1)).date()
+
+
+async def read_figures(storage: Storage, guild_id: int, now: datetime) -> UsageFigures:
+    """The report's figures for the DAYS days up to `now`: four aggregate queries, no job row read into Python."""
+    first = first_day(now)
+    since = datetime.combine(first, time(), tzinfo=UTC)
+    by_day = await storage.usage_by_day(guild_id, first)
+    member_count, top = await storage.usage_by_member(guild_id, first, LISTED_MEMBERS)
+    names = await storage.member_names(guild_id, [user_id for user_id, _, _ in top], since)
+    return UsageFigures(
+        by_day={day: (pictures, gpu_ms) for day, pictures, gpu_ms in by_day},
+        members=tuple(
+            MemberTotal(user_id, names.get(user_id, f"user {user_id}"), pictures, gpu_ms)
+            for user_id, pictures, gpu_ms in top
+        ),
+        member_count=member_count,
+        not_counted=await storage.uncounted_pictures(guild_id, since),
+    )
+
+
+def build_report(figures: UsageFigures, now: datetime, policy: GuildPolicy) -> UsageReport:
+    """The report of these figures: arithmetic on a few dozen numbers, cheap enough for the event loop."""
+    first = first_day(now)
     days = tuple(first + timedelta(days=offset) for offset in range(DAYS))
-    pictures: dict[date, int] = defaultdict(int)
-    seconds: dict[date, float] = defaultdict(float)
-    member_pictures: dict[int, int] = defaultdict(int)
-    member_seconds: dict[int, float] = defaultdict(float)
-    names: dict[int, str] = {}
-    not_counted = 0
-    for record in records:
-        if record.created_at is None or record.created_at.date() < first:
-            continue
-        if not record.state.counted:
-            not_counted += record.pictures
-            continue
-        day, gpu = record.created_at.date(), (record.execution_ms or 0) / 1000
-        pictures[day] += record.pictures
-        seconds[day] += gpu
-        member_pictures[record.user_id] += record.pictures
-        member_seconds[record.user_id] += gpu
-        names[record.user_id] = record.user_name
+    by_day = [figures.by_day.get(day, (0, 0)) for day in days]
     price = policy.gpu_price_per_second or None
     members = sorted(
         (
-            MemberUse(names[user], member_pictures[user], gpu, gpu * price if price else None)
-            for user, gpu in member_seconds.items()
+            MemberUse(member.name, member.pictures, gpu, gpu * price if price else None)
+            for member in figures.members
+            for gpu in (member.gpu_ms / 1000,)
         ),
         key=lambda member: (-member.gpu_seconds, -member.pictures, member.name),
     )
-    total_gpu = sum(seconds.values())
+    total_gpu = sum(gpu_ms for _, gpu_ms in by_day) / 1000
     return UsageReport(
         days=days,
-        pictures_by_day=tuple(pictures[day] for day in days),
-        gpu_seconds_by_day=tuple(round(seconds[day], 3) for day in days),
+        pictures_by_day=tuple(pictures for pictures, _ in by_day),
+        gpu_seconds_by_day=tuple(round(gpu_ms / 1000, 3) for _, gpu_ms in by_day),
         members=tuple(members),
-        total_pictures=sum(pictures.values()),
+        total_pictures=sum(pictures for pictures, _ in by_day),
         total_gpu_seconds=total_gpu,
-        not_counted=not_counted,
+        not_counted=figures.not_counted,
         cost=total_gpu * price if price else None,
+        member_count=figures.member_count,
     )
 
 

@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import re
 from dataclasses import dataclass
-from datetime import timedelta
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +31,7 @@ from bot.presets import PRESETS
 from bot.replies import explain, reply_privately
 from bot.runpod import Health
 from bot.text import dollars, health_text, number, plural
-from bot.usage import DAYS, build_report, render_chart
+from bot.usage import build_report, read_figures, render_chart
 
 if TYPE_CHECKING:
     from bot.bot import ImagineBot
@@ -414,11 +413,12 @@ class RunPodCommands(commands.GroupCog, group_name="runpod", group_description="
         assert interaction.guild_id is not None
         await interaction.response.defer(ephemeral=True, thinking=True)
         now = self.bot.now()
-        records = await self.bot.storage.guild_jobs_since(interaction.guild_id, now - timedelta(days=DAYS))
-        report = build_report(records, now, await self.bot.endpoints.policy(interaction.guild_id))
+        # Sums made by the database, never the month's job rows (bot/usage.py); the chart is drawn in a thread.
+        figures = await read_figures(self.bot.storage, interaction.guild_id, now)
+        report = build_report(figures, now, await self.bot.endpoints.policy(interaction.guild_id))
         chart = await asyncio.to_thread(render_chart, report)
         await interaction.followup.send(
-            report.summary(), file=discord.File(BytesIO(chart), filename="usage.png"), ephemeral=True
+            fit(report.summary()), file=discord.File(BytesIO(chart), filename="usage.png"), ephemeral=True
         )
 
     @commands.Cog.listener()

@@ -7,11 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from bot.config import Secret
 from bot.policy import MAX_PATTERN_LENGTH
+from bot.storage import jobs
+from bot.usage import gpu_time
 from doubles.discord import (
     DEFAULT_CHANNEL_ID,
     DEFAULT_GUILD_ID,
@@ -20,7 +25,7 @@ from doubles.discord import (
     GuildSpec,
     UserSpec,
 )
-from doubles.harness import running_bot
+from doubles.harness import fast_options, running_bot
 from doubles.runpod import Script
 from tests.conftest import ENDPOINT
 
@@ -184,7 +189,10 @@ async def test_a_server_that_removes_the_bot_has_its_jobs_cancelled_and_its_keys
         "imagine", {"prompt": "theirs"}, guild_id=OTHER_GUILD_ID, channel_id=OTHER_CHANNEL_ID
     )
     await harness.discord.send(theirs)
-    await harness.discord.wait_for(lambda: len(harness.runpod.jobs) == 2)
+    # Both on RunPod, and known to be (a cancel in the moment between RunPod taking a job and the bot recording
+    # its id is the job runner's own affair, bot/jobs.py).
+    live = harness.bot.runner.live
+    await harness.discord.wait_for(lambda: len(live) == 2 and all(job.record.runpod_job_ids for job in live.values()))
     jobs = {job.input["prompt"]: job for job in harness.runpod.jobs.values()}
     assert (jobs["ours"].api_key, jobs["theirs"].api_key) == (GUILD_KEY, OTHER_KEY)
 
@@ -203,10 +211,10 @@ async def test_a_server_that_removes_the_bot_has_its_jobs_cancelled_and_its_keys
 
     # The server that was only unavailable keeps its key and its job, which is still followed.
     assert [saved.name for saved in await harness.bot.storage.guild_endpoints(OTHER_GUILD_ID)] == ["default"]
-    (live,) = harness.bot.runner.live.values()
-    assert live.record.guild_id == OTHER_GUILD_ID
+    await harness.discord.wait_for(lambda: harness.title(ours) == "🚫 Cancelled" and len(live) == 1)
+    (still,) = live.values()
+    assert still.record.guild_id == OTHER_GUILD_ID
     assert harness.runpod.requests_for("cancel", jobs["theirs"].id) == []
-    await harness.discord.wait_for(lambda: harness.title(ours) == "🚫 Cancelled")
 
 
 async def _no_models(harness, guild_id: int) -> bool:
@@ -271,3 +279,82 @@ async def test_status_with_many_models_fits_one_message_and_names_the_rest(harne
 async def test_removing_a_model_by_a_very_long_name_answers(harness):
     remove = await admin_command(harness, "remove", name="n" * 3000)
     assert await private_reply(harness, remove) == f"This server has no model “{'n' * 32}”."
+
+
+# --- 1. /runpod usage on a long ledger ----------------------------------------------------------------------
+
+NOW = datetime(2026, 11, 22, 15, 0, tzinfo=UTC)
+LEDGER_ROWS = 20_000
+
+
+def ledger_rows(count: int) -> list[dict]:
+    """A busy month and a half of jobs (seeded): this server's and another's, most delivered, some failed or
+    cancelled, some before the report's 30 days."""
+    rng = random.Random(21)
+    rows = []
+    for n in range(count):
+        user = rng.randrange(15)
+        created = NOW - timedelta(seconds=rng.randrange(45 * 24 * 3600))
+        rows.append(
+            dict(
+                request_id=10_000 + n, guild_id=DEFAULT_GUILD_ID if n % 10 else OTHER_GUILD_ID,
+                channel_id=DEFAULT_CHANNEL_ID, user_id=DEFAULT_USER_ID + user, user_name=f"Member {user}",
+                params={"prompt": "x"}, endpoint_id=ENDPOINT, worker="sdxl", key_source="default",
+                state=rng.choice(["delivered"] * 8 + ["failed", "cancelled"]), execution_ms=rng.randrange(500, 9000),
+                pictures=rng.randint(1, 4), created_at=created, updated_at=created,
+            )
+        )  # fmt: skip
+    return rows
+
+
+async def usage_reply(harness) -> str:
+    usage = await admin_command(harness, "usage")
+    await harness.discord.wait_for(lambda: harness.discord.calls_for("followup", usage.token), timeout=30)
+    (reply,) = harness.discord.calls_for("followup", usage.token)
+    assert len(reply.files) == 1  # the chart
+    return reply.json["content"]
+
+
+async def test_usage_on_a_long_ledger_reads_sums_never_the_months_rows(runpod, database_url):
+    """20,000 job rows: the report is right, no job row is loaded for it (the rows' own pictures and GPU time can
+    be rewritten behind the bot's back and the counted figures stay the counters'), and the uncounted figure is
+    one sum over the ledger."""
+    async with running_bot(runpod, database_url=database_url, options=fast_options(clock=lambda: NOW)) as harness:
+        storage = harness.bot.storage
+        rows = ledger_rows(LEDGER_ROWS)
+        async with storage.engine.begin() as connection:
+            await connection.execute(sa.insert(jobs), rows)
+        await storage.rebuild_usage()
+        loaded: list[int] = []
+        rows_of_guild = storage.guild_jobs_since
+
+        async def counted_load(guild_id, since):
+            loaded.append(guild_id)
+            return await rows_of_guild(guild_id, since)
+
+        storage.guild_jobs_since = counted_load  # what the report must not call: it loads a month of rows
+
+        first = datetime.combine((NOW - timedelta(days=29)).date(), datetime.min.time(), tzinfo=UTC)
+        ours = [row for row in rows if row["guild_id"] == DEFAULT_GUILD_ID and row["created_at"] >= first]
+        counted = [row for row in ours if row["state"] == "delivered"]
+        pictures = sum(row["pictures"] for row in counted)
+        gpu_seconds = sum(row["execution_ms"] for row in counted) / 1000
+        by_member = {}
+        for row in counted:
+            by_member[row["user_name"]] = by_member.get(row["user_name"], 0) + row["execution_ms"]
+        top = max(by_member, key=by_member.get)
+        uncounted = sum(row["pictures"] for row in ours if row["state"] != "delivered")
+
+        text = await usage_reply(harness)
+        assert text.startswith(f"Last 30 days: {pictures:,} pictures, {gpu_time(gpu_seconds)}.\n")
+        assert f"Failed or cancelled (not counted): {uncounted:,} pictures.\n" in text
+        assert f"By member:\n• {top}: " in text
+        assert text.endswith("…and 5 more members.")
+
+        # The ledger's rows rewritten behind the bot's back, its counters not: the counted figures do not move.
+        async with storage.engine.begin() as connection:
+            await connection.execute(
+                sa.update(jobs).where(jobs.c.state == "delivered").values(pictures=1, execution_ms=1)
+            )
+        assert await usage_reply(harness) == text
+        assert loaded == []

@@ -1,4 +1,5 @@
-"""The usage report: pictures (not jobs), cents, per-member figures, and its matplotlib chart."""
+"""The usage report: pictures (not jobs), cents, per-member figures, and its matplotlib chart; its figures as the
+database sums them (SQLite and PostgreSQL), from a ledger written as the bot writes it."""
 
 from __future__ import annotations
 
@@ -11,25 +12,31 @@ from PIL import Image
 
 from bot.lifecycle import LedgerState
 from bot.policy import GuildPolicy
-from bot.storage import JobRecord, KeySource
+from bot.storage import JobRecord, KeySource, Storage
 from bot.usage import (
     DAY_AXIS,
     HEIGHT,
     LISTED_MEMBERS,
     WIDTH,
+    UsageReport,
     build_report,
     chart_figure,
     dollars,
     gpu_time,
+    read_figures,
     render_chart,
 )
 
 NOW = datetime(2026, 11, 22, 15, 0, tzinfo=UTC)
+GUILD = 7
 
 
-def job(request_id: int, user: int, count: int, state: LedgerState, run_ms: int | None, days_ago: int = 0) -> JobRecord:
-    return JobRecord(
+def job(
+    request_id: int, user: int, count: int, state: LedgerState, run_ms: int | None, days_ago: int = 0, **changes
+) -> JobRecord:
+    values = dict(
         request_id=request_id,
+        guild_id=GUILD,
         channel_id=1,
         user_id=user,
         user_name=f"Member {user}",
@@ -41,6 +48,23 @@ def job(request_id: int, user: int, count: int, state: LedgerState, run_ms: int 
         execution_ms=run_ms,
         created_at=NOW - timedelta(days=days_ago),
     )
+    return JobRecord(**(values | changes))
+
+
+async def report_of(url: str, records: list[JobRecord], policy: GuildPolicy) -> UsageReport:
+    """The report of a ledger written as the bot writes it (so the per-day counters are kept with it)."""
+    storage = await Storage.open(url)
+    try:
+        for record in records:
+            assert await storage.record_job(record)
+        return build_report(await read_figures(storage, GUILD, NOW), NOW, policy)
+    finally:
+        await storage.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/usage.db"
 
 
 LEDGER = [
@@ -53,8 +77,8 @@ LEDGER = [
 ]
 
 
-def test_the_report_counts_pictures_per_day_and_member_with_costs():
-    report = build_report(LEDGER, NOW, GuildPolicy(gpu_price_per_second=0.0005))
+async def test_the_report_counts_pictures_per_day_and_member_with_costs(database_url):
+    report = await report_of(database_url, LEDGER, GuildPolicy(gpu_price_per_second=0.0005))
     assert (report.total_pictures, report.not_counted) == (7, 5)
     assert report.total_gpu_seconds == pytest.approx(21.5)
     assert report.days[-1] == NOW.date() and len(report.days) == 30
@@ -74,9 +98,9 @@ def test_the_report_counts_pictures_per_day_and_member_with_costs():
     )
 
 
-def test_without_a_price_no_cost_is_made_up_and_the_admin_learns_how_to_set_one():
+async def test_without_a_price_no_cost_is_made_up_and_the_admin_learns_how_to_set_one(database_url):
     records = [job(n, n, 1, LedgerState.COMPLETED, 1000) for n in range(1, LISTED_MEMBERS + 3)]
-    text = build_report(records, NOW, GuildPolicy()).summary()
+    text = (await report_of(database_url, records, GuildPolicy())).summary()
     assert text.startswith(f"Last 30 days: {LISTED_MEMBERS + 2} pictures, {LISTED_MEMBERS + 2} GPU seconds.\n")
     assert "$" not in text.replace("`/runpod limits gpu_price_per_second`", "")
     assert "/runpod limits gpu_price_per_second" in text
@@ -101,8 +125,8 @@ def test_gpu_time_reads_as_seconds(seconds, shown):
     assert gpu_time(seconds) == shown
 
 
-def test_the_chart_labels_both_axes_and_draws_the_day_label_inside_the_picture():
-    report = build_report(LEDGER, NOW, GuildPolicy())
+async def test_the_chart_labels_both_axes_and_draws_the_day_label_inside_the_picture(sqlite_url):
+    report = await report_of(sqlite_url, LEDGER, GuildPolicy())
     figure = chart_figure(report)
     labels = [(axes.get_xlabel(), axes.get_ylabel()) for axes in figure.axes]
     assert ("", "Pictures") in labels
@@ -128,8 +152,28 @@ def test_the_chart_labels_both_axes_and_draws_the_day_label_inside_the_picture()
         assert rgb.getpixel((2, 2)) == (0x31, 0x33, 0x38)  # Discord's dark background
 
 
-def test_an_empty_month_still_makes_a_chart():
-    report = build_report([], NOW, GuildPolicy())
+async def test_an_empty_month_still_makes_a_chart(sqlite_url):
+    report = await report_of(sqlite_url, [], GuildPolicy())
     assert report.summary().startswith("Last 30 days: 0 pictures, 0 GPU seconds.\n")
     with Image.open(BytesIO(render_chart(report))) as image:
         assert image.size == (WIDTH, HEIGHT)
+
+
+async def test_members_are_ranked_by_the_database_and_named_by_their_latest_job(database_url):
+    """The member list is the LISTED_MEMBERS who used the most GPU time, counted beyond them; a member is named as on
+    their latest counted job; a member whose jobs all failed is not listed; another server's jobs never count."""
+    records = [
+        job(1, 1, 1, LedgerState.COMPLETED, 5_000, days_ago=2, user_name="Old name"),
+        job(2, 1, 1, LedgerState.DELIVERED, 5_000, user_name="New name"),
+        job(3, 1, 1, LedgerState.FAILED, 900, user_name="Failed name"),  # not counted: not where the name is read
+        job(4, 2, 4, LedgerState.FAILED, 900),
+        *(job(10 + n, 10 + n, 1, LedgerState.COMPLETED, 1000 + n) for n in range(LISTED_MEMBERS + 2)),
+        job(99, 1, 4, LedgerState.COMPLETED, 60_000, guild_id=GUILD + 1),
+    ]
+    report = await report_of(database_url, records, GuildPolicy())
+    assert report.member_count == LISTED_MEMBERS + 3
+    assert [member.name for member in report.members[:3]] == ["New name", "Member 21", "Member 20"]
+    assert len(report.members) == LISTED_MEMBERS
+    assert "Member 2" not in [member.name for member in report.members]
+    assert (report.total_pictures, report.not_counted) == (2 + LISTED_MEMBERS + 2, 5)
+    assert report.summary().endswith("…and 3 more members.")
