@@ -25,6 +25,7 @@ log = logging.getLogger("bot")
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
+RUNPOD_CONNECTIONS = 100  # aiohttp's default pool, made explicit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,13 +51,19 @@ async def run_bot(settings: Settings, *, sync_only: bool = False) -> None:
     if settings.runpod_local:
         log.warning("%s", LOCAL_MODE_NOTE.format(url=settings.runpod_api_url))
     storage = await Storage.open(settings.database_url.reveal())
-    async with aiohttp.ClientSession() as session, ImageFetcher() as fetcher:
+    # The pool every RunPod request draws from; one API key may hold a quarter of it (`RunPodContext.key_requests`).
+    connector = aiohttp.TCPConnector(limit=RUNPOD_CONNECTIONS)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        ImageFetcher(memory=settings.picture_memory) as fetcher,
+    ):
         runpod = RunPodContext(session, fetcher, api_url=settings.runpod_api_url, local=settings.runpod_local)
         bot = make_bot(settings, storage=storage, runpod=runpod)
         loop = asyncio.get_running_loop()
 
         def on_signal(name: str) -> None:
             log.info("%s received: closing", name)
+            runpod.drop_picture_work()  # no queued picture may hold up the exit
             tasks.spawn(bot.close(), name=f"close on {name}")
 
         for sig in (signal.SIGTERM, signal.SIGINT):

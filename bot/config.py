@@ -20,6 +20,7 @@ from cryptography.fernet import Fernet
 from dotenv import find_dotenv, load_dotenv
 
 from bot.errors import ConfigError
+from bot.images import PICTURE_MEMORY
 from bot.presets import PRESETS
 from bot.text import printable
 
@@ -29,6 +30,8 @@ LOCAL_ENDPOINT = "local"
 DEFAULT_DATABASE_URL = "sqlite:///data/bot.db"
 _DATABASE_SCHEMES = ("sqlite", "postgres", "postgresql")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_MB = 1024 * 1024
+MIN_PICTURE_MEMORY_MB = 32  # under this, an ordinary SDXL picture could not be re-encoded to fit an upload
 # The variables whose values are secrets: never in a log line or in `python -m bot check`'s report.
 # BOT_ENCRYPTION_KEY may list several keys; of DATABASE_URL, the password is what matters.
 SECRET_VARIABLES = ("DISCORD_TOKEN", "RUNPOD_API_KEY", "RUNPOD_KEY", "BOT_ENCRYPTION_KEY", "DATABASE_URL")
@@ -69,6 +72,8 @@ class Settings:
     shard_count: int | None = None  # sharded over several processes when set
     shard_ids: tuple[int, ...] | None = None  # this process's shards; all of them when unset
     log_level: str = "INFO"
+    # PICTURE_MEMORY_MB: what the pictures being decoded or re-encoded at once may take together (bot/images.py)
+    picture_memory: int = PICTURE_MEMORY
 
     @property
     def secrets(self) -> tuple[Secret, ...]:
@@ -127,6 +132,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         guild_ids=_guild_ids(env.get("DISCORD_GUILD_IDS", "")),
         **_shards(env.get("SHARD_COUNT"), env.get("SHARD_IDS")),
         log_level=_log_level(env.get("LOG_LEVEL", "INFO")),
+        picture_memory=_picture_memory(env.get("PICTURE_MEMORY_MB")),
     )
 
 
@@ -219,6 +225,16 @@ def _shards(count: str | None, ids: str | None) -> dict[str, Any]:
     if not all(part.isdigit() and int(part) < total for part in parts):
         raise ConfigError(f"SHARD_IDS must be comma-separated shard numbers from 0 to {total - 1}, not {ids!r}")
     return {"shard_count": total, "shard_ids": tuple(sorted({int(part) for part in parts}))}
+
+
+def _picture_memory(value: str | None) -> int:
+    if value is None:
+        return PICTURE_MEMORY
+    if not value.isdigit() or int(value) < MIN_PICTURE_MEMORY_MB:
+        raise ConfigError(
+            f"PICTURE_MEMORY_MB must be a whole number of megabytes, at least {MIN_PICTURE_MEMORY_MB}, not {value!r}"
+        )
+    return int(value) * _MB
 
 
 def _log_level(value: str) -> str:

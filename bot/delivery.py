@@ -52,10 +52,16 @@ def reencoding_bytes(pictures: Sequence[tuple[int, int, int]], *, per_file_limit
 
 
 async def fit_within(
-    budget: MemoryBudget, pictures: Sequence[DecodedImage], *, per_file_limit: int, stem: str, job_id: str
+    budget: MemoryBudget,
+    pictures: Sequence[DecodedImage],
+    *,
+    per_file_limit: int,
+    stem: str,
+    job_id: str,
+    tenant: object = None,
 ) -> list[Upload]:
-    """`fit_for_upload` on the pictures' thread, its memory held from the bot's budget for pictures; an
-    `OutputError` when re-encoding them to fit would take more than the whole budget."""
+    """`fit_for_upload` on the pictures' thread in `tenant`'s turn (the job's guild), its memory held from the bot's
+    budget for pictures; an `OutputError` when re-encoding them to fit would take more than the whole budget."""
     needed = reencoding_bytes([(len(p.png), p.width, p.height) for p in pictures], per_file_limit=per_file_limit)
     if needed > budget.limit:
         raise OutputError(
@@ -65,7 +71,8 @@ async def fit_within(
             job_id,
         )
     pngs = [picture.png for picture in pictures]
-    return await budget.run(needed, functools.partial(fit_for_upload, pngs, per_file_limit=per_file_limit, stem=stem))
+    fit = functools.partial(fit_for_upload, pngs, per_file_limit=per_file_limit, stem=stem)
+    return await budget.run(needed, fit, tenant=tenant)
 
 
 def fit_for_upload(pngs: list[bytes], *, per_file_limit: int, stem: str) -> list[Upload]:

@@ -7,14 +7,15 @@ whose message says what happened. How often it polls is `bot.polling`'s business
 Everything jobs share on RunPod lives in one `RunPodContext`, built once by `python -m bot` and by
 `generate` (tests build their own): the HTTP session, the API root, the rate limiters, what each
 endpoint's jobs taught about their timing, and the turns for checking pictures. Finished pictures are read
-and checked a few at a time (`RunPodContext.picture_turns`), so a flood of finishes queues fairly instead
-of filling the memory.
+and checked a few at a time (`RunPodContext.picture_turns`), each server in its turn, so a flood of finishes
+queues fairly instead of filling the memory or holding every connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import re
 import time
@@ -40,7 +41,7 @@ from bot.errors import (
     RunPodUnavailable,
     RunPodUnsupported,
 )
-from bot.images import DecodedImage, ImageFetcher
+from bot.images import DecodedImage, FairTurns, ImageFetcher
 from bot.params import GenerationParams
 from bot.polling import Cadence, EndpointStats, PollPolicy
 from bot.presets import WorkerPreset
@@ -96,6 +97,10 @@ LOCAL_MODE_NOTE = (
     "job runs inside its status request, and jobs cannot be cancelled there"
 )
 _LARGE_ANSWER = 256 * 1024  # bytes; status answers without a picture are a few hundred
+# How many requests one API key may have in flight at once, as a share of the session's pooled connections (100 by
+# default, bot/__main__.py): a server whose jobs all finish together leaves the others three quarters of them.
+_KEY_SHARE = 4
+_KEY_REQUESTS = 25  # when the session's pool has no limit
 
 
 class RunPodContext:
@@ -104,9 +109,13 @@ class RunPodContext:
 
     `picture_turns` is how many answers carrying pictures are read and checked at once: an answer is megabytes
     (up to `max_answer_bytes`, twice that while it is parsed), so when more jobs finish at once, the others wait
-    for a turn, first come first served, with their answers still unread in their sockets. Two by default: the
-    pictures are checked on one thread (`ImageFetcher.budget`), so one answer is checked while the next is read,
-    and more turns would only hold more answers in memory."""
+    for a turn, served round-robin by server (`FairTurns`), holding no connection while they wait: an answer that
+    turns out large when no turn is free is left unread (its connection closed) and asked for again once its turn
+    has come. Two by default: the pictures are checked on one thread (`ImageFetcher.budget`), so one answer is
+    checked while the next is read, and more turns would only hold more answers in memory.
+
+    `key_requests` is how many requests one API key may have in flight at once (a quarter of the session's pool by
+    default), so one server's flood never takes every pooled connection from the others."""
 
     def __init__(
         self,
@@ -121,13 +130,17 @@ class RunPodContext:
         max_answer_bytes: int = MAX_ANSWER_BYTES,
         local: bool = False,
         health_ttl: float = 5.0,
+        key_requests: int | None = None,
     ) -> None:
         self.session = session
         self.local = local  # RunPod's local test server (`python handler.py --rp_serve_api`)
         self.fetcher = fetcher
         self.api_url = api_url
         self.limiters = limiters or RateLimiters()
-        self.picture_turns = asyncio.Semaphore(picture_turns or 2)
+        self.picture_turns = FairTurns(picture_turns or 2)
+        pool = session.connector.limit if session.connector is not None else 0
+        self.key_requests = key_requests or (max(1, pool // _KEY_SHARE) if pool else _KEY_REQUESTS)
+        self._key_slots: dict[str, asyncio.Semaphore] = {}  # by a digest of the key, never the key
         self._retry = retry
         self._request_timeout = request_timeout
         self.max_answer_bytes = max_answer_bytes
@@ -136,6 +149,10 @@ class RunPodContext:
         self._health: dict[tuple[str, str], tuple[float, asyncio.Future[Health | None]]] = {}  # by client identity
 
     def client(self, api_key: Secret, endpoint_id: str) -> RunPodClient:
+        digest = hashlib.sha256(api_key.reveal().encode()).hexdigest()
+        slots = self._key_slots.get(digest)
+        if slots is None:
+            slots = self._key_slots[digest] = asyncio.Semaphore(self.key_requests)
         return RunPodClient(
             self.session,
             api_key=api_key,
@@ -146,7 +163,16 @@ class RunPodContext:
             limiters=self.limiters,
             max_answer_bytes=self.max_answer_bytes,
             local=self.local,
+            slots=slots,
         )
+
+    def drop_picture_work(self) -> None:
+        """At shutdown: every job waiting for a picture turn, and every picture waiting for the pictures' thread, is
+        cancelled at once (the ledger keeps what they were waiting for, for the next run); a picture being worked on
+        ends on its own. Nothing later gets a turn."""
+        turns = self.picture_turns.close()
+        work = self.fetcher.budget.close()
+        log.info("shutting down: %d picture turn(s) and %d picture work(s) waiting were dropped", turns, work)
 
     async def health(self, client: RunPodClient) -> Health | None:
         """The endpoint's `/health` as RunPod reports it, None when it fails. One answer serves every job of the
@@ -175,17 +201,35 @@ class RunPodContext:
         return stats
 
 
-class _Turn:
-    """One poll's claim on a picture turn, taken only if its answer turns out to be large."""
+class _TurnBusy(Exception):
+    """A large answer arrived while every picture turn was taken: left unread (its connection let go) until one is."""
 
-    def __init__(self, turns: asyncio.Semaphore) -> None:
+
+class _Turn:
+    """One poll's claim on a picture turn, taken only if its answer turns out to be large. A large answer is read
+    only with a turn in hand: when none is free at once it is left unread (`_TurnBusy`), so no pooled connection is
+    held while waiting, and the job waits for its turn (`wait`, round-robin by tenant) and asks again."""
+
+    def __init__(self, turns: FairTurns, tenant: object, *, wait_in_socket: bool = False) -> None:
         self._turns = turns
+        self._tenant = tenant
         self._held = False
+        self._wait_in_socket = wait_in_socket  # RunPod's local test server gives a result once: never ask again
 
     async def admit(self, size: int) -> None:
-        """`RunPodClient`'s admit hook: a large answer stays unread until it may be checked."""
-        if not self._held and not 0 <= size < _LARGE_ANSWER:
-            await self._turns.acquire()
+        """`RunPodClient`'s admit hook: a large answer is read only with a turn in hand."""
+        if self._held or 0 <= size < _LARGE_ANSWER:
+            return
+        if self._wait_in_socket:
+            await self.wait()
+        elif self._turns.try_acquire():
+            self._held = True
+        else:
+            raise _TurnBusy
+
+    async def wait(self) -> None:
+        if not self._held:
+            await self._turns.acquire(self._tenant)
             self._held = True
 
     def release(self) -> None:
@@ -227,6 +271,7 @@ async def follow_job(
     stats: EndpointStats | None = None,
     submitted: JobStatus | None = None,
     submitted_at: float | None = None,
+    tenant: object = None,
 ) -> AsyncIterator[JobUpdate | JobResult]:
     """Poll one job until it ends. With `timeout`, a job still unfinished then is cancelled on RunPod: the
     deadline bounds the whole wait, a request in flight included. Until then an outage (5xx, 429, dropped
@@ -236,7 +281,8 @@ async def follow_job(
     `submitted` is RunPod's answer to `/run`, just received: it stands for the first poll, so the job is
     not asked at once what it has just said. `stats` defaults to what the context learned of the endpoint.
     `submitted_at` (on `clock`) matters when resuming a job submitted a while ago; by default the first poll
-    is taken as its submission."""
+    is taken as its submission. `tenant` (the job's guild; None for the terminal) is whose turn reading and
+    checking its pictures takes: servers are served round-robin."""
     poll = poll or PollPolicy()
     cadence = Cadence(poll, context.stats(client.endpoint_id) if stats is None else stats, submitted_at)
     deadline = clock() + timeout if timeout is not None else None
@@ -247,12 +293,17 @@ async def follow_job(
         if in_hand is not None:
             status, sent, in_hand = in_hand, clock(), None
         else:
-            turn = _Turn(context.picture_turns)
+            turn = _Turn(context.picture_turns, tenant, wait_in_socket=client.local)
             try:
                 sent = clock()
                 try:
                     async with asyncio.timeout(None if deadline is None else max(0.0, deadline - clock())):
-                        status = await client.status(job_id, admit=turn.admit)
+                        try:
+                            status = await client.status(job_id, admit=turn.admit)
+                        except _TurnBusy:  # its pictures are in: wait for a turn with no connection held, then read
+                            await turn.wait()
+                            sent = clock()
+                            status = await client.status(job_id, admit=turn.admit)
                     failures = 0
                 except RunPodNotFound:  # docs/runpod-api.md, Retention
                     raise JobExpired(
@@ -273,7 +324,7 @@ async def follow_job(
                 result = None
                 if status is not None and status.state.is_terminal:
                     cadence.stats.record_status(status)
-                    result = await _finish(status, context.fetcher)
+                    result = await _finish(status, context.fetcher, tenant=tenant)
             finally:
                 turn.release()
             if result is not None:
@@ -311,7 +362,7 @@ def _update(status: JobStatus) -> JobUpdate:
     return JobUpdate(status.id, status.state, status.delay_ms, status.execution_ms, status.worker_id, progress)
 
 
-async def _finish(status: JobStatus, fetcher: ImageFetcher) -> JobResult:
+async def _finish(status: JobStatus, fetcher: ImageFetcher, *, tenant: object = None) -> JobResult:
     job_id = status.id
     log.info("job %s ended %s (queue %s ms, run %s ms)", job_id, status.state, status.delay_ms, status.execution_ms)
     if status.state is JobState.FAILED:
@@ -327,8 +378,8 @@ async def _finish(status: JobStatus, fetcher: ImageFetcher) -> JobResult:
         )
     try:
         # Finding the pictures base64-decodes megabytes: off the event loop, like the decoding itself.
-        sources = await fetcher.find(status.output if status.has_output else None)
-        images = await fetcher.decode_all(sources)
+        sources = await fetcher.find(status.output if status.has_output else None, tenant=tenant)
+        images = await fetcher.decode_all(sources, tenant=tenant)
     except OutputError as error:
         error.job_id = job_id
         raise

@@ -44,7 +44,7 @@ async def generate(args: argparse.Namespace, settings: Settings, out: TextIO = s
         raise BotError("Give --prompt to start a job, or --id to resume one.")
     api_key, endpoint_id = settings.require_runpod()
     display = _ProgressLine(out)
-    async with aiohttp.ClientSession() as session, ImageFetcher() as fetcher:
+    async with aiohttp.ClientSession() as session, ImageFetcher(memory=settings.picture_memory) as fetcher:
         runpod = RunPodContext(session, fetcher, api_url=settings.runpod_api_url, local=settings.runpod_local)
         client = runpod.client(api_key, endpoint_id)
         if settings.runpod_local:

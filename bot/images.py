@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
+import math
 import re
 import socket
 from collections import deque
@@ -189,14 +190,23 @@ def _lenient_b64decode(text: str, where: str) -> bytes:
 # a pixel (Pillow keeps RGB in 32 bits), 4 more when its mode must be converted (grey, CMYK), and the PNG it becomes
 # takes up to 4: 7.5 to 11.5 measured. libwebp decodes into two canvases of its own and hands Pillow a copy, 12
 # bytes a pixel before Pillow's own 4 and the PNG: 18 to 25 measured. A PNG is only checked (see `decode_image`),
-# which inflates nothing; re-encoding one to fit Discord's upload limit is counted where it happens (bot/delivery.py).
+# which inflates nothing; every step that does inflate one is paid for where it happens: preparing a picture to
+# start from (`prepare_bytes`) and re-encoding one to fit Discord's upload limit (bot/delivery.py).
 DECODE_BYTES_PER_PIXEL = {"PNG": 0, "JPEG": 12, "WEBP": 28}
-# How much memory the pictures being decoded or re-encoded at once may take together, process-wide
-# (`ImageFetcher.budget`): a hostile worker's output costs the bot this much at most, whatever it holds, and a
-# picture that alone would need more is refused without being decoded. Pictures up to a JPEG of 11 megapixels
-# (3340x3340) or a WebP of 4.7 (2190x2190) pass, where SDXL paints 1 megapixel and a 2x upscale 4; a PNG, only
-# checked, may have up to MAX_PIXELS. Decoded one after another, ten such pictures never take more than this.
-PICTURE_MEMORY = 128 * 1024 * 1024
+# Preparing a picture to start from (`fit_start`) decodes it whatever its format: 4 bytes a pixel, 4 more for a
+# converted copy (palette, grey, 16 bits); a JPEG or WebP is counted as when it is decoded above, if that is more.
+INFLATE_BYTES_PER_PIXEL = 8
+# Its result, per pixel of the size sent: the resized picture (4 bytes), and the PNG or JPEG made of it (an RGB copy
+# of 4, the JPEG encoder's coefficients and the encoded bytes: 8 to 12 measured), as bot/delivery.py counts it.
+RESULT_BYTES_PER_PIXEL = 18
+# How much memory the pictures being decoded or re-encoded at once may take together, process-wide, unless the
+# operator says otherwise (PICTURE_MEMORY_MB, bot/config.py): a hostile worker's output costs the bot this much at
+# most, whatever it holds, and a picture that alone would need more is refused without being decoded. 256 MB is the
+# smallest power of two in which the largest legal result fits where it costs most: a 4x upscaler's 4096x4096 PNG
+# re-encoded to fit Discord's upload limit (16.7 megapixels at 14 bytes, bot/delivery.py), or the same picture as a
+# JPEG decoded (at 12); a WebP passes up to 9.5 megapixels (3090x3090), and a picture to start from is prepared for
+# its worker (`prepare_bytes`) from up to 16.7 megapixels. A PNG, only checked, may have up to MAX_PIXELS.
+PICTURE_MEMORY = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -208,9 +218,21 @@ class ImageHeader:
     format: str  # PNG, JPEG or WEBP
 
     @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
     def decode_bytes(self) -> int:
         """The memory decoding it takes (`DECODE_BYTES_PER_PIXEL`)."""
-        return self.width * self.height * DECODE_BYTES_PER_PIXEL.get(self.format, max(DECODE_BYTES_PER_PIXEL.values()))
+        return self.pixels * DECODE_BYTES_PER_PIXEL.get(self.format, max(DECODE_BYTES_PER_PIXEL.values()))
+
+
+def too_much_memory(where: str, header: ImageHeader, needed: int, limit: int, *, doing: str = "decoding") -> str:
+    """The refusal of a picture whose work would take more than the whole memory for pictures, in a member's words."""
+    return (
+        f"{where} is a {header.width}×{header.height} {header.format}: {doing} it would take about "
+        f"{size_text(needed)} of memory, over the {size_text(limit)} the bot allows for pictures; refused."
+    )
 
 
 def read_header(data: bytes, where: str, *, max_pixels: int = MAX_PIXELS) -> ImageHeader:
@@ -238,17 +260,59 @@ def decode_image(data: bytes, where: str, seed: int | None = None, *, max_pixels
 
 
 UPSCALE_FACTOR = 2
+_START_JPEG_QUALITIES = (92, 85, 75)
 
 
-def enlarge(data: bytes, where: str, *, factor: int = UPSCALE_FACTOR, max_pixels: int = MAX_PIXELS) -> bytes:
-    """An upscale's starting picture: `factor` times the size, resampled with Lanczos, as PNG; the worker then
-    paints the detail in (a low-strength image-to-image job). Blocking: call it in a thread."""
+def start_size(width: int, height: int, *, factor: int = 1, max_pixels: int) -> tuple[int, int]:
+    """The size a picture to start from is sent at: `factor` times its own (2 for an upscale), made smaller, keeping
+    its shape, until it has at most `max_pixels` (what the worker takes, `WorkerPreset.max_start_pixels`)."""
+    wide, high = width * factor, height * factor
+    if wide * high > max_pixels:
+        scale = math.sqrt(max_pixels / (wide * high))
+        wide, high = max(1, math.floor(wide * scale)), max(1, math.floor(high * scale))
+    return wide, high
+
+
+def prepare_bytes(header: ImageHeader, size: tuple[int, int]) -> int:
+    """The memory `fit_start` takes to turn this picture into one of `size`: the picture decoded (and converted),
+    Lanczos's intermediate (one pass at the new width over the old height, 4 bytes a pixel), and the result with its
+    encoding (`RESULT_BYTES_PER_PIXEL`)."""
+    decoded = header.pixels * max(INFLATE_BYTES_PER_PIXEL, DECODE_BYTES_PER_PIXEL.get(header.format, 28))
+    intermediate = 4 * size[0] * header.height if size != (header.width, header.height) else 0
+    return decoded + intermediate + size[0] * size[1] * RESULT_BYTES_PER_PIXEL
+
+
+def fit_start(data: bytes, where: str, *, size: tuple[int, int], max_bytes: int, max_pixels: int = MAX_PIXELS) -> bytes:
+    """A picture to start from, at `size` (resampled with Lanczos), in at most `max_bytes`: as PNG when that fits,
+    else as JPEG, else as a JPEG scaled down until it fits. Blocking: call it in a thread, with its memory
+    (`prepare_bytes`) held from the budget."""
     with _opened(data, where, max_pixels) as image:
-        if image.width * image.height * factor * factor > max_pixels:
-            raise OutputError(f"{where} is too large to upscale ({image.width}×{image.height}).")
+        if image.format == "JPEG" and size[0] <= image.width and size[1] <= image.height:
+            image.draft("RGB", size)  # a JPEG much larger than needed is decoded at 1/2, 1/4 or 1/8 of its size
         image.load()
-        larger = image.resize((image.width * factor, image.height * factor), Image.Resampling.LANCZOS)
-    return _to_png(larger)
+        picture: Image.Image = image
+        if picture.mode not in ("RGB", "RGBA"):  # Lanczos needs it; a palette would be resized as nearest
+            picture = picture.convert("RGBA" if "A" in picture.getbands() or "transparency" in image.info else "RGB")
+        if picture.size != size:
+            picture = picture.resize(size, Image.Resampling.LANCZOS)
+    png = _to_png(picture)
+    if len(png) <= max_bytes:
+        return png
+    del png
+    rgb = picture.convert("RGB") if picture.mode != "RGB" else picture
+    del picture
+    data = b""
+    for quality in _START_JPEG_QUALITIES:
+        data = _jpeg(rgb, quality)
+        if len(data) <= max_bytes:
+            return data
+    scale = 1.0
+    while True:
+        scale *= 0.8 * (max_bytes / len(data)) ** 0.5
+        smaller = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        data = _jpeg(rgb.resize(smaller, Image.Resampling.LANCZOS), _START_JPEG_QUALITIES[-1])
+        if len(data) <= max_bytes or smaller == (1, 1):
+            return data
 
 
 @contextlib.contextmanager
@@ -277,11 +341,137 @@ def _to_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-class MemoryBudget:
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = BytesIO()
+    image.save(buffer, "JPEG", quality=quality, optimize=True)
+    return buffer.getvalue()
+
+
+class _RoundRobin:
+    """Waiters served one tenant after another (a guild id; None for the terminal), in order within a tenant, like
+    the fair queue of jobs (bot/policy.py): a tenant with a hundred waiting is served once, then every other tenant
+    waiting is served once, before it is served again. The first in that order waits until it can be served (it is
+    not overtaken, so a large request is never starved by small ones). `close` cancels every waiter, and every
+    later one."""
+
+    def __init__(self) -> None:
+        self._queues: dict[object, deque[tuple[int, asyncio.Future[None]]]] = {}  # in the order they are served
+        self.closed = False
+
+    def _fits(self, amount: int) -> bool:
+        raise NotImplementedError
+
+    def _take(self, amount: int) -> None:
+        raise NotImplementedError
+
+    def _give_back(self, amount: int) -> None:
+        raise NotImplementedError
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for queue in self._queues.values() for _, future in queue if not future.done())
+
+    def _try(self, amount: int) -> bool:
+        """Served at once, if nobody waits and it fits."""
+        if self.closed:
+            raise asyncio.CancelledError("the bot is shutting down")
+        if self._queues or not self._fits(amount):
+            return False
+        self._take(amount)
+        return True
+
+    async def _wait(self, amount: int, tenant: object) -> None:
+        if self._try(amount):
+            return
+        granted = asyncio.get_running_loop().create_future()
+        entry = (amount, granted)
+        self._queues.setdefault(tenant, deque()).append(entry)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():  # granted just as it was cancelled: give it back
+                self._give_back(amount)
+            else:
+                queue = self._queues.get(tenant)
+                if queue is not None:
+                    with contextlib.suppress(ValueError):
+                        queue.remove(entry)
+                    if not queue:
+                        del self._queues[tenant]
+                self._grant()  # it may have been the one the others waited behind
+            raise
+
+    def _grant(self) -> None:
+        while self._queues:
+            tenant, queue = next(iter(self._queues.items()))
+            amount, granted = queue[0]
+            if granted.done():  # its waiter was cancelled and has not woken up yet
+                queue.popleft()
+                if not queue:
+                    del self._queues[tenant]
+                continue
+            if not self._fits(amount):
+                return
+            queue.popleft()
+            del self._queues[tenant]
+            if queue:
+                self._queues[tenant] = queue  # to the back: every other tenant waiting goes first
+            self._take(amount)
+            granted.set_result(None)
+
+    def _cancel_waiters(self) -> int:
+        """Cancel every waiter (they raise `CancelledError`) and every later one; how many were waiting."""
+        self.closed = True
+        dropped = 0
+        for queue in self._queues.values():
+            for _, granted in queue:
+                if not granted.done():
+                    granted.cancel()
+                    dropped += 1
+        self._queues.clear()
+        return dropped
+
+
+class FairTurns(_RoundRobin):
+    """`slots` turns, handed out round-robin by tenant (`_RoundRobin`): what `RunPodContext.picture_turns` is."""
+
+    def __init__(self, slots: int) -> None:
+        super().__init__()
+        self.slots = slots
+        self.taken = 0
+
+    def _fits(self, amount: int) -> bool:
+        return self.taken < self.slots
+
+    def _take(self, amount: int) -> None:
+        self.taken += 1
+
+    def _give_back(self, amount: int) -> None:
+        self.taken -= 1
+        self._grant()
+
+    def try_acquire(self) -> bool:
+        """A turn at once, if one is free and nobody waits for one; never waits."""
+        return self._try(1)
+
+    async def acquire(self, tenant: object = None) -> None:
+        await self._wait(1, tenant)
+
+    def release(self) -> None:
+        self._give_back(1)
+
+    def close(self) -> int:
+        """Cancel every waiter, and every later one (shutdown); how many were waiting."""
+        return self._cancel_waiters()
+
+
+class MemoryBudget(_RoundRobin):
     """Bytes that the pictures being decoded or re-encoded at once may take together, shared by the whole process,
-    and the thread that does that work. Work that would go over waits, first come first served, so a big picture
-    is not overtaken forever by small ones; the memory stays counted until the work has ended, even if its caller
-    is cancelled meanwhile (a thread cannot be stopped).
+    and the thread that does that work. Work waits until a thread is free and its memory fits, served round-robin by
+    tenant (`_RoundRobin`): a server with a hundred pictures to check has them checked one at a time between the
+    other servers' pictures, never all before them. The memory stays counted until the work has ended, even if its
+    caller is cancelled meanwhile (a thread cannot be stopped). Only work that runs is handed to a thread, so
+    nothing piles up there: `close` (at shutdown) drops every waiting work at once.
 
     The work runs on threads of its own, one by default: the C allocator keeps what a thread frees for that
     thread's later use, so pictures decoded on many threads would each leave their high-water mark behind, and
@@ -289,73 +479,55 @@ class MemoryBudget:
     reuses the memory the last one freed."""
 
     def __init__(self, limit: int, *, threads: int = 1) -> None:
+        super().__init__()
         self.limit = limit
         self.in_use = 0
+        self.running = 0  # works on a thread now
         self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
-        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
 
-    async def run(self, amount: int, work: Callable[[], T]) -> T:
-        """`work()` on the pictures' thread, once `amount` bytes are free, holding them until it has ended."""
+    def _fits(self, amount: int) -> bool:
+        return self.running < self._threads and self.in_use + amount <= self.limit
+
+    def _take(self, amount: int) -> None:
+        self.in_use += amount
+        self.running += 1
+
+    def _give_back(self, amount: int) -> None:
+        self.in_use -= amount
+        self.running -= 1
+        self._grant()
+
+    async def run(self, amount: int, work: Callable[[], T], *, tenant: object = None) -> T:
+        """`work()` on the pictures' thread, once a thread is free, `amount` bytes are free and `tenant`'s turn has
+        come, holding them until it has ended. A `CancelledError` once the budget is closed."""
         if amount > self.limit:
             raise ValueError(f"{amount:,} bytes can never be held from a budget of {self.limit:,}")
-        if amount > 0:
-            await self._acquire(amount)
+        await self._wait(amount, tenant)
         try:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="pictures")
             done = asyncio.get_running_loop().run_in_executor(self._executor, work)
         except BaseException:
-            self._release(amount)
+            self._give_back(amount)
             raise
 
         def ended(done: asyncio.Future[T]) -> None:
-            self._release(amount)
+            self._give_back(amount)
             if not done.cancelled():
                 done.exception()  # retrieved, in case the caller was cancelled and never will
 
         done.add_done_callback(ended)
         return await asyncio.shield(done)  # a cancelled caller leaves the work to end, its memory counted till then
 
-    def close(self) -> None:
-        """Let the thread go once it is idle (a later `run` starts another)."""
+    def close(self) -> int:
+        """At shutdown: every waiting work is dropped (its caller gets a `CancelledError`), and so is every later
+        one; the work running on the thread ends on its own, and the thread goes with it. How many were dropped."""
+        dropped = self._cancel_waiters()
         if self._executor is not None:
-            self._executor.shutdown(wait=False)
+            self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
-
-    async def _acquire(self, amount: int) -> None:
-        if not self._waiting and self.in_use + amount <= self.limit:
-            self.in_use += amount
-            return
-        granted = asyncio.get_running_loop().create_future()
-        entry = (amount, granted)
-        self._waiting.append(entry)
-        try:
-            await granted
-        except asyncio.CancelledError:
-            if granted.done() and not granted.cancelled():  # granted just as it was cancelled: give it back
-                self._release(amount)
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiting.remove(entry)
-                self._grant()  # it may have been the one the others waited behind
-            raise
-
-    def _release(self, amount: int) -> None:
-        self.in_use -= amount
-        self._grant()
-
-    def _grant(self) -> None:
-        while self._waiting:
-            amount, granted = self._waiting[0]
-            if granted.done():  # its waiter was cancelled and has not woken up yet
-                self._waiting.popleft()
-                continue
-            if self.in_use + amount > self.limit:
-                return
-            self._waiting.popleft()
-            self.in_use += amount
-            granted.set_result(None)
+        return dropped
 
 
 # --- fetching -----------------------------------------------------------------------------------
@@ -449,14 +621,14 @@ class ImageFetcher:
             await self._session.close()
             self._session = None
 
-    async def find(self, output: Any) -> list[ImageSource]:
+    async def find(self, output: Any, *, tenant: object = None) -> list[ImageSource]:
         """`find_images` on the pictures' thread: it base64-decodes megabytes, which stay there for the decoding."""
-        return await self.budget.run(0, functools.partial(find_images, output))
+        return await self.budget.run(0, functools.partial(find_images, output), tenant=tenant)
 
-    async def decode_all(self, sources: list[ImageSource]) -> list[DecodedImage]:
-        """All of a job's pictures, fetched at once and decoded as the budget allows; the first that fails fails
-        the job, and the others are not decoded for nothing."""
-        tasks = [asyncio.ensure_future(self.decode(source)) for source in sources]
+    async def decode_all(self, sources: list[ImageSource], *, tenant: object = None) -> list[DecodedImage]:
+        """All of a job's pictures, fetched at once and decoded as the budget allows (in `tenant`'s turns); the
+        first that fails fails the job, and the others are not decoded for nothing."""
+        tasks = [asyncio.ensure_future(self.decode(source, tenant=tenant)) for source in sources]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
@@ -465,22 +637,18 @@ class ImageFetcher:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def decode(self, source: ImageSource) -> DecodedImage:
+    async def decode(self, source: ImageSource, *, tenant: object = None) -> DecodedImage:
         data = source.data if source.data is not None else await self.fetch(source.url or "", source.where)
         if len(data) > self.max_bytes:
             raise OutputError(f"{source.where} is {len(data):,} bytes, over the {self.max_bytes:,} allowed.")
         header = await self.budget.run(
-            0, functools.partial(read_header, data, source.where, max_pixels=self.max_pixels)
+            0, functools.partial(read_header, data, source.where, max_pixels=self.max_pixels), tenant=tenant
         )
         needed = header.decode_bytes
         if needed > self.budget.limit:
-            raise OutputError(
-                f"{source.where} is a {header.width}×{header.height} {header.format}: decoding it would take about "
-                f"{size_text(needed)} of memory, over the {size_text(self.budget.limit)} the bot allows for "
-                "pictures; refused."
-            )
+            raise OutputError(too_much_memory(source.where, header, needed, self.budget.limit))
         decode = functools.partial(decode_image, data, source.where, source.seed, max_pixels=self.max_pixels)
-        return await self.budget.run(needed, decode)
+        return await self.budget.run(needed, decode, tenant=tenant)
 
     async def fetch(self, url: str, where: str) -> bytes:
         for _ in range(self._max_redirects + 1):

@@ -286,7 +286,9 @@ class JobRunner:
         refused: BotError | None = None
         try:
             budget = self._runpod.fetcher.budget
-            params, image = await start_picture.prepare(self._discord, budget, job.presenter, job.params, preset)
+            params, image = await start_picture.prepare(
+                self._discord, budget, job.presenter, job.params, preset, tenant=job.record.guild_id
+            )
             for part in preset.parts(params):
                 status = await submit_job(client, part, preset, workflow=job.endpoint.workflow, image=image)
                 submitted.append(status)
@@ -354,6 +356,7 @@ class JobRunner:
             timeout=max(1.0, job.deadline - monotonic()),
             poll=self.options.poll,
             submitted=submitted,
+            tenant=job.record.guild_id,
         ):
             if isinstance(event, JobResult):
                 return event

@@ -138,7 +138,12 @@ class JobPresenter:
         spoiler = self._spoiler_outside_nsfw and not is_nsfw(self._stage.client.get_channel(self._channel_id))
         stem = upload_stem(self._params.prompt, self._params.seed, spoiler=spoiler)
         return await fit_within(
-            self._stage.budget, result.images, per_file_limit=self._upload_limit(), stem=stem, job_id=job_id
+            self._stage.budget,
+            result.images,
+            per_file_limit=self._upload_limit(),
+            stem=stem,
+            job_id=job_id,
+            tenant=self._guild_id,
         )
 
     async def deliver(

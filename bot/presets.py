@@ -52,6 +52,9 @@ class WorkerPreset:
     # None: it cannot start from one (no Vary/Upscale buttons, `/imagine image:` refused).
     image_input: Literal["url", "base64"] | None = None
     max_image_count: int | None = None  # images one image-to-image job makes, when fewer than max_count
+    # The most pixels of a picture to start from that the worker takes (docs/image-to-image.md): a larger one is
+    # sent scaled down, an upscale is enlarged up to it. By default a 2x upscale of a 1024x1024 picture.
+    max_start_pixels: int = 2048 * 2048
     check: Check | None = None  # the preset's own refusals (e.g. a ComfyUI template unfit for the job)
 
     @property
@@ -344,6 +347,7 @@ PRESETS: dict[str, WorkerPreset] = {
             ),
             sides=(128, 256, 384, 448, 512, 576, 640, 704, 768),
             image_input="url",  # rp_handler.py downloads init_image over HTTP(S)
+            max_start_pixels=1024 * 768,  # a larger init image may run out of GPU memory (docs/image-to-image.md)
         ),
         WorkerPreset(
             "comfyui",

@@ -11,6 +11,7 @@ of one `RateLimiters` registry, so however many jobs are followed at once, RunPo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -22,6 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 import aiohttp
+import orjson
 
 from bot import safejson
 from bot.config import Secret
@@ -49,6 +51,9 @@ _MISSING: Any = object()
 # upscaled one a few MB, 4/3 of that in base64, so ten of 4.5 MB fit. Whatever a worker returns beyond that is
 # refused unread: a Content-Length over it before reading, a body streamed past it as soon as it does.
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
+# The largest body RunPod takes for `POST /run` (docs/runpod-api.md, Operations): a larger one is answered 400. A
+# job whose input would be larger is refused here, in words, before anything is sent.
+RUN_BODY_LIMIT = 10 * 1024 * 1024
 # Error answers are only quoted (200 characters at most): the rest of a long one is left unread.
 _ERROR_BYTES = 64 * 1024
 _CHUNK = 256 * 1024
@@ -180,6 +185,7 @@ class RunPodClient:
         limiters: RateLimiters | None = None,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
         local: bool = False,
+        slots: asyncio.Semaphore | None = None,
     ) -> None:
         if not _ID.fullmatch(endpoint_id):
             raise RunPodRejected(f"{endpoint_id!r} is not a RunPod endpoint id.")
@@ -197,6 +203,9 @@ class RunPodClient:
         self._timeout = aiohttp.ClientTimeout(total=None if local else request_timeout)
         self._sleep = sleep
         self.max_answer_bytes = max_answer_bytes
+        # Requests of this key in flight at once (`RunPodContext.client` shares one per key): each holds one of the
+        # session's pooled connections, and one server must leave the others some.
+        self._slots = slots
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -214,7 +223,13 @@ class RunPodClient:
         body: dict[str, Any] = {"input": job_input}
         if policy:
             body["policy"] = policy
-        data = await self._request("POST", "run", body=body, retry_ambiguous=False)
+        payload = orjson.dumps(body)
+        if len(payload) > RUN_BODY_LIMIT:  # RunPod would answer 400: say why, and send nothing
+            raise RunPodRejected(
+                f"The job's request to RunPod would be {len(payload) / 2**20:.1f} MB, over the "
+                f"{RUN_BODY_LIMIT // 2**20} MB RunPod takes; nothing was sent. Try a smaller picture to start from."
+            )
+        data = await self._request("POST", "run", body=payload, retry_ambiguous=False)
         return parse_status(data, "run")
 
     async def status(self, job_id: str, *, admit: Admit | None = None) -> JobStatus:
@@ -258,7 +273,7 @@ class RunPodClient:
         method: str,
         path: str,
         *,
-        body: dict[str, Any] | None = None,
+        body: bytes | None = None,
         job_id: str | None = None,
         retry_ambiguous: bool = True,
         admit: Admit | None = None,
@@ -267,6 +282,8 @@ class RunPodClient:
         those are retried only after a 429 or a failure to connect, when RunPod surely did nothing."""
         operation = path.split("/")[0]
         headers = {} if self.local else {"Authorization": f"Bearer {self._api_key.reveal()}"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         limiter = self._limiters.get(self._base, operation)
         failure: RunPodError = RunPodUnavailable("RunPod could not be reached.")
         for attempt in range(self._retry.attempts):
@@ -276,9 +293,12 @@ class RunPodClient:
                 if waited > 1.0:
                     log.debug("RunPod %s on %s: held %.2fs by the rate limit", operation, self.endpoint_id, waited)
             try:
-                async with self._session.request(
-                    method, f"{self._base}/{path}", json=body, headers=headers, timeout=self._timeout
-                ) as response:
+                async with (
+                    self._slots or contextlib.nullcontext(),
+                    self._session.request(
+                        method, f"{self._base}/{path}", data=body, headers=headers, timeout=self._timeout
+                    ) as response,
+                ):
                     if response.status == 200:
                         if (response.content_length or 0) > self.max_answer_bytes:  # refused before any wait
                             raise RunPodAnswerTooLarge(operation, self.max_answer_bytes)

@@ -11,11 +11,20 @@ from urllib.parse import urlsplit
 import discord
 
 from bot.errors import BotError, OutputError
-from bot.images import MemoryBudget, enlarge, read_header
+from bot.images import (
+    UPSCALE_FACTOR,
+    MemoryBudget,
+    fit_start,
+    prepare_bytes,
+    read_header,
+    start_size,
+    too_much_memory,
+)
 from bot.live import TRANSPORT_ERRORS, describe
 from bot.params import GenerationParams, InvalidParams
 from bot.presenter import JobPresenter
 from bot.presets import WorkerPreset
+from bot.runpod import RUN_BODY_LIMIT
 
 # Where Discord serves attachments; the API's own host too, which is Discord's unless a test points the client at
 # a double (doubles/discord/server.py).
@@ -23,6 +32,11 @@ DISCORD_CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
 _READ_PAUSES = (0.5, 2.0)  # a reset or a 5xx on the CDN is tried again after these pauses
 
 _WHERE = "The picture to start from"
+# The most bytes of a picture the bot makes for a worker to start from. A worker that takes base64 gets it inside
+# the `/run` body, which RunPod caps (RUN_BODY_LIMIT): base64 makes 4 bytes of 3, and the rest of the body (a
+# ComfyUI workflow) is given 512 KB. A worker that fetches URLs finds it attached to a Discord message, and this is
+# under Discord's smallest upload limit (10 MB) too.
+MAX_START_BYTES = (RUN_BODY_LIMIT - 512 * 1024) * 3 // 4
 
 
 def from_discord(url: str) -> bool:
@@ -36,30 +50,43 @@ async def prepare(
     presenter: JobPresenter,
     params: GenerationParams,
     preset: WorkerPreset,
+    *,
+    tenant: object = None,
 ) -> tuple[GenerationParams, bytes | None]:
     """The job's parameters and the bytes its worker takes as base64 (None where it fetches a URL itself).
 
     The picture is read and its header checked first, so a file that only claims to be a picture, or one deleted
-    since, is refused before any GPU time is paid. An upscale starts from the picture enlarged here; a worker that
-    fetches URLs finds that enlarged picture attached to the job's own status message."""
+    since, is refused before any GPU time is paid. It is sent no larger than the worker takes
+    (`WorkerPreset.max_start_pixels`) and in at most `MAX_START_BYTES`: a larger one is scaled down (an upscale is
+    enlarged up to that size) and re-encoded here, on the pictures' thread in `tenant`'s turn, its memory held from
+    the budget. A worker that fetches URLs finds a picture made here attached to the job's own status message."""
     if params.image_url is None:
         return params, None
     if not from_discord(params.image_url):  # only Discord's payloads put a URL here; never fetch another
         raise BotError(f"{_WHERE} is not on Discord's CDN, so it was not fetched.")
     data = await _read(client, params.image_url)
     try:
-        header = await budget.run(0, functools.partial(read_header, data, _WHERE))
-        if params.upscale:
-            data = await budget.run(header.decode_bytes * 5, functools.partial(enlarge, data, _WHERE))
+        header = await budget.run(0, functools.partial(read_header, data, _WHERE), tenant=tenant)
+        factor = UPSCALE_FACTOR if params.upscale else 1
+        size = start_size(header.width, header.height, factor=factor, max_pixels=preset.max_start_pixels)
+        as_sent = size == (header.width, header.height) and (
+            preset.image_input == "url" or len(data) <= MAX_START_BYTES
+        )
+        if not as_sent:
+            needed = prepare_bytes(header, size)
+            if needed > budget.limit:
+                raise OutputError(too_much_memory(_WHERE, header, needed, budget.limit, doing="preparing"))
+            fit = functools.partial(fit_start, data, _WHERE, size=size, max_bytes=MAX_START_BYTES)
+            data = await budget.run(needed, fit, tenant=tenant)
     except OutputError as error:  # the member's file, not the worker's output: no admin can fix it
         raise InvalidParams(str(error)) from None
     if preset.image_input == "base64":
         return params, data
-    if not params.upscale:
+    if as_sent:
         return params, None  # the worker fetches it from Discord itself
     url = await presenter.start_picture(data)
     if url is None:
-        raise BotError("The enlarged picture could not be posted for the worker to fetch. Try again.")
+        raise BotError("The picture to start from could not be posted for the worker to fetch. Try again.")
     return dataclasses.replace(params, image_url=url), None
 
 

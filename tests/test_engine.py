@@ -7,6 +7,7 @@ import itertools
 import os
 from dataclasses import replace
 
+import aiohttp
 import pytest
 
 from bot import engine
@@ -497,12 +498,12 @@ async def test_many_pictures_finishing_at_once_are_decoded_a_few_at_a_time(clien
     class CountingFetcher(ImageFetcher):
         now = peak = 0
 
-        async def decode_all(self, sources):
+        async def decode_all(self, sources, *, tenant=None):
             CountingFetcher.now += 1
             CountingFetcher.peak = max(CountingFetcher.peak, CountingFetcher.now)
             try:
                 await asyncio.sleep(0.05)  # a slow decode, so that answers pile up behind it
-                return await super().decode_all(sources)
+                return await super().decode_all(sources, tenant=tenant)
             finally:
                 CountingFetcher.now -= 1
 
@@ -524,3 +525,61 @@ async def _last(events):
     async for event in events:
         last = event
     return last
+
+
+async def test_jobs_waiting_for_a_picture_turn_hold_no_connection_and_one_key_never_takes_the_pool(runpod):
+    """150 finished jobs waiting for a picture turn held every pooled connection: another server's /run waited."""
+    png = make_png(300, 300, seed=5)  # a large answer once base64-encoded: it needs a picture turn
+    runpod.api_keys.add("other-key")
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as session,
+        ImageFetcher() as fetcher,
+    ):
+        context = RunPodContext(session, fetcher, api_url=runpod.api_url, picture_turns=1)
+        assert context.key_requests == 2  # a quarter of the pool
+        client = context.client(Secret(API_KEY), ENDPOINT)
+        jobs = []
+        for _ in range(12):
+            runpod.script_next(Script(output=outputs.sdxl(png)))
+            jobs.append((await client.run({"prompt": "x"})).id)
+        await context.picture_turns.acquire("someone else")  # every turn is taken
+        following = [
+            asyncio.ensure_future(_last(follow_job(context, client, job_id, poll=FAST_POLL, tenant=1)))
+            for job_id in jobs
+        ]
+        await wait_until(lambda: all(runpod.requests_for("status", job_id) for job_id in jobs))
+        assert context.picture_turns.waiting == 12  # each saw its pictures were in, and waits for a turn
+        assert not any(task.done() for task in following)
+        other = context.client(Secret("other-key"), ENDPOINT)
+        runpod.script_next(Script(output=outputs.sdxl(make_png())))
+        async with asyncio.timeout(10):  # waiting for a connection forever is the failure
+            assert (await other.run({"prompt": "another server"})).state is JobState.IN_QUEUE
+        context.picture_turns.release()
+        results = await asyncio.gather(*following)
+    assert all(isinstance(result, JobResult) and result.images[0].png == png for result in results)
+    # A job that waited asked for its answer again once its turn had come: twice at most, never more.
+    assert all(len(runpod.requests_for("status", job_id)) <= 2 for job_id in jobs)
+
+
+async def test_a_key_has_at_most_its_share_of_requests_in_flight(runpod):
+    runpod.api_keys.add("other-key")
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as session,
+        ImageFetcher() as fetcher,
+    ):
+        context = RunPodContext(session, fetcher, api_url=runpod.api_url)
+        runpod.delay_next("health", 1.0, count=6)
+        asking = [asyncio.ensure_future(context.client(Secret(API_KEY), ENDPOINT).health()) for _ in range(6)]
+        await wait_until(lambda: len(runpod.requests_for("health")) >= 2)
+        other = context.client(Secret("other-key"), ENDPOINT)
+        runpod.script_next(Script(output=outputs.sdxl(make_png())))
+        await other.run({"prompt": "another server"})  # its own share: not behind the first key's requests
+        assert len(runpod.requests_for("health")) == 2  # the first key's others wait for one of its two to end
+        await asyncio.gather(*asking)
+    assert len(runpod.requests_for("health")) == 6
+
+
+async def wait_until(condition, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 (a condition on the double, which has no event for it)
+            await asyncio.sleep(0.01)

@@ -5,6 +5,7 @@ else as before. The real bot against both doubles, and a real `python -m bot` pr
 from __future__ import annotations
 
 import random
+import re
 import signal
 from io import BytesIO
 
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from doubles import outputs
+from doubles.discord import UserSpec
 from doubles.harness import field_value, png_for, running_bot
 from doubles.runpod import Script
 from tests.processes import ready, start_bot
@@ -103,7 +105,7 @@ async def test_a_hostile_worker_costs_the_bot_process_a_bounded_memory_and_its_s
     after_answer = peak_rss(bot.process.pid)
 
     told = await imagine({"images": [outputs.b64(bombs["giant webp"])] * 10})
-    assert "is a 16383×2400 WEBP: decoding it would take about 1050 MB of memory, over the 128 MB the bot" in told
+    assert "is a 16383×2400 WEBP: decoding it would take about 1050 MB of memory, over the 256 MB the bot" in told
 
     assert await imagine({"images": [outputs.b64(bombs["large webp"])] * 10}) == "10 pictures"  # in turn
 
@@ -117,4 +119,29 @@ async def test_a_hostile_worker_costs_the_bot_process_a_bounded_memory_and_its_s
     assert peak - idle < 300 * MB
     bot.process.send_signal(signal.SIGTERM)
     assert await bot.finish() == 0
+    assert "Traceback" not in bot.log
+
+
+async def test_sigterm_drops_the_picture_work_queued_and_the_operator_sets_the_memory_for_pictures(
+    tmp_path, discord_double, runpod
+):
+    """Queued picture work ran to its end before the bot could exit: SIGTERM took 19 s (PaaS kill at 30 s)."""
+    members = [UserSpec(id=1_200_000_000_000_000_100 + n, username=f"m{n}", global_name=f"M{n}") for n in range(3)]
+    jpeg = outputs.make_jpeg(1500, 1500, seed=4)
+    bot = await start_bot(tmp_path, discord_double, runpod, PICTURE_MEMORY_MB="64")
+    await ready(discord_double)
+    runpod.default_script = lambda job_input: Script(output={"images": [outputs.b64(outputs.make_webp(2000, 2000))]})
+    interaction = discord_double.slash("imagine", {"prompt": "a large webp"})
+    await discord_double.send(interaction)
+    await discord_double.wait_for(lambda: "over the 64 MB the bot allows for pictures" in bot.log, 30)
+
+    runpod.default_script = lambda job_input: Script(run_s=0.2, output=outputs.comfyui(*[jpeg] * 10))
+    for n in range(6):  # 60 pictures of 2.2 megapixels to decode, a few at a time
+        await discord_double.send(discord_double.slash("imagine", {"prompt": f"flood {n}"}, user=members[n % 3]))
+    await discord_double.wait_for(lambda: bot.log.count("ended COMPLETED") >= 2, 30)
+    bot.process.send_signal(signal.SIGTERM)
+    assert await bot.finish() == 0
+    (line,) = [line for line in bot.log.splitlines() if "were dropped" in line]
+    turns, work = map(int, re.search(r"(\d+) picture turn\(s\) and (\d+) picture work\(s\)", line).groups())
+    assert turns + work > 0  # there was picture work waiting, and it was dropped rather than done
     assert "Traceback" not in bot.log

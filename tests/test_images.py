@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import ipaddress
 import json
 import ssl
@@ -29,6 +30,7 @@ from doubles import outputs
 from doubles.outputs import make_jpeg, make_png, pixels
 
 PNG_A, PNG_B = make_png(32, 24, seed=1), make_png(24, 32, seed=2)
+MB = 1024 * 1024
 
 
 async def decode(output: object) -> list:
@@ -308,7 +310,7 @@ async def test_a_picture_that_alone_would_take_more_than_the_budget_is_refused_w
     with pytest.raises(
         OutputError,
         match=r"output.images\[\d\] is a 16383×2400 WEBP: decoding it would take about 1050 MB of memory, over the "
-        r"128 MB the bot allows for pictures; refused",
+        r"256 MB the bot allows for pictures; refused",
     ):
         await decode({"images": [outputs.b64(bomb)] * 10})
     assert decoded == []
@@ -316,10 +318,10 @@ async def test_a_picture_that_alone_would_take_more_than_the_budget_is_refused_w
 
 @pytest.mark.parametrize("threads", [1, 4])
 async def test_pictures_that_fit_the_budget_only_one_at_a_time_are_decoded_one_at_a_time(monkeypatch, threads):
-    webp = outputs.make_webp(1600, 1600)  # 2.6 megapixels: 72 MB to decode, over half the budget
+    webp = outputs.make_webp(1600, 1600)  # 2.6 megapixels: 72 MB to decode, over half of a 128 MB budget
     decoded = webp_decodes(monkeypatch)
     async with ImageFetcher() as fetcher:
-        fetcher.budget = MemoryBudget(fetcher.budget.limit, threads=threads)  # the budget, not the one thread
+        fetcher.budget = MemoryBudget(128 * MB, threads=threads)  # the budget, not the one thread
         pictures = await fetcher.decode_all(find_images({"images": [outputs.b64(webp)] * 4 + [outputs.b64(PNG_A)]}))
         fetcher.budget.close()
     assert [(picture.width, picture.height) for picture in pictures] == [(1600, 1600)] * 4 + [(32, 24)]
@@ -514,3 +516,43 @@ def test_png_round_trip_helper_is_honest():
     image = Image.open(BytesIO(PNG_A))
     assert image.size == (32, 24)
     assert base64.b64decode(outputs.b64(PNG_A)) == PNG_A
+
+
+async def test_the_budget_serves_servers_in_turn_whoever_queued_more_first():
+    """One picture thread, first come first served, made a server with 120 pictures to check go before all others."""
+    budget = MemoryBudget(100)
+    release = threading.Event()
+    order: list[str] = []
+    holder = asyncio.ensure_future(budget.run(10, lambda: release.wait(5), tenant="hostile"))
+    await asyncio.sleep(0.02)
+    queued = [
+        asyncio.ensure_future(budget.run(10, functools.partial(order.append, f"hostile {n}"), tenant="hostile"))
+        for n in range(5)
+    ]
+    queued.append(asyncio.ensure_future(budget.run(0, lambda: order.append("innocent"), tenant="innocent")))
+    queued.append(asyncio.ensure_future(budget.run(10, lambda: order.append("terminal"))))  # the CLI: tenant None
+    release.set()
+    await asyncio.gather(holder, *queued)
+    assert order == ["hostile 0", "innocent", "terminal", "hostile 1", "hostile 2", "hostile 3", "hostile 4"]
+    assert (budget.in_use, budget.running) == (0, 0)
+    budget.close()
+
+
+async def test_closing_the_budget_drops_waiting_work_and_cancels_its_callers():
+    """At shutdown, queued picture work ran to its end first: SIGTERM took 19 s to exit."""
+    budget = MemoryBudget(100)
+    release = threading.Event()
+    ran: list[int] = []
+    running = asyncio.ensure_future(budget.run(50, lambda: release.wait(5) and "ended"))
+    await asyncio.sleep(0.02)
+    queued = [asyncio.ensure_future(budget.run(0, functools.partial(ran.append, n), tenant=n % 2)) for n in range(8)]
+    await asyncio.sleep(0.02)
+    assert budget.close() == 8
+    release.set()
+    outcomes = await asyncio.gather(*queued, return_exceptions=True)
+    assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes)
+    assert await running == "ended"  # the work on the thread ends on its own
+    assert ran == [] and budget.in_use == 0
+    with pytest.raises(asyncio.CancelledError):
+        await budget.run(0, lambda: ran.append(99))  # nothing later runs either
+    assert ran == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import re
 import time
 
@@ -16,8 +17,10 @@ from PIL import Image
 
 from bot.buttons import Variation
 from bot.crypto import Vault
+from bot.images import ImageHeader, prepare_bytes, start_size
 from bot.params import UPSCALE_STRENGTH
-from bot.runpod import RetryPolicy
+from bot.presets import PRESETS
+from bot.runpod import RUN_BODY_LIMIT, RetryPolicy
 from bot.start_picture import from_discord
 from bot.storage import GuildEndpoint
 from cogs.imagine import VARY_STRENGTH
@@ -423,3 +426,111 @@ async def test_a_picture_deleted_before_its_variation_is_sent_ends_clearly_witho
     assert "The picture to start from could not be read from Discord (404)" in field_value(failed, "What happened")
     assert jobs_after(harness, known) == []
     assert custom_ids(failed)[0][0] == f"imagine:retry:{vary.id}"
+
+
+# --- pictures to start from, fitted to the worker and to RunPod (issue 21) ------------------------------------
+
+MB = 1024 * 1024
+COMFY_WORKFLOW = '{"1": {"inputs": {"text": "{{prompt}}", "image": "{{image}}", "denoise": "{{strength}}"}}}'
+
+
+def held_from_budget(harness) -> list[tuple[int, str, object]]:
+    """Every work the bot ran on its pictures' thread: (bytes held from the budget, the work, its tenant)."""
+    budget = harness.context.fetcher.budget
+    real, held = budget.run, []
+
+    async def run(amount, work, **kwargs):
+        held.append((amount, getattr(work, "func", work).__name__, kwargs.get("tenant")))
+        return await real(amount, work, **kwargs)
+
+    budget.run = run
+    return held
+
+
+async def use_comfyui(harness) -> None:
+    vault = Vault((TEST_ENCRYPTION_KEY,))
+    await harness.bot.storage.save_guild_endpoint(
+        GuildEndpoint(DEFAULT_GUILD_ID, "default", ENDPOINT, vault.encrypt(API_KEY), "comfyui", COMFY_WORKFLOW)
+    )
+
+
+def run_body_bytes(harness, job) -> int:
+    (request,) = [request for request in harness.runpod.requests_for("run") if request.job_id == job.id]
+    return len(json.dumps(request.body, separators=(",", ":")))
+
+
+async def test_upscale_of_a_result_posted_as_jpeg_is_paid_for_at_its_real_size_and_sent_at_the_worker_s_size(harness):
+    """It failed with "Something went wrong on our side" (the budget's ValueError), and so did Retry."""
+    harness.runpod.default_script = lambda job_input: Script(output=outputs.sdxl(make_png(1500, 1500, seed=3)))
+    final = await harness.finished(await harness.imagine("posted as jpeg", attachment_size_limit=2 * MB))
+    assert final.attachments[0].filename.endswith(".jpg")  # 6.8 MB of PNG, over the limit: posted as JPEG
+    held = held_from_budget(harness)
+    known = set(harness.runpod.jobs)
+    harness.runpod.default_script = lambda job_input: Script(queue_s=0.5, output=painted(job_input).output)
+    upscale = await click(harness, final, "upscale")
+    await harness.discord.wait_for(lambda: jobs_after(harness, known))
+    (job,) = jobs_after(harness, known)
+    async with aiohttp.ClientSession() as session, session.get(job.input["image_url"]) as response:
+        start = Image.open(io.BytesIO(await response.read()))  # fetched as the worker fetches it
+    done = await harness.finished(upscale)
+    assert done.embeds[0]["title"] == "✅ Done"
+    assert start.size == start_size(1500, 1500, factor=2, max_pixels=PRESETS["sdxl"].max_start_pixels)
+    assert start.width > 1500 and start.width * start.height <= 2048 * 2048  # enlarged, to what worker-sdxl takes
+    header = ImageHeader(1500, 1500, "JPEG")
+    assert (prepare_bytes(header, start.size), "fit_start", DEFAULT_GUILD_ID) in held
+    assert prepare_bytes(header, start.size) >= 1500 * 1500 * 12 + start.width * start.height * 4
+
+
+async def test_upscale_on_a_base64_worker_sends_a_run_body_runpod_takes_and_pays_for_the_png(harness):
+    """Enlarged twice, 1600x1600 of noise was a 30 MB PNG: 41 MB of base64 in one /run, which RunPod refuses."""
+    await use_comfyui(harness)
+    harness.runpod.default_script = lambda job_input: Script(output=outputs.comfyui(make_png(1600, 1600, seed=6)))
+    option = harness.discord.attachment_option(make_png(8, 8), "seed.png", "image/png")
+    final = await harness.finished(await harness.imagine("enlarge a big one", image=option))
+    held = held_from_budget(harness)
+    known = set(harness.runpod.jobs)
+    done = await harness.finished(await click(harness, final, "upscale"))
+    assert done.embeds[0]["title"] == "✅ Done"
+    (job,) = jobs_after(harness, known)
+    assert run_body_bytes(harness, job) < RUN_BODY_LIMIT
+    (entry,) = job.input["images"]
+    sent = Image.open(io.BytesIO(base64.b64decode(entry["image"])))
+    size = start_size(1600, 1600, factor=2, max_pixels=PRESETS["comfyui"].max_start_pixels)
+    assert sent.size == size and sent.width > 1600
+    # A PNG counts as what it inflates to: 8 bytes a pixel decoded, and more for the picture made of it.
+    assert (prepare_bytes(ImageHeader(1600, 1600, "PNG"), size), "fit_start", DEFAULT_GUILD_ID) in held
+    assert prepare_bytes(ImageHeader(1600, 1600, "PNG"), size) >= 1600 * 1600 * 8
+
+
+async def test_an_8_mb_image_prompt_on_a_base64_worker_is_re_encoded_to_fit_runpod_s_body_limit(harness):
+    """8 MB passed the bot's 10 MB check and became 10.7 MB of base64 on the wire: RunPod's raw 400."""
+    await use_comfyui(harness)
+    harness.runpod.default_script = lambda job_input: Script(output=outputs.comfyui(png_for("comfy")))
+    start = make_png(1700, 1700, seed=9)
+    assert 8 * MB < len(start) < 10 * MB
+    option = harness.discord.attachment_option(start, "big.png", "image/png")
+    final = await harness.finished(await harness.imagine("from a big one", image=option))
+    assert final.embeds[0]["title"] == "✅ Done"
+    (job,) = harness.runpod.jobs.values()
+    assert run_body_bytes(harness, job) < RUN_BODY_LIMIT
+    (entry,) = job.input["images"]
+    sent = Image.open(io.BytesIO(base64.b64decode(entry["image"])))
+    assert (sent.format, sent.size) == ("JPEG", (1700, 1700))  # the same picture, as JPEG
+    assert entry["name"].endswith(".jpg")
+
+
+async def test_an_image_prompt_larger_than_sd15_takes_is_sent_scaled_down_to_it(runpod):
+    """The SD v1 worker runs out of GPU memory past 1024x768 worth of pixels (docs/image-to-image.md)."""
+    async with running_bot(runpod, settings=settings_for(runpod, runpod_worker="sd15")) as harness:
+        harness.runpod.default_script = painted
+        option = harness.discord.attachment_option(make_png(1600, 1200, seed=4), "large.png", "image/png")
+        interaction = await harness.imagine("from a large one", image=option)
+        await harness.discord.wait_for(lambda: harness.runpod.jobs)
+        (job,) = harness.runpod.jobs.values()
+        async with aiohttp.ClientSession() as session, session.get(job.input["init_image"]) as response:
+            sent = Image.open(io.BytesIO(await response.read()))
+        assert (await harness.finished(interaction)).embeds[0]["title"] == "✅ Done"
+    member_url = interaction.payload["data"]["resolved"]["attachments"][option["value"]]["url"]
+    assert job.input["init_image"] != member_url
+    assert sent.size == start_size(1600, 1200, max_pixels=1024 * 768)
+    assert sent.width * sent.height <= 1024 * 768 and sent.width > sent.height
