@@ -146,6 +146,6 @@ class Endpoints:
     async def recall_run_times(self) -> None:
         """Teach each endpoint's polling the queue and run times the ledger remembers, so that a restarted
         bot polls as sparingly and finds finished jobs as soon as before."""
-        for endpoint_id, delay_ms, execution_ms in await self._storage.recent_run_times():
-            stats = self._runpod.stats(endpoint_id)
+        for guild_id, endpoint_id, delay_ms, execution_ms in await self._storage.recent_run_times():
+            stats = self._runpod.stats(endpoint_id, guild_id)
             stats.record(run_s=execution_ms / 1000, wait_s=delay_ms / 1000 if delay_ms is not None else None)

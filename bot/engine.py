@@ -144,7 +144,7 @@ class RunPodContext:
         self._retry = retry
         self._request_timeout = request_timeout
         self.max_answer_bytes = max_answer_bytes
-        self._stats: dict[str, EndpointStats] = {}
+        self._stats: dict[tuple[str, object], EndpointStats] = {}  # by endpoint and tenant
         self.health_ttl = health_ttl
         self._health: dict[tuple[str, str], tuple[float, asyncio.Future[Health | None]]] = {}  # by client identity
 
@@ -192,12 +192,14 @@ class RunPodContext:
             log.info("endpoint %s: /health failed: %s", client.endpoint_id, error)
             return None
 
-    def stats(self, endpoint_id: str) -> EndpointStats:
-        """What this endpoint's finished jobs taught (kept for the life of the context)."""
-        url = endpoint_url(self.api_url, endpoint_id)
-        stats = self._stats.get(url)
+    def stats(self, endpoint_id: str, tenant: object = None) -> EndpointStats:
+        """What this endpoint's finished jobs of this tenant (a server) taught, kept for the life of the context.
+        Learned per server: one server's 25-second jobs on a shared endpoint must not make the polling of another
+        server's 1-second job wait 23 seconds before its first look."""
+        key = (endpoint_url(self.api_url, endpoint_id), tenant)
+        stats = self._stats.get(key)
         if stats is None:
-            stats = self._stats[url] = EndpointStats()
+            stats = self._stats[key] = EndpointStats()
         return stats
 
 
@@ -284,7 +286,7 @@ async def follow_job(
     is taken as its submission. `tenant` (the job's guild; None for the terminal) is whose turn reading and
     checking its pictures takes: servers are served round-robin."""
     poll = poll or PollPolicy()
-    cadence = Cadence(poll, context.stats(client.endpoint_id) if stats is None else stats, submitted_at)
+    cadence = Cadence(poll, context.stats(client.endpoint_id, tenant) if stats is None else stats, submitted_at)
     deadline = clock() + timeout if timeout is not None else None
     last: JobUpdate | None = None
     unchanged = failures = 0

@@ -107,7 +107,8 @@ class LiveJob:
     task: asyncio.Task[None] | None = None
     cancelled_by: str | None = None
     ending: bool = False  # delivering its picture or its failure: let it finish, do not overwrite
-    ticket: Ticket | None = None  # its place in the fair queue, released when it ends
+    tickets: list[Ticket] = field(default_factory=list)  # its parts' places in the fair queue, until they end
+    parts: Parts = field(default_factory=lambda: Parts(1))  # what is sent of it, and what is followed
 
     @property
     def deadline(self) -> float:
@@ -121,6 +122,99 @@ class LiveJob:
     @property
     def context(self) -> str:
         return f"job {self.job_id} guild {self.record.guild_id} endpoint {self.endpoint.endpoint_id}"
+
+
+@dataclass
+class Parts:
+    """A request's RunPod jobs (its parts): how many it needs, and how far sending and following them got."""
+
+    planned: int
+    ended: int = 0  # followed to their end, in order
+    answers: dict[str, JobStatus] = field(default_factory=dict)  # RunPod's answer to each part's /run, until read
+    stopped: BotError | None = None  # why the parts not sent never will be
+    sent: int = 0
+    params: GenerationParams | None = None  # as sent: with the start picture's address, once it is prepared
+    image: bytes | None = None  # the start picture, for a worker that takes it as base64
+
+    @property
+    def unsent(self) -> int:
+        return self.planned - self.sent
+
+    @property
+    def on_runpod(self) -> int:
+        """Sent and not yet followed to their end: each holds a slot of the server's limits."""
+        return self.sent - self.ended
+
+    @classmethod
+    def resumed(cls, record: JobRecord, planned: int) -> Parts:
+        sent = len(record.runpod_job_ids)
+        restarted = BotError("The bot restarted while it was sending them to RunPod.") if sent < planned else None
+        return cls(planned=max(planned, sent), sent=sent, stopped=restarted)
+
+
+class PartSender:
+    """Sends a request's parts to RunPod as the server's fair queue admits them, so a set's parts count against
+    the limits like jobs do; each id is in the ledger as soon as RunPod gives it."""
+
+    def __init__(
+        self,
+        client: discord.Client,
+        runpod: RunPodContext,
+        endpoints: Endpoints,
+        storage: Storage,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._discord = client
+        self._runpod = runpod
+        self._endpoints = endpoints
+        self._storage = storage
+        self._clock = clock
+
+    async def send_admitted(self, job: LiveJob, admitted: int) -> None:
+        """Send, in order, the parts whose turn has come (`admitted` slots, one held by each part on RunPod).
+        When RunPod refuses a later part, those sent are cancelled (they would bill for a set cut short) but still
+        followed: one that finished before its cancel is paid for, and posted."""
+        parts, preset = job.parts, job.endpoint.preset
+        while parts.unsent and parts.stopped is None and job.cancelled_by is None and admitted > parts.on_runpod:
+            try:
+                if parts.params is None:
+                    job.record = await self._storage.submitting(job.record)
+                    budget = self._runpod.fetcher.budget
+                    parts.params, parts.image = await start_picture.prepare(
+                        self._discord, budget, job.presenter, job.params, preset, tenant=job.record.guild_id
+                    )
+                part = preset.parts(parts.params)[parts.sent]
+                client = self._endpoints.client(job.endpoint)
+                status = await submit_job(client, part, preset, workflow=job.endpoint.workflow, image=parts.image)
+            except BotError as error:
+                if not parts.sent:
+                    raise
+                await self.cancel_parts(job.endpoint, job.record.runpod_job_ids, job.context)
+                parts.stopped = error
+                return
+            parts.sent += 1
+            parts.answers[status.id] = status
+            job.status.submitted_at = job.status.submitted_at or self._clock()
+            job.record = await self._storage.sent(job.record, [*job.record.runpod_job_ids, status.id])
+            if job.record.state is LedgerState.PENDING:
+                job.record = await self._storage.queued(job.record)
+                job.presenter.context = job.context
+            if job.cancelled_by is not None:  # cancelled while RunPod was taking it: its id was not known yet
+                await self.cancel_parts(job.endpoint, [status.id], job.context)
+            log.info(
+                "%s: part %d of %d sent for request %s", job.context, parts.sent, parts.planned, job.record.request_id
+            )
+
+    async def cancel_parts(self, endpoint: Endpoint, runpod_job_ids: Sequence[str], context: str) -> list[BotError]:
+        """Cancel these RunPod jobs so they stop billing; what RunPod refused, each logged."""
+        refusals = []
+        for runpod_job_id in runpod_job_ids:
+            try:
+                await self._endpoints.client(endpoint).cancel(runpod_job_id)
+            except BotError as error:
+                log.warning("%s: could not cancel part %s: %s", context, runpod_job_id, error)
+                refusals.append(error)
+        return refusals
 
 
 class JobRunner:
@@ -150,6 +244,7 @@ class JobRunner:
             pings_per_channel=options.pings_per_channel,
             clock=options.clock,
         )
+        self.sender = PartSender(client, runpod, endpoints, storage, options.clock)
         self.live: dict[int, LiveJob] = {}  # by ledger id
         self.queue = FairQueue()
         self._reserving: dict[int, asyncio.Lock] = {}  # by guild id
@@ -189,7 +284,7 @@ class JobRunner:
         if job is None or job.ending:
             raise BotError("This job has already finished.")
         job.cancelled_by = by
-        refusals = await self.cancel_parts(job.endpoint, job.record.runpod_job_ids, job.context)
+        refusals = await self.sender.cancel_parts(job.endpoint, job.record.runpod_job_ids, job.context)
         if refusals and len(refusals) == len(job.record.runpod_job_ids):
             job.cancelled_by = None
             raise refusals[0]
@@ -233,21 +328,21 @@ class JobRunner:
     # --- running -----------------------------------------------------------------------------------
 
     async def _run(self, job: LiveJob) -> None:
-        """Wait for the job's turn if it has not been submitted yet, then follow it to the end."""
+        """Wait for the job's turn if it has not been submitted yet, then send and follow its parts to the end."""
         guild_id = job.record.guild_id or 0
         try:
-            submitted: list[JobStatus] = []
-            refused: BotError | None = None
             if job.record.state is LedgerState.WAITING:
-                job.ticket = self.queue.join(guild_id, job.record.user_id, job.policy)
-                log.info("%s: waiting for a turn, place %s", job.context, self.queue.position(job.ticket) or "-")
-                await self._wait_for_turn(job)
-                submitted, refused = await self._submit(job)
-                if job.cancelled_by is not None:  # cancelled while its parts were being sent
-                    await self.cancel_parts(job.endpoint, job.record.runpod_job_ids, job.context)
-            else:
-                job.ticket = self.queue.occupy(guild_id, job.record.user_id, job.policy)
-            await self._follow(job, submitted, refused)
+                planned = len(job.endpoint.preset.parts(job.params.with_seed()))
+                job.tickets = self.queue.join_set(guild_id, job.record.user_id, job.policy, parts=planned)
+                job.parts = Parts(planned)
+                log.info("%s: waiting for a turn, place %s", job.context, self.queue.position(job.tickets[0]) or "-")
+                await self._wait_for_turn(job, job.tickets[0])
+            else:  # followed on after a restart: what is on RunPod takes its slots whatever the limits say
+                job.tickets = [
+                    self.queue.occupy(guild_id, job.record.user_id, job.policy) for _ in job.record.runpod_job_ids
+                ]
+                job.parts = Parts.resumed(job.record, len(job.endpoint.preset.parts(job.params.with_seed())))
+            await self._follow(job)
         except BotError as error:  # refused by the queue or by RunPod, cancelled, failed on RunPod
             await self.end(job, error)
         except asyncio.CancelledError:
@@ -259,92 +354,73 @@ class JobRunner:
             self._leave_queue(job)
             self.live.pop(job.record.request_id, None)
 
-    async def _wait_for_turn(self, job: LiveJob) -> None:
-        assert job.ticket is not None
+    async def _wait_for_turn(self, job: LiveJob, ticket: Ticket) -> None:
+        """Until this part's turn comes in the server's fair queue, show the member their place."""
         shown = None
         while True:
             if job.cancelled_by is not None:  # checked last thing before a submit, too
                 raise JobCancelled(f"Cancelled by {job.cancelled_by} before it started.")
-            if job.ticket.admitted.done():
+            if ticket.admitted.done():
                 return
-            position = self.queue.position(job.ticket)
+            position = self.queue.position(ticket)
             if position is not None and position != shown:
                 shown = position
                 running = self.queue.running(job.record.guild_id or 0, job.record.user_id)
-                job.presenter.waiting(position=position, running=running)
+                pictures = (job.status.pictures_ready or 0, job.params.count) if job.parts.sent else None
+                job.presenter.waiting(position=position, running=running, pictures=pictures)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(job.ticket.admitted), 1.0)
+                await asyncio.wait_for(asyncio.shield(ticket.admitted), 1.0)
 
-    async def _submit(self, job: LiveJob) -> tuple[list[JobStatus], BotError | None]:
-        """Send the request as the RunPod jobs that make it (`WorkerPreset.parts`): RunPod's answers to `/run`,
-        and why the rest of a set was not sent. Each part's id is in the ledger as soon as RunPod gives it. When
-        a later part fails to be sent, those sent are cancelled (they would bill for a set cut short) but still
-        followed: one that finished before its cancel is paid for, and posted."""
-        job.record = await self._storage.submitting(job.record)
-        client, preset = self._endpoints.client(job.endpoint), job.endpoint.preset
-        submitted: list[JobStatus] = []
-        refused: BotError | None = None
-        try:
-            budget = self._runpod.fetcher.budget
-            params, image = await start_picture.prepare(
-                self._discord, budget, job.presenter, job.params, preset, tenant=job.record.guild_id
-            )
-            for part in preset.parts(params):
-                status = await submit_job(client, part, preset, workflow=job.endpoint.workflow, image=image)
-                submitted.append(status)
-                job.status.submitted_at = job.status.submitted_at or self.options.clock()
-                job.record = await self._storage.sent(job.record, [status.id for status in submitted])
-        except BotError as error:
-            if not submitted:
-                raise
-            await self.cancel_parts(job.endpoint, [status.id for status in submitted], job.context)
-            refused = error
-        job.record = await self._storage.queued(job.record)
-        job.presenter.context = job.context
-        log.info("%s: submitted as %d job(s) for request %s", job.context, len(submitted), job.record.request_id)
-        return submitted, refused
-
-    async def _follow(self, job: LiveJob, submitted: Sequence[JobStatus] = (), refused: BotError | None = None) -> None:
-        """Follow every part in turn (they run side by side on RunPod), then deliver their pictures as one set.
-        A part that fails costs only its own pictures; parts that finished before a cancel are still posted."""
+    async def _follow(self, job: LiveJob) -> None:
+        """Send each part when its turn comes and follow them in order (those sent run side by side on RunPod),
+        then deliver their pictures as one set. A part that fails costs only its own pictures; parts that
+        finished before a cancel are still posted."""
         client = self._endpoints.client(job.endpoint)
         refresher = tasks.spawn(self._keep_status_fresh(job, client), name=f"status {job.context}")
-        parts = job.record.runpod_job_ids
-        results: list[JobResult] = []
-        failures: list[BotError] = [refused] if refused else []  # why the set is short, first reason first
+        parts, results, failures = job.parts, list[JobResult](), list[BotError]()
         try:
-            for index, runpod_job_id in enumerate(parts):
-                if len(parts) > 1:
-                    job.status.pictures_ready = sum(len(result.images) for result in results)
-                job.status.parts_behind = len(parts) - 1 - index
-                try:
-                    # Only the first part starts from RunPod's answer to /run: the others' are old news by now.
-                    answer = submitted[0] if index == 0 and submitted else None
-                    results.append(await self._follow_part(job, client, runpod_job_id, answer))
-                except JobError as failure:
-                    log.info("%s: part %d of %d ended: %s", job.context, index + 1, len(parts), failure)
-                    failures.append(failure)
-                except BotError:  # RunPod itself failed us (key, endpoint, outage): the parts not followed yet
-                    await self.cancel_parts(job.endpoint, parts[index + 1 :], job.context)  # nobody would post them
-                    raise
+            while True:
+                await self.sender.send_admitted(job, self._admitted(job))
+                ids = job.record.runpod_job_ids
+                if parts.ended < len(ids):
+                    runpod_job_id = ids[parts.ended]
+                    job.status.pictures_ready = sum(len(r.images) for r in results) if parts.planned > 1 else None
+                    job.status.parts_behind = len(ids) - 1 - parts.ended
+                    job.status.parts_unsent = parts.unsent
+                    try:
+                        results.append(
+                            await self._follow_part(job, client, runpod_job_id, parts.answers.pop(runpod_job_id, None))
+                        )
+                    except JobError as failure:
+                        log.info("%s: part %d of %d ended: %s", job.context, parts.ended + 1, len(ids), failure)
+                        failures.append(failure)
+                    except BotError:  # RunPod itself failed us (key, endpoint, outage): the parts not followed yet
+                        await self.sender.cancel_parts(job.endpoint, ids[parts.ended + 1 :], job.context)
+                        raise
+                    parts.ended += 1
+                    self._release_one(job)  # the next part, or another member's job, may go
+                elif parts.unsent and parts.stopped is None and job.cancelled_by is None:
+                    waiting = next(ticket for ticket in job.tickets if not ticket.admitted.done())
+                    with contextlib.suppress(JobCancelled):  # a cancel now ends the set with what arrived
+                        await self._wait_for_turn(job, waiting)
+                else:
+                    break
         finally:
             refresher.cancel()
         if job.cancelled_by is not None and not results:  # say who cancelled, rather than RunPod's "cancelled"
             raise JobCancelled(f"Cancelled by {job.cancelled_by}.")
         if not results:
-            raise failures[0]
-        await self._deliver(job, _one_set(results), failures)
+            raise (parts.stopped or failures[0])
+        await self._deliver(job, _one_set(results), [parts.stopped, *failures] if parts.stopped else failures)
 
-    async def cancel_parts(self, endpoint: Endpoint, runpod_job_ids: Sequence[str], context: str) -> list[BotError]:
-        """Cancel these RunPod jobs so they stop billing; what RunPod refused, each logged."""
-        refusals = []
-        for runpod_job_id in runpod_job_ids:
-            try:
-                await self._endpoints.client(endpoint).cancel(runpod_job_id)
-            except BotError as error:
-                log.warning("%s: could not cancel part %s: %s", context, runpod_job_id, error)
-                refusals.append(error)
-        return refusals
+    def _admitted(self, job: LiveJob) -> int:
+        return sum(1 for ticket in job.tickets if ticket.admitted.done() and not ticket.admitted.cancelled())
+
+    def _release_one(self, job: LiveJob) -> None:
+        ticket = next((t for t in job.tickets if t.admitted.done() and not t.admitted.cancelled()), None)
+        if ticket is not None:
+            job.tickets.remove(ticket)
+            self.queue.leave(ticket)
 
     async def _follow_part(
         self, job: LiveJob, client: RunPodClient, runpod_job_id: str, submitted: JobStatus | None
@@ -388,7 +464,8 @@ class JobRunner:
         if board.waiting_on_runpod:
             endpoint_id = job.endpoint.endpoint_id
             board.move_up(other.status for other in self.live.values() if other.endpoint.endpoint_id == endpoint_id)
-        outlook = board.outlook(self.options.clock(), self._runpod.stats(job.endpoint.endpoint_id), job.params.count)
+        stats = self._runpod.stats(job.endpoint.endpoint_id, job.record.guild_id)
+        outlook = board.outlook(self.options.clock(), stats, job.params.count)
         if not job.ending:  # its picture or its end is being shown: a late status must not cover it
             job.presenter.status(update, outlook)
 
@@ -397,7 +474,6 @@ class JobRunner:
     async def _deliver(self, job: LiveJob, result: JobResult, failures: Sequence[BotError] = ()) -> None:
         uploads = await job.presenter.fit(result, job.job_id)
         job.ending = True
-        resumed_mid_send = job.record.state is LedgerState.PENDING  # killed before every part was sent
         if job.record.state is not LedgerState.COMPLETED:  # a resumed job's arrival is recorded already
             job.record = await self._storage.completed(
                 job.record,
@@ -406,8 +482,6 @@ class JobRunner:
                 execution_ms=result.execution_ms,
             )
         why = failures[0].for_members if failures else ""
-        if resumed_mid_send:
-            why = "The bot restarted while it was sending them to RunPod."
         seconds = monotonic() - job.started
         match await job.presenter.deliver(
             result, uploads, seconds=seconds, why_short=why, cancelled_by=job.cancelled_by
@@ -445,9 +519,9 @@ class JobRunner:
             await self._storage.told(job.record)
 
     def _leave_queue(self, job: LiveJob) -> None:
-        if job.ticket is not None:
-            self.queue.leave(job.ticket)
-            job.ticket = None
+        for ticket in job.tickets:
+            self.queue.leave(ticket)
+        job.tickets = []
 
     # --- shutdown ----------------------------------------------------------------------------------
 

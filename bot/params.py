@@ -39,6 +39,9 @@ class GenerationParams:
     image_url: str | None = None  # http(s) URL of the picture to start from; only ever a Discord attachment's
     strength: float | None = None  # 0..1, how far to move from image_url; None lets the preset pick its default
     upscale: bool = False  # "Upscale (2x)": image_url at twice the size, gently (UPSCALE_STRENGTH)
+    # The bot's message the picture to start from is attached to (Vary, Upscale): read again for a fresh address
+    # when a later Retry, Reroll or Edit reuses it, since Discord's addresses expire after about a day.
+    image_message_id: int | None = None
 
     def __post_init__(self) -> None:
         prompt = self.prompt.strip()

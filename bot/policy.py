@@ -250,6 +250,12 @@ class FairQueue:
 
     def join(self, guild_id: int, member_id: int, policy: GuildPolicy) -> Ticket:
         """Take a place; `ticket.admitted` resolves when the job may go to RunPod."""
+        (ticket,) = self.join_set(guild_id, member_id, policy, parts=1)
+        return ticket
+
+    def join_set(self, guild_id: int, member_id: int, policy: GuildPolicy, *, parts: int) -> list[Ticket]:
+        """Places for a request sent as several RunPod jobs: each part counts against the limits and is admitted
+        in its turn, so a set of 4 under a limit of 1 runs one part at a time."""
         if self.waiting(guild_id, member_id) >= policy.member_waiting and not self._admissible(
             guild_id, member_id, policy
         ):
@@ -257,10 +263,10 @@ class FairQueue:
                 f"You already have {policy.member_waiting} pictures waiting; try again when one of them has started."
             )
         self._limits[guild_id] = policy
-        ticket = Ticket(guild_id, member_id)
-        self._waiting.setdefault(guild_id, {}).setdefault(member_id, deque()).append(ticket)
+        tickets = [Ticket(guild_id, member_id) for _ in range(max(1, parts))]
+        self._waiting.setdefault(guild_id, {}).setdefault(member_id, deque()).extend(tickets)
         self._admit(guild_id)
-        return ticket
+        return tickets
 
     def occupy(self, guild_id: int, member_id: int, policy: GuildPolicy) -> Ticket:
         """A job already on RunPod (resumed after a restart) takes its slot whatever the limits say."""

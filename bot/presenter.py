@@ -107,8 +107,11 @@ class JobPresenter:
 
     # --- while it runs -----------------------------------------------------------------------------
 
-    def waiting(self, *, position: int, running: int) -> None:
+    def waiting(self, *, position: int, running: int, pictures: tuple[int, int] | None = None) -> None:
+        """Its place in the server's fair queue; `pictures` (ready, asked for) once a set's first parts are sent."""
         embed = render.waiting_embed(self._params, self._requester, position=position, running=running)
+        if pictures is not None:
+            embed.add_field(name="Pictures", value="{} of {} ready".format(*pictures))
         self.message.show(embed, self._cancel_view())
 
     def status(self, update: JobUpdate, outlook: Outlook) -> None:

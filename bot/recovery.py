@@ -104,7 +104,7 @@ class Recovery:
             log.warning("job %s: sweeper could not cancel it: %s", runpod_job_id, error)
             return
         context = f"job {runpod_job_id} guild {record.guild_id}"
-        if await self._runner.cancel_parts(endpoint, record.runpod_job_ids, context):
+        if await self._runner.sender.cancel_parts(endpoint, record.runpod_job_ids, context):
             return  # RunPod refused: tried again at the next sweep
         minutes = policy.max_wall_seconds / 60
         stale = JobTimedOut(

@@ -18,7 +18,7 @@ from bot.policy import Refused
 from bot.runpod import Health, JobState
 from bot.status import Outlook
 from bot.storage import JobRecord
-from bot.text import dollars, noun, worker_counts
+from bot.text import dollars, noun, plural, worker_counts
 
 QUEUED_COLOUR = discord.Colour.light_grey()
 RUNNING_COLOUR = discord.Colour.blurple()
@@ -91,6 +91,13 @@ def status_embed(update: JobUpdate, params: GenerationParams, requester: str, ou
     )
     if outlook.pictures is not None:
         embed.add_field(name="Pictures", value="{} of {} ready".format(*outlook.pictures))
+    if outlook.parts_unsent:
+        embed.add_field(
+            name="Waiting for a turn",
+            value=f"The rest of this set ({plural(outlook.parts_unsent, 'job')}) starts when this server's limits "
+            "allow; nothing is paid for it yet.",
+            inline=False,
+        )
     if update.unanswered:
         embed.add_field(
             name="RunPod is not answering",

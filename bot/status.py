@@ -31,6 +31,7 @@ class Outlook:
     painting_since: datetime | None = None
     expected_done: datetime | None = None
     pictures: tuple[int, int] | None = None  # (ready, asked for) of a request sent as several jobs
+    parts_unsent: int = 0  # its parts not yet sent: they wait for a turn within the server's limits
 
 
 @dataclass
@@ -45,6 +46,7 @@ class StatusBoard:
     health_read_at: float = float("-inf")  # event-loop time
     pictures_ready: int | None = None  # of a request sent as several jobs: what its finished parts made
     parts_behind: int = 0  # its own parts after the one followed now: they wait on RunPod too, but not for it
+    parts_unsent: int = 0  # its own parts not yet sent to RunPod: each waits for a turn in the server's limits
 
     @property
     def sent_at(self) -> datetime:
@@ -111,4 +113,5 @@ class StatusBoard:
             painting_since=self.painting_since,
             expected_done=expected_done,
             pictures=(self.pictures_ready, asked) if self.pictures_ready is not None else None,
+            parts_unsent=self.parts_unsent,
         )

@@ -507,16 +507,16 @@ class Storage:
         return self._records(rows)
 
     @_uninterruptible
-    async def recent_run_times(self, limit: int = 2000) -> list[tuple[str, int | None, int]]:
-        """(endpoint id, queue ms, run ms) of the latest completed jobs, oldest first."""
+    async def recent_run_times(self, limit: int = 2000) -> list[tuple[int | None, str, int | None, int]]:
+        """(guild id, endpoint id, queue ms, run ms) of the latest completed jobs, oldest first."""
         async with self.engine.connect() as connection:
             rows = await connection.execute(
-                sa.select(jobs.c.endpoint_id, jobs.c.delay_ms, jobs.c.execution_ms)
+                sa.select(jobs.c.guild_id, jobs.c.endpoint_id, jobs.c.delay_ms, jobs.c.execution_ms)
                 .where(jobs.c.state.in_(_PICTURES_ARRIVED), jobs.c.execution_ms.is_not(None))
                 .order_by(jobs.c.updated_at.desc(), jobs.c.request_id.desc())
                 .limit(limit)
             )
-        return [(row.endpoint_id, row.delay_ms, row.execution_ms) for row in reversed(rows.all())]
+        return [(row.guild_id, row.endpoint_id, row.delay_ms, row.execution_ms) for row in reversed(rows.all())]
 
     @_uninterruptible
     async def jobs_in_state(self, state: LedgerState, *, since: datetime) -> list[JobRecord]:

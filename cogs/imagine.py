@@ -13,6 +13,7 @@ import dataclasses
 import logging
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import discord
 from discord import app_commands
@@ -148,6 +149,7 @@ class Imagine(commands.Cog):
         )
         await interaction.response.defer(thinking=True)
         try:
+            params = await _fresh_start_picture(interaction, params)
             admission = await preflight(self.bot.endpoints, request, params, model)
             await self.bot.runner.start(await _origin(interaction), admission)
         except Exception:
@@ -202,11 +204,17 @@ class Imagine(commands.Cog):
             variation = Variation(argument) if argument in tuple(Variation) else None
             strength = VARY_STRENGTH[variation or Variation.STRONG]
             source = _picture(interaction, 1 if variation else int(argument or 1))
-            varied = dataclasses.replace(params, image_url=source.url, strength=strength, upscale=False, seed=None)
+            varied = dataclasses.replace(
+                params, image_url=source.url, image_message_id=_message_id(interaction), strength=strength,
+                upscale=False, seed=None,
+            )  # fmt: skip
             await self.run_new(interaction, varied, record.model)
         elif action is ButtonAction.UPSCALE:
             source = _picture(interaction, 1)
-            upscaled = dataclasses.replace(params, image_url=source.url, strength=None, upscale=True, count=1)
+            upscaled = dataclasses.replace(
+                params, image_url=source.url, image_message_id=_message_id(interaction), strength=None, upscale=True,
+                count=1,
+            )  # fmt: skip
             await self.run_new(interaction, upscaled, record.model)
 
     async def _pick(
@@ -329,6 +337,39 @@ def _picture(interaction: discord.Interaction[Any], number: int) -> discord.Atta
     if not 1 <= number <= len(pictures):
         raise BotError("That picture is no longer on this message.")
     return pictures[number - 1]
+
+
+def _message_id(interaction: discord.Interaction[Any]) -> int | None:
+    return interaction.message.id if interaction.message is not None else None
+
+
+async def _fresh_start_picture(interaction: discord.Interaction[Any], params: GenerationParams) -> GenerationParams:
+    """The picture a Retry, Reroll or Edit starts from again, at the address its message has now: Discord's
+    addresses carry an expiry (`ex=`) and stop working after about a day. Not read again when the message was
+    just clicked (its address came with the click)."""
+    if params.image_url is None or params.image_message_id in (None, _message_id(interaction)):
+        return params
+    attachment_id = _attachment_id(params.image_url)
+    channel = interaction.client.get_partial_messageable(interaction.channel_id or 0, guild_id=interaction.guild_id)
+    try:
+        message = await channel.fetch_message(params.image_message_id or 0)
+    except discord.NotFound:
+        raise BotError("The picture this started from was deleted, so it cannot be used again.") from None
+    except (*TRANSPORT_ERRORS, discord.HTTPException):
+        return params  # the address it has may still work; reading the picture says clearly if not
+    for attachment in message.attachments:
+        if attachment.id == attachment_id:
+            return dataclasses.replace(params, image_url=attachment.url)
+    raise BotError("The picture this started from is no longer on its message, so it cannot be used again.")
+
+
+def _attachment_id(url: str) -> int | None:
+    """An attachment's id from its address (`…/attachments/<channel>/<attachment>/<file name>`)."""
+    parts = urlsplit(url).path.split("/")
+    if "attachments" in parts and len(parts) > parts.index("attachments") + 2:
+        candidate = parts[parts.index("attachments") + 2]
+        return int(candidate) if candidate.isdigit() else None
+    return None
 
 
 def _may_moderate(interaction: discord.Interaction[Any], record: JobRecord) -> bool:

@@ -276,7 +276,7 @@ async def test_a_cold_start_status_never_shows_a_start_in_the_past_and_the_place
     options = fast_options(status_refresh=0.05, health_interval=0.05)
     async with running_bot(runpod, options=options) as harness:
         await harness.bot.storage.save_guild_policy(DEFAULT_GUILD_ID, {"member_concurrent": 2})
-        harness.context.stats(ENDPOINT).record(wait_s=3.9, run_s=0.5)  # what earlier jobs taught
+        harness.context.stats(ENDPOINT, DEFAULT_GUILD_ID).record(wait_s=3.9, run_s=0.5)  # what earlier jobs taught
         runpod.health_workers = {"idle": 0, "initializing": 1, "ready": 0, "running": 0, "throttled": 0}
         runpod.default_script = lambda job_input: Script(
             queue_s=4.2 + 0.3 * len(runpod.jobs),

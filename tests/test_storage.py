@@ -212,8 +212,8 @@ async def test_recent_run_times_are_those_of_completed_jobs_oldest_first(storage
     for request_id, (state, delay_ms, execution_ms) in enumerate(ledger, start=1):
         await storage.record_job(job(request_id, endpoint_id=f"ep{request_id % 2}", state="waiting"))
         await move_to(storage, request_id, state, delay_ms=delay_ms, execution_ms=execution_ms)
-    assert await storage.recent_run_times() == [("ep1", 900, 8100), ("ep1", None, 7600)]
-    assert await storage.recent_run_times(limit=1) == [("ep1", None, 7600)]
+    assert await storage.recent_run_times() == [(10, "ep1", 900, 8100), (10, "ep1", None, 7600)]
+    assert await storage.recent_run_times(limit=1) == [(10, "ep1", None, 7600)]
 
 
 async def test_times_come_back_aware_and_equal(storage):

@@ -120,12 +120,16 @@ class DiscordDouble:
     def __init__(
         self, *, guilds: Sequence[GuildSpec] | None = None, token: str = "test-token", shard_count: int = 1,
         token_ttl: float = 900.0, enforce_ack_deadline: bool = False, rate_limits: RateLimits | None = None,
+        attachment_url_ttl: float | None = None,
         clock: Callable[[], float] = time.monotonic, chaos: Chaos | None = None,
     ) -> None:  # fmt: skip
         self.guilds = list(guilds) if guilds is not None else [GuildSpec()]  # one guild, one #general
         self.token = token
         self.shard_count = shard_count  # what GET /gateway/bot recommends
         self.token_ttl = token_ttl  # webhook routes answer 401/50027 for older interactions
+        # Attachment addresses carry an expiry (ex=) this many seconds after the message was read, and the CDN
+        # refuses them after it, as Discord's do after about a day; None: plain addresses that never expire.
+        self.attachment_url_ttl = attachment_url_ttl
         self.enforce_ack_deadline = enforce_ack_deadline  # callbacks later than 3 s answer 404/10062
         self.rate_limits = rate_limits  # None: no limits and no X-RateLimit headers, as before
         self.clock = clock  # the rate-limit windows' clock; tests may pass a fake one
@@ -504,6 +508,13 @@ class DiscordDouble:
         if faulted is not None:
             return faulted
         aid = int(request.match_info["attachment_id"])
+        if self.attachment_url_ttl is not None and aid not in self.uploaded:
+            try:  # Discord signs an attachment's address with its expiry (ex=, seconds since 1970 in hex)
+                expired = int(request.query.get("ex", "0"), 16) < time.time()
+            except ValueError:
+                expired = True
+            if expired:
+                return web.Response(status=404, text="This content is no longer available.")
         held = [a for m in self.messages.values() for a in m.attachments] + list(self.uploaded.values())
         for a in held:
             if a.id == aid:
@@ -836,11 +847,16 @@ class DiscordDouble:
         """The message object Discord would return for ``msg``."""
         inter = self.interactions.get(msg.interaction_token or "")
         cdn = f"http://127.0.0.1:{self.port}/attachments/{msg.channel_id}"
+        signed = ""
+        if self.attachment_url_ttl is not None:  # a fresh expiry each time the message is read, as Discord does
+            expiry = int(time.time() + self.attachment_url_ttl)
+            signed = f"?ex={expiry:x}&is={expiry - int(self.attachment_url_ttl):x}&hm={expiry * 7919 % 10**12:x}&"
         out: dict[str, Any] = {
             "id": str(msg.id), "type": 20 if inter and inter.payload["type"] == 2 else 0,
             "content": msg.content or "", "channel_id": str(msg.channel_id), "author": BOT_USER.payload(),
             "attachments": [{"id": str(a.id), "filename": a.filename, "size": len(a.data),
-                             "url": f"{cdn}/{a.id}/{a.filename}", "proxy_url": f"{cdn}/{a.id}/{a.filename}",
+                             "url": f"{cdn}/{a.id}/{a.filename}{signed}",
+                             "proxy_url": f"{cdn}/{a.id}/{a.filename}{signed}",
                              "content_type": a.content_type} for a in msg.attachments],
             "embeds": msg.embeds, "components": msg.components, "mentions": [], "mention_roles": [],
             "pinned": False, "mention_everyone": False, "tts": False, "timestamp": msg.created_at.isoformat(),
