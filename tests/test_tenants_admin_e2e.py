@@ -203,9 +203,11 @@ async def test_a_server_that_removes_the_bot_has_its_jobs_cancelled_and_its_keys
         await harness.discord.dispatch("GUILD_DELETE", {"id": str(DEFAULT_GUILD_ID)}, guild_id=DEFAULT_GUILD_ID)
         await harness.discord.wait_for(lambda: harness.runpod.requests_for("cancel"))
         await eventually(lambda: _no_models(harness, DEFAULT_GUILD_ID))
-    (cancel,) = harness.runpod.requests_for("cancel")
-    assert (cancel.job_id, cancel.endpoint_id) == (jobs["ours"].id, GUILD_ENDPOINT)
-    assert cancel.headers["Authorization"] == f"Bearer {GUILD_KEY}"
+    # Only ours, with its own key (under load a cancel may be sent twice: a retry, or the runner's own).
+    cancels = harness.runpod.requests_for("cancel")
+    assert {(c.job_id, c.endpoint_id, c.headers["Authorization"]) for c in cancels} == {
+        (jobs["ours"].id, GUILD_ENDPOINT, f"Bearer {GUILD_KEY}")
+    }
     assert f"guild {DEFAULT_GUILD_ID} removed the bot: 1 job(s) cancelled, 2 stored key(s) deleted" in caplog.text
     assert str(OTHER_GUILD_ID) not in caplog.text
 
