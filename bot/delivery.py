@@ -12,12 +12,11 @@ from io import BytesIO
 from PIL import Image
 
 from bot.errors import OutputError
-from bot.images import DecodedImage, MemoryBudget
+from bot.images import DecodedImage, MemoryBudget, jpeg_within
 from bot.text import size_text
 
 # Discord refuses requests over 25 MiB (docs/discord-notes.md, Upload limits); room is kept for the JSON part.
 MAX_REQUEST_BYTES = 24 * 1024 * 1024
-_JPEG_QUALITIES = (92, 85, 75)
 # Re-encoding a picture to fit inflates it: Pillow holds it at 4 bytes a pixel (1 with a palette), its RGB copy
 # takes 4 more, and the JPEG encoder keeps the whole picture's coefficients: 8 to 12 bytes a pixel measured with
 # Pillow 12 on pictures of noise. `reencoding_bytes` counts it against the bot's memory for pictures.
@@ -94,24 +93,11 @@ def _fit(png: bytes, budget: int, name: str, label: str) -> Upload:
     rgb: Image.Image = Image.open(BytesIO(png))
     if rgb.mode != "RGB":  # converting copies the whole picture: only when JPEG needs it
         rgb = rgb.convert("RGB")
-    for quality in _JPEG_QUALITIES:
-        data = _jpeg(rgb, quality)
-        if len(data) <= budget:
-            return Upload(f"{name}.jpg", data, f"{label} was sent as JPEG to fit Discord's {limit_text} upload limit.")
-    scale = 1.0
-    while True:
-        scale *= 0.8 * (budget / len(data)) ** 0.5
-        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
-        data = _jpeg(rgb.resize(size, Image.Resampling.LANCZOS), _JPEG_QUALITIES[-1])
-        if len(data) <= budget or size == (1, 1):
-            return Upload(
-                f"{name}.jpg",
-                data,
-                f"{label} was scaled down to {size[0]}×{size[1]} to fit Discord's {limit_text} upload limit.",
-            )
-
-
-def _jpeg(image: Image.Image, quality: int) -> bytes:
-    buffer = BytesIO()
-    image.save(buffer, "JPEG", quality=quality, optimize=True)
-    return buffer.getvalue()
+    data, size = jpeg_within(rgb, budget)
+    if size == rgb.size:
+        return Upload(f"{name}.jpg", data, f"{label} was sent as JPEG to fit Discord's {limit_text} upload limit.")
+    return Upload(
+        f"{name}.jpg",
+        data,
+        f"{label} was scaled down to {size[0]}×{size[1]} to fit Discord's {limit_text} upload limit.",
+    )

@@ -111,8 +111,9 @@ class RunPodContext:
     (up to `max_answer_bytes`, twice that while it is parsed), so when more jobs finish at once, the others wait
     for a turn, served round-robin by server (`FairTurns`), holding no connection while they wait: an answer that
     turns out large when no turn is free is left unread (its connection closed) and asked for again once its turn
-    has come. Two by default: the pictures are checked on one thread (`ImageFetcher.budget`), so one answer is
-    checked while the next is read, and more turns would only hold more answers in memory.
+    has come. Three by default, at most two of them for one server: the pictures are checked on one thread
+    (`ImageFetcher.budget`), so one answer is checked while the next is read, and the third is always there for
+    another server, however long one server's answers take to check.
 
     `key_requests` is how many requests one API key may have in flight at once (a quarter of the session's pool by
     default), so one server's flood never takes every pooled connection from the others."""
@@ -137,7 +138,7 @@ class RunPodContext:
         self.fetcher = fetcher
         self.api_url = api_url
         self.limiters = limiters or RateLimiters()
-        self.picture_turns = FairTurns(picture_turns or 2)
+        self.picture_turns = FairTurns(picture_turns or 3)
         pool = session.connector.limit if session.connector is not None else 0
         self.key_requests = key_requests or (max(1, pool // _KEY_SHARE) if pool else _KEY_REQUESTS)
         self._key_slots: dict[str, asyncio.Semaphore] = {}  # by a digest of the key, never the key
@@ -224,7 +225,7 @@ class _Turn:
             return
         if self._wait_in_socket:
             await self.wait()
-        elif self._turns.try_acquire():
+        elif self._turns.try_acquire(self._tenant):
             self._held = True
         else:
             raise _TurnBusy
@@ -236,7 +237,7 @@ class _Turn:
 
     def release(self) -> None:
         if self._held:
-            self._turns.release()
+            self._turns.release(self._tenant)
             self._held = False
 
 

@@ -15,7 +15,7 @@ import ipaddress
 import math
 import re
 import socket
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -260,7 +260,7 @@ def decode_image(data: bytes, where: str, seed: int | None = None, *, max_pixels
 
 
 UPSCALE_FACTOR = 2
-_START_JPEG_QUALITIES = (92, 85, 75)
+JPEG_QUALITIES = (92, 85, 75)  # tried in turn when a picture must be re-encoded to fit
 
 
 def start_size(width: int, height: int, *, factor: int = 1, max_pixels: int) -> tuple[int, int]:
@@ -301,18 +301,24 @@ def fit_start(data: bytes, where: str, *, size: tuple[int, int], max_bytes: int,
     del png
     rgb = picture.convert("RGB") if picture.mode != "RGB" else picture
     del picture
+    return jpeg_within(rgb, max_bytes)[0]
+
+
+def jpeg_within(rgb: Image.Image, max_bytes: int) -> tuple[bytes, tuple[int, int]]:
+    """An RGB picture as a JPEG of at most `max_bytes`, and the size it shows: at the best of `JPEG_QUALITIES` that
+    fits, else at the lowest, scaled down until it fits. Blocking: for the pictures' thread."""
     data = b""
-    for quality in _START_JPEG_QUALITIES:
+    for quality in JPEG_QUALITIES:
         data = _jpeg(rgb, quality)
         if len(data) <= max_bytes:
-            return data
+            return data, rgb.size
     scale = 1.0
     while True:
         scale *= 0.8 * (max_bytes / len(data)) ** 0.5
         smaller = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
-        data = _jpeg(rgb.resize(smaller, Image.Resampling.LANCZOS), _START_JPEG_QUALITIES[-1])
+        data = _jpeg(rgb.resize(smaller, Image.Resampling.LANCZOS), JPEG_QUALITIES[-1])
         if len(data) <= max_bytes or smaller == (1, 1):
-            return data
+            return data, smaller
 
 
 @contextlib.contextmanager
@@ -364,6 +370,13 @@ class _RoundRobin:
     def _take(self, amount: int) -> None:
         raise NotImplementedError
 
+    def _capped(self, tenant: object) -> bool:
+        """Whether this tenant holds all it may for now: passed over, not waited for, while it is."""
+        return False
+
+    def _took(self, tenant: object) -> None:
+        """A tenant was served (for the subclasses that count what each one holds)."""
+
     def _give_back(self, amount: int) -> None:
         raise NotImplementedError
 
@@ -371,17 +384,19 @@ class _RoundRobin:
     def waiting(self) -> int:
         return sum(1 for queue in self._queues.values() for _, future in queue if not future.done())
 
-    def _try(self, amount: int) -> bool:
-        """Served at once, if nobody waits and it fits."""
+    def _try(self, amount: int, tenant: object = None) -> bool:
+        """Served at once, if it fits and nobody it would overtake waits (a tenant at its cap waits for no one)."""
         if self.closed:
             raise asyncio.CancelledError("the bot is shutting down")
-        if self._queues or not self._fits(amount):
+        overtaking = any(not self._capped(waiting) for waiting in self._queues)
+        if overtaking or self._capped(tenant) or not self._fits(amount):
             return False
         self._take(amount)
+        self._took(tenant)
         return True
 
     async def _wait(self, amount: int, tenant: object) -> None:
-        if self._try(amount):
+        if self._try(amount, tenant):
             return
         granted = asyncio.get_running_loop().create_future()
         entry = (amount, granted)
@@ -403,7 +418,9 @@ class _RoundRobin:
 
     def _grant(self) -> None:
         while self._queues:
-            tenant, queue = next(iter(self._queues.items()))
+            tenant, queue = next(((t, q) for t, q in self._queues.items() if not self._capped(t)), (None, None))
+            if queue is None:  # every tenant waiting holds all it may: the next release serves one
+                return
             amount, granted = queue[0]
             if granted.done():  # its waiter was cancelled and has not woken up yet
                 queue.popleft()
@@ -417,6 +434,7 @@ class _RoundRobin:
             if queue:
                 self._queues[tenant] = queue  # to the back: every other tenant waiting goes first
             self._take(amount)
+            self._took(tenant)
             granted.set_result(None)
 
     def _cancel_waiters(self) -> int:
@@ -433,12 +451,17 @@ class _RoundRobin:
 
 
 class FairTurns(_RoundRobin):
-    """`slots` turns, handed out round-robin by tenant (`_RoundRobin`): what `RunPodContext.picture_turns` is."""
+    """`slots` turns, handed out round-robin by tenant (`_RoundRobin`): what `RunPodContext.picture_turns` is. One
+    tenant holds at most `per_tenant` at once (all but one, by default), so a turn is always left for another
+    server: one server's answers of ten large pictures each, minutes of checking, never make another wait for
+    them all."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, per_tenant: int | None = None) -> None:
         super().__init__()
         self.slots = slots
+        self.per_tenant = per_tenant or max(1, slots - 1)
         self.taken = 0
+        self.held: Counter[object] = Counter()  # by tenant
 
     def _fits(self, amount: int) -> bool:
         return self.taken < self.slots
@@ -446,18 +469,27 @@ class FairTurns(_RoundRobin):
     def _take(self, amount: int) -> None:
         self.taken += 1
 
+    def _capped(self, tenant: object) -> bool:
+        return self.held[tenant] >= self.per_tenant
+
+    def _took(self, tenant: object) -> None:
+        self.held[tenant] += 1
+
     def _give_back(self, amount: int) -> None:
         self.taken -= 1
         self._grant()
 
-    def try_acquire(self) -> bool:
-        """A turn at once, if one is free and nobody waits for one; never waits."""
-        return self._try(1)
+    def try_acquire(self, tenant: object = None) -> bool:
+        """A turn at once, if one is free, the tenant has not all it may, and nobody it would overtake waits."""
+        return self._try(1, tenant)
 
     async def acquire(self, tenant: object = None) -> None:
         await self._wait(1, tenant)
 
-    def release(self) -> None:
+    def release(self, tenant: object = None) -> None:
+        self.held[tenant] -= 1
+        if self.held[tenant] <= 0:
+            del self.held[tenant]
         self._give_back(1)
 
     def close(self) -> int:

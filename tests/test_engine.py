@@ -554,7 +554,7 @@ async def test_jobs_waiting_for_a_picture_turn_hold_no_connection_and_one_key_ne
         runpod.script_next(Script(output=outputs.sdxl(make_png())))
         async with asyncio.timeout(10):  # waiting for a connection forever is the failure
             assert (await other.run({"prompt": "another server"})).state is JobState.IN_QUEUE
-        context.picture_turns.release()
+        context.picture_turns.release("someone else")
         results = await asyncio.gather(*following)
     assert all(isinstance(result, JobResult) and result.images[0].png == png for result in results)
     # A job that waited asked for its answer again once its turn had come: twice at most, never more.

@@ -24,7 +24,15 @@ from PIL import Image
 from bot import images
 from bot.engine import describe_worker_error, parse_progress
 from bot.errors import BotError, OutputError, RunPodError
-from bot.images import ImageFetcher, ImageSource, MemoryBudget, decode_image, find_images, is_public_address
+from bot.images import (
+    FairTurns,
+    ImageFetcher,
+    ImageSource,
+    MemoryBudget,
+    decode_image,
+    find_images,
+    is_public_address,
+)
 from bot.runpod import JobState, _parse_json, parse_status
 from doubles import outputs
 from doubles.outputs import make_jpeg, make_png, pixels
@@ -556,3 +564,21 @@ async def test_closing_the_budget_drops_waiting_work_and_cancels_its_callers():
     with pytest.raises(asyncio.CancelledError):
         await budget.run(0, lambda: ran.append(99))  # nothing later runs either
     assert ran == []
+
+
+async def test_one_server_never_holds_every_picture_turn():
+    """A server whose answers take minutes to check holds at most all turns but one: another server's answer is
+    read at once, and the busy server's next one waits for one of its own to end."""
+    turns = FairTurns(3)
+    for _ in range(2):
+        assert turns.try_acquire("busy")
+    assert not turns.try_acquire("busy")  # at its share, with a turn still free
+    more = asyncio.ensure_future(turns.acquire("busy"))
+    await asyncio.sleep(0)
+    assert not more.done() and turns.waiting == 1
+    assert turns.try_acquire("other")  # not held up behind the busy server's waiting answer
+    turns.release("other")
+    assert not more.done()  # the free turn is not the busy server's
+    turns.release("busy")
+    await asyncio.wait_for(more, 1)
+    assert turns.held == {"busy": 2}
