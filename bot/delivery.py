@@ -1,4 +1,4 @@
-"""Make pictures fit Discord's upload limit: `fit_within` runs the blocking `fit_for_upload` (Pillow) on the
+"""Make pictures fit Discord's upload limit: `fit_within` re-encodes (Pillow) the pictures that need it on the
 pictures' thread, within the bot's memory budget for pictures."""
 
 from __future__ import annotations
@@ -59,8 +59,9 @@ async def fit_within(
     job_id: str,
     tenant: object = None,
 ) -> list[Upload]:
-    """`fit_for_upload` on the pictures' thread in `tenant`'s turn (the job's guild), its memory held from the bot's
-    budget for pictures; an `OutputError` when re-encoding them to fit would take more than the whole budget."""
+    """The pictures as `fit_for_upload` makes them, each re-encoded on the pictures' thread in `tenant`'s turn (the
+    job's guild) with its memory held from the bot's budget for pictures; an `OutputError` when re-encoding them to
+    fit would take more than the whole budget."""
     needed = reencoding_bytes([(len(p.png), p.width, p.height) for p in pictures], per_file_limit=per_file_limit)
     if needed > budget.limit:
         raise OutputError(
@@ -69,21 +70,30 @@ async def fit_within(
             "for pictures.",
             job_id,
         )
-    pngs = [picture.png for picture in pictures]
-    fit = functools.partial(fit_for_upload, pngs, per_file_limit=per_file_limit, stem=stem)
-    return await budget.run(needed, fit, tenant=tenant)
+    # One picture at a time on the pictures' thread, each in the tenant's turn: ten large pictures of one server are
+    # re-encoded between other servers' work, never as one long stretch before it.
+    limit = upload_budget(len(pictures), per_file_limit)
+    uploads = []
+    for picture, (name, label) in zip(pictures, _named(stem, len(pictures)), strict=True):
+        if len(picture.png) <= limit:
+            uploads.append(Upload(f"{name}.png", picture.png))
+            continue
+        memory, fit = picture.width * picture.height * REENCODE_BYTES_PER_PIXEL, functools.partial(_fit, picture.png)
+        uploads.append(await budget.run(memory, functools.partial(fit, limit, name, label), tenant=tenant))
+    return uploads
 
 
 def fit_for_upload(pngs: list[bytes], *, per_file_limit: int, stem: str) -> list[Upload]:
-    """Each picture as PNG when it fits, else as JPEG, else downscaled JPEG; all under the limits."""
-    budget = upload_budget(len(pngs), per_file_limit)
-    several = len(pngs) > 1
-    uploads = []
-    for number, png in enumerate(pngs, start=1):
-        name = f"{stem}-{number}" if several else stem
-        label = f"Image {number}" if several else "The image"
-        uploads.append(_fit(png, budget, name, label))
-    return uploads
+    """Each picture as PNG when it fits, else as JPEG, else downscaled JPEG; all under the limits (blocking)."""
+    limit = upload_budget(len(pngs), per_file_limit)
+    return [_fit(png, limit, name, label) for png, (name, label) in zip(pngs, _named(stem, len(pngs)), strict=True)]
+
+
+def _named(stem: str, count: int) -> list[tuple[str, str]]:
+    """Each picture's file name (without its extension) and how a note names it."""
+    if count == 1:
+        return [(stem, "The image")]
+    return [(f"{stem}-{number}", f"Image {number}") for number in range(1, count + 1)]
 
 
 def _fit(png: bytes, budget: int, name: str, label: str) -> Upload:
