@@ -193,6 +193,10 @@ def _lenient_b64decode(text: str, where: str) -> bytes:
 # which inflates nothing; every step that does inflate one is paid for where it happens: preparing a picture to
 # start from (`prepare_bytes`) and re-encoding one to fit Discord's upload limit (bot/delivery.py).
 DECODE_BYTES_PER_PIXEL = {"PNG": 0, "JPEG": 12, "WEBP": 28}
+# Work that inflates nothing (base64 of an answer, a header, a PNG's chunk CRCs) on this many bytes at most takes a
+# few milliseconds: it runs at once on the event loop rather than wait its turn behind another server's seconds of
+# decoding on the pictures' thread (1 ms for 1.6 MB, measured as said at `decode_image`).
+LIGHT_WORK_BYTES = 8 * 1024 * 1024
 # Preparing a picture to start from (`fit_start`) decodes it whatever its format: 4 bytes a pixel, 4 more for a
 # converted copy (palette, grey, 16 bits); a JPEG or WebP is counted as when it is decoded above, if that is more.
 INFLATE_BYTES_PER_PIXEL = 8
@@ -351,6 +355,19 @@ def _jpeg(image: Image.Image, quality: int) -> bytes:
     buffer = BytesIO()
     image.save(buffer, "JPEG", quality=quality, optimize=True)
     return buffer.getvalue()
+
+
+def _text_bytes(value: Any, cap: int) -> int:
+    """The length of the text in a parsed JSON answer (its pictures' base64, mostly), counted up to about `cap`."""
+    if isinstance(value, str):
+        return len(value)
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    total = 0
+    for child in children:
+        total += _text_bytes(child, cap - total)
+        if total > cap:
+            break
+    return total
 
 
 class _RoundRobin:
@@ -530,9 +547,14 @@ class MemoryBudget(_RoundRobin):
         self.running -= 1
         self._grant()
 
-    async def run(self, amount: int, work: Callable[[], T], *, tenant: object = None) -> T:
+    async def run(self, amount: int, work: Callable[[], T], *, tenant: object = None, light: bool = False) -> T:
         """`work()` on the pictures' thread, once a thread is free, `amount` bytes are free and `tenant`'s turn has
-        come, holding them until it has ended. A `CancelledError` once the budget is closed."""
+        come, holding them until it has ended; `light` work (`LIGHT_WORK_BYTES`) at once, where it is. A
+        `CancelledError` once the budget is closed."""
+        if light and amount == 0:
+            if self.closed:
+                raise asyncio.CancelledError("the bot is shutting down")
+            return work()
         if amount > self.limit:
             raise ValueError(f"{amount:,} bytes can never be held from a budget of {self.limit:,}")
         await self._wait(amount, tenant)
@@ -655,7 +677,8 @@ class ImageFetcher:
 
     async def find(self, output: Any, *, tenant: object = None) -> list[ImageSource]:
         """`find_images` on the pictures' thread: it base64-decodes megabytes, which stay there for the decoding."""
-        return await self.budget.run(0, functools.partial(find_images, output), tenant=tenant)
+        light = _text_bytes(output, LIGHT_WORK_BYTES) <= LIGHT_WORK_BYTES
+        return await self.budget.run(0, functools.partial(find_images, output), tenant=tenant, light=light)
 
     async def decode_all(self, sources: list[ImageSource], *, tenant: object = None) -> list[DecodedImage]:
         """All of a job's pictures, fetched at once and decoded as the budget allows (in `tenant`'s turns); the
@@ -673,14 +696,14 @@ class ImageFetcher:
         data = source.data if source.data is not None else await self.fetch(source.url or "", source.where)
         if len(data) > self.max_bytes:
             raise OutputError(f"{source.where} is {len(data):,} bytes, over the {self.max_bytes:,} allowed.")
-        header = await self.budget.run(
-            0, functools.partial(read_header, data, source.where, max_pixels=self.max_pixels), tenant=tenant
-        )
+        light = len(data) <= LIGHT_WORK_BYTES
+        check = functools.partial(read_header, data, source.where, max_pixels=self.max_pixels)
+        header = await self.budget.run(0, check, tenant=tenant, light=light)
         needed = header.decode_bytes
         if needed > self.budget.limit:
             raise OutputError(too_much_memory(source.where, header, needed, self.budget.limit))
         decode = functools.partial(decode_image, data, source.where, source.seed, max_pixels=self.max_pixels)
-        return await self.budget.run(needed, decode, tenant=tenant)
+        return await self.budget.run(needed, decode, tenant=tenant, light=light)  # a PNG is only checked: 0 bytes
 
     async def fetch(self, url: str, where: str) -> bytes:
         for _ in range(self._max_redirects + 1):

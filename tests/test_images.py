@@ -582,3 +582,15 @@ async def test_one_server_never_holds_every_picture_turn():
     turns.release("busy")
     await asyncio.wait_for(more, 1)
     assert turns.held == {"busy": 2}
+
+
+async def test_a_small_png_is_checked_at_once_while_another_server_s_picture_is_decoded():
+    """Checking a PNG inflates nothing: it never waits behind another server's seconds of decoding on the thread."""
+    release = threading.Event()
+    async with ImageFetcher() as fetcher:
+        busy = asyncio.ensure_future(fetcher.budget.run(10 * MB, lambda: release.wait(5), tenant="busy"))
+        await asyncio.sleep(0.05)
+        (picture,) = await asyncio.wait_for(fetcher.decode_all(find_images(outputs.b64(PNG_A)), tenant="other"), 1)
+        assert picture.png == PNG_A and not busy.done()
+        release.set()
+        await busy
