@@ -121,7 +121,8 @@ class JobPresenter:
         """Post the picture an upscale starts from on the job's own message, for the worker to fetch: its address
         on Discord's CDN, or None when it could not be posted."""
         embed = render.starting_embed(self._params, self._requester)
-        outcome = await self._tried(lambda: self.message.attach(embed, Upload("start.png", data)))
+        name = "start.jpg" if data.startswith(b"\xff\xd8\xff") else "start.png"  # re-encoded to fit, it is a JPEG
+        outcome = await self._tried(lambda: self.message.attach(embed, Upload(name, data)))
         message = outcome.message if isinstance(outcome, Shown) else None
         if isinstance(message, discord.Message) and message.attachments:
             return message.attachments[0].url

@@ -472,6 +472,7 @@ async def test_upscale_of_a_result_posted_as_jpeg_is_paid_for_at_its_real_size_a
     (job,) = jobs_after(harness, known)
     async with aiohttp.ClientSession() as session, session.get(job.input["image_url"]) as response:
         start = Image.open(io.BytesIO(await response.read()))  # fetched as the worker fetches it
+    assert job.input["image_url"].split("?")[0].endswith(f"/start.{'jpg' if start.format == 'JPEG' else 'png'}")
     done = await harness.finished(upscale)
     assert done.embeds[0]["title"] == "✅ Done"
     assert start.size == start_size(1500, 1500, factor=2, max_pixels=PRESETS["sdxl"].max_start_pixels)
