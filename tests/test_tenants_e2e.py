@@ -12,6 +12,9 @@ from doubles.runpod import Script
 
 OTHER_GUILD_ID = DEFAULT_GUILD_ID + 7
 OTHER_CHANNEL_ID = OTHER_GUILD_ID + 1
+# How long the Discord double's attachment addresses work: long enough for a loaded machine to read a picture it
+# has just been given, short enough to see one expire in a test.
+ADDRESS_TTL = 5.0
 TWO_SERVERS = [GuildSpec(), GuildSpec(id=OTHER_GUILD_ID, name="Other", channels=[ChannelSpec(id=OTHER_CHANNEL_ID)])]
 
 
@@ -80,7 +83,7 @@ async def test_what_one_server_s_long_jobs_teach_never_slows_the_polling_of_anot
 
 async def test_retry_of_a_variation_reads_its_picture_again_after_its_address_expired(runpod):
     """Discord's attachment addresses expire (ex=); a Retry a day later must not reuse the stored one."""
-    async with running_bot(runpod, worker=painted, attachment_url_ttl=1.0) as harness:
+    async with running_bot(runpod, worker=painted, attachment_url_ttl=ADDRESS_TTL) as harness:
         final = await harness.finished(await harness.imagine("vary me tomorrow"))
         runpod.default_script = lambda job_input: Script(outcome="FAILED", error="CUDA out of memory")
         vary = harness.discord.click(button(final, "vary:strong"), message_id=final.id)
@@ -88,7 +91,7 @@ async def test_retry_of_a_variation_reads_its_picture_again_after_its_address_ex
         failed = await harness.finished(vary)
         assert failed.embeds[0]["title"] == "⚠️ No picture this time"
         (first,) = [job for job in runpod.jobs.values() if "image_url" in job.input]
-        await asyncio.sleep(1.5)  # the address the variation was sent with has expired
+        await asyncio.sleep(ADDRESS_TTL + 0.5)  # the address the variation was sent with has expired
 
         runpod.default_script = painted
         retry = harness.discord.click(button(failed, "retry"), message_id=failed.id)
