@@ -510,7 +510,7 @@ class JobRunner:
             job.record = await self._storage.undeliverable(job.record)
             log.error("%s: its pictures arrived but cannot be posted: %s", job.context, error)
         elif not state.final:  # else ended before a restart, and not yet told
-            ending = _ENDINGS.get(type(error), LedgerState.FAILED)
+            ending = ENDED_BY.get(type(error), LedgerState.FAILED)
             job.record = await self._storage.ended(job.record, ending, error.explanation)
             log.info("%s: %s: %s", job.context, job.record.state, error)
         if isinstance(await job.presenter.end(error), Undelivered):
@@ -544,7 +544,7 @@ class JobRunner:
 
 
 # How a job that ended without pictures is recorded: failures of every other kind are "failed".
-_ENDINGS: dict[type[BotError], LedgerState] = {
+ENDED_BY: dict[type[BotError], LedgerState] = {
     JobCancelled: LedgerState.CANCELLED,
     JobTimedOut: LedgerState.TIMED_OUT,
     JobExpired: LedgerState.EXPIRED,

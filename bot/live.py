@@ -108,6 +108,24 @@ class Address:
         )
 
 
+def transient(error: BaseException) -> bool:
+    """Whether Discord or the network failed the request (worth another try), rather than Discord refusing it.
+    The CDN answers a 5xx as a plain `HTTPException`, not a `DiscordServerError`."""
+    return isinstance(error, TRANSPORT_ERRORS) or (isinstance(error, discord.HTTPException) and error.status >= 500)
+
+
+async def retrying(call: Callable[[], Awaitable[T]], pauses: Sequence[float]) -> T:
+    """`call()`, tried again after each pause while it fails `transient`ly; the last failure, or a refusal, raised."""
+    for pause in pauses:
+        try:
+            return await call()
+        except (*TRANSPORT_ERRORS, discord.HTTPException) as error:
+            if not transient(error):
+                raise
+        await asyncio.sleep(pause)
+    return await call()
+
+
 def token_gone(error: discord.HTTPException) -> bool:
     return error.status == 401 or error.code in _TOKEN_GONE_CODES
 

@@ -14,8 +14,8 @@ import logging
 from bot.config import Secret, Settings
 from bot.crypto import UndecryptableSecret, Vault
 from bot.endpoints import Endpoint, Endpoints
-from bot.errors import BotError, JobCancelled, JobExpired, JobTimedOut
-from bot.jobs import JobRunner, LiveJob
+from bot.errors import BotError, JobTimedOut
+from bot.jobs import ENDED_BY, JobRunner, LiveJob
 from bot.lifecycle import LedgerState
 from bot.params import GenerationParams
 from bot.presets import PRESETS
@@ -24,11 +24,8 @@ from bot.storage import JobRecord, Storage
 log = logging.getLogger(__name__)
 
 # How a job that ended before a restart, but was not yet told, is told again: its stored words, under its title.
-_TOLD_AS: dict[LedgerState, type[BotError]] = {
-    LedgerState.CANCELLED: JobCancelled,
-    LedgerState.TIMED_OUT: JobTimedOut,
-    LedgerState.EXPIRED: JobExpired,
-    LedgerState.FAILED: BotError,
+_TOLD_AS: dict[LedgerState, type[BotError]] = {state: kind for kind, state in ENDED_BY.items()} | {
+    LedgerState.FAILED: BotError
 }
 
 

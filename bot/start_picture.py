@@ -3,7 +3,6 @@ worker takes, before any GPU time is paid for."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 from urllib.parse import urlsplit
@@ -20,7 +19,7 @@ from bot.images import (
     start_size,
     too_much_memory,
 )
-from bot.live import TRANSPORT_ERRORS, describe
+from bot.live import TRANSPORT_ERRORS, describe, retrying, transient
 from bot.params import GenerationParams, InvalidParams
 from bot.presenter import JobPresenter
 from bot.presets import WorkerPreset
@@ -91,13 +90,9 @@ async def prepare(
 
 
 async def _read(client: discord.Client, url: str) -> bytes:
-    for pause in (*_READ_PAUSES, None):
-        try:
-            return await client.http.get_from_cdn(url)
-        except (*TRANSPORT_ERRORS, discord.HTTPException) as error:
-            if isinstance(error, discord.HTTPException) and error.status < 500:
-                raise BotError(f"{_WHERE} could not be read from Discord ({error.status}); was it deleted?") from None
-            if pause is None:  # the network or the CDN failed every time
-                raise BotError(f"{_WHERE} could not be read from Discord ({describe(error)}). Try again.") from None
-            await asyncio.sleep(pause)
-    raise AssertionError("unreachable")
+    try:
+        return await retrying(lambda: client.http.get_from_cdn(url), _READ_PAUSES)
+    except (*TRANSPORT_ERRORS, discord.HTTPException) as error:
+        if isinstance(error, discord.HTTPException) and not transient(error):
+            raise BotError(f"{_WHERE} could not be read from Discord ({error.status}); was it deleted?") from None
+        raise BotError(f"{_WHERE} could not be read from Discord ({describe(error)}). Try again.") from None

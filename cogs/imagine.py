@@ -7,7 +7,6 @@ deferred, and handed to the job runner. Clicks on a job's buttons (`bot.buttons`
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -25,7 +24,7 @@ from bot.buttons import ButtonAction, JobButton, Variation, result_view
 from bot.errors import BotError
 from bot.forms import BoundForm
 from bot.jobs import Origin
-from bot.live import TRANSPORT_ERRORS
+from bot.live import TRANSPORT_ERRORS, retrying
 from bot.params import (
     ASPECT_RATIOS,
     MAX_COUNT,
@@ -295,16 +294,10 @@ class EditModal(BoundForm):
 
 
 async def _origin(interaction: discord.Interaction[Any]) -> Origin:
-    message_id: int | None = None
-    for pause in (0.2, 1.0, None):  # a reset or a 5xx passes; without the id the status goes on in the channel
-        try:
-            message_id = (await interaction.original_response()).id
-            break
-        except TRANSPORT_ERRORS:
-            if pause is not None:
-                await asyncio.sleep(pause)
-        except discord.HTTPException:
-            break
+    try:  # a reset or a 5xx passes; without the id the status goes on in the channel
+        message_id: int | None = (await retrying(interaction.original_response, (0.2, 1.0))).id
+    except (*TRANSPORT_ERRORS, discord.HTTPException):
+        message_id = None
     return Origin(
         request_id=interaction.id,
         guild_id=interaction.guild_id,

@@ -10,12 +10,14 @@ import pytest
 from bot.config import Secret
 from doubles import outputs
 from doubles.discord import (
-    DEFAULT_CHANNEL_ID,
     DEFAULT_GUILD_ID,
-    ChannelSpec,
+    OTHER_CHANNEL_ID,
+    OTHER_GUILD_ID,
     DiscordDouble,
-    GuildSpec,
     UserSpec,
+)
+from doubles.discord import (
+    two_guilds as both_servers,
 )
 from doubles.harness import png_for, running_bot, settings_for
 from doubles.runpod import Script
@@ -23,18 +25,13 @@ from tests.conftest import API_KEY, ENDPOINT
 
 GUILD_KEY = "rpa_GUILD_OWN_KEY_0123456789"
 GUILD_ENDPOINT = "other-endpoint"
-OTHER_GUILD_ID = DEFAULT_GUILD_ID + 1000
-OTHER_CHANNEL_ID = DEFAULT_CHANNEL_ID + 1000
 MANAGE_GUILD = 1 << 5
 ADMIN = UserSpec(id=1_200_000_000_000_000_900, username="admin", global_name="Admin")
 
 
 @pytest.fixture
 async def two_guilds():
-    guilds = [
-        GuildSpec(),
-        GuildSpec(id=OTHER_GUILD_ID, name="Other", channels=[ChannelSpec(id=OTHER_CHANNEL_ID, name="art")]),
-    ]
+    guilds = both_servers()
     async with DiscordDouble(guilds=guilds) as double:
         yield double
 

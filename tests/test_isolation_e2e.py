@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID, ChannelSpec, DiscordDouble, GuildSpec, UserSpec
+from doubles.discord import (
+    OTHER_CHANNEL_ID,
+    OTHER_GUILD_ID,
+    DiscordDouble,
+    UserSpec,
+    two_guilds,
+)
 from doubles.harness import running_bot
 
-OTHER_GUILD_ID = DEFAULT_GUILD_ID + 1000
-OTHER_CHANNEL_ID = DEFAULT_CHANNEL_ID + 1000
 MANAGE_GUILD = 1 << 5
 ADMIN = UserSpec(id=1_200_000_000_000_000_900, username="admin", global_name="Admin")
 
 
 @pytest.fixture
 async def harness(runpod):
-    guilds = [
-        GuildSpec(),
-        GuildSpec(id=OTHER_GUILD_ID, name="Other", channels=[ChannelSpec(id=OTHER_CHANNEL_ID, name="art")]),
-    ]
+    guilds = two_guilds()
     async with DiscordDouble(guilds=guilds) as double, running_bot(runpod, discord_double=double) as running:
         yield running
 

@@ -21,9 +21,12 @@ from doubles.discord import (
     DEFAULT_CHANNEL_ID,
     DEFAULT_GUILD_ID,
     DEFAULT_USER_ID,
+    OTHER_CHANNEL_ID,
+    OTHER_GUILD_ID,
     ChannelSpec,
     GuildSpec,
     UserSpec,
+    two_guilds,
 )
 from doubles.harness import fast_options, running_bot
 from doubles.runpod import Script
@@ -32,8 +35,6 @@ from tests.conftest import ENDPOINT
 MANAGE_GUILD = 1 << 5
 ADMIN = UserSpec(id=DEFAULT_USER_ID + 900, username="admin", global_name="Admin")
 NSFW_CHANNEL_ID = DEFAULT_CHANNEL_ID + 7
-OTHER_GUILD_ID = DEFAULT_GUILD_ID + 1000
-OTHER_CHANNEL_ID = DEFAULT_CHANNEL_ID + 1000
 GUILD_KEY = "rpa_GUILD_OWN_KEY_0123456789"
 GUILD_ENDPOINT = "other-endpoint"
 
@@ -42,7 +43,7 @@ GUILD_ENDPOINT = "other-endpoint"
 async def harness(runpod, tmp_path):
     guilds = [
         GuildSpec(channels=[ChannelSpec(), ChannelSpec(id=NSFW_CHANNEL_ID, name="after-dark", nsfw=True)]),
-        GuildSpec(id=OTHER_GUILD_ID, name="Other", channels=[ChannelSpec(id=OTHER_CHANNEL_ID, name="art")]),
+        two_guilds()[1],
     ]
     runpod.api_keys.add(GUILD_KEY)
     async with running_bot(runpod, guilds=guilds, database_url=f"sqlite:///{tmp_path}/bot.db") as running:

@@ -6,16 +6,13 @@ import asyncio
 
 from bot.polling import PollPolicy
 from doubles import outputs
-from doubles.discord import DEFAULT_GUILD_ID, ChannelSpec, GuildSpec
+from doubles.discord import DEFAULT_GUILD_ID, OTHER_CHANNEL_ID, OTHER_GUILD_ID, two_guilds
 from doubles.harness import ENDPOINT, button, fast_options, field_value, png_for, running_bot
 from doubles.runpod import Script
 
-OTHER_GUILD_ID = DEFAULT_GUILD_ID + 7
-OTHER_CHANNEL_ID = OTHER_GUILD_ID + 1
 # How long the Discord double's attachment addresses work: long enough for a loaded machine to read a picture it
 # has just been given, short enough to see one expire in a test.
 ADDRESS_TTL = 5.0
-TWO_SERVERS = [GuildSpec(), GuildSpec(id=OTHER_GUILD_ID, name="Other", channels=[ChannelSpec(id=OTHER_CHANNEL_ID)])]
 
 
 def painted(job_input) -> Script:
@@ -37,7 +34,7 @@ def titles_with_fields(harness, interaction) -> list[tuple[str, dict[str, str]]]
 async def test_a_set_s_parts_count_against_the_limits_and_wait_their_turn(runpod):
     """`count:4` on sdxl (2 pictures a job) under limits of 1 at once runs one RunPod job at a time, says that a
     part waits for its turn, and still posts one set of 4; the other server's job starts at once meanwhile."""
-    async with running_bot(runpod, worker=painted, guilds=TWO_SERVERS) as harness:
+    async with running_bot(runpod, worker=painted, guilds=two_guilds()) as harness:
         await harness.bot.storage.save_guild_policy(DEFAULT_GUILD_ID, {"member_concurrent": 1, "guild_concurrent": 1})
         interaction = await harness.imagine("one part at a time", count=4, seed=11)
         await harness.discord.wait_for(lambda: len(runpod.jobs) == 1)
@@ -67,7 +64,7 @@ async def test_what_one_server_s_long_jobs_teach_never_slows_the_polling_of_anot
     """The operator's default endpoint serves both servers. One server's jobs taught the bot they take 25 s;
     the other server's 0.3-second job is still looked at within its first seconds and posted at once (with the
     learning shared, the bot's own polling policy would first look at it 16 s after it began)."""
-    async with running_bot(runpod, guilds=TWO_SERVERS, options=fast_options(poll=PollPolicy())) as harness:
+    async with running_bot(runpod, guilds=two_guilds(), options=fast_options(poll=PollPolicy())) as harness:
         busy = harness.context.stats(ENDPOINT, DEFAULT_GUILD_ID)
         for _ in range(64):
             busy.record(run_s=25.0, wait_s=0.1)  # what 64 jobs of 25 s on this endpoint taught

@@ -9,12 +9,17 @@ from bot.config import load_settings
 from bot.errors import ConfigError
 from bot.images import PICTURE_MEMORY
 from doubles import outputs
-from doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID, ChannelSpec, DiscordDouble, GuildSpec, UserSpec
+from doubles.discord import (
+    DEFAULT_GUILD_ID,
+    OTHER_CHANNEL_ID,
+    OTHER_GUILD_ID,
+    DiscordDouble,
+    UserSpec,
+    two_guilds,
+)
 from doubles.harness import png_for, running_bot
 from doubles.runpod import Script
 
-OTHER_GUILD_ID = DEFAULT_GUILD_ID + 1000
-OTHER_CHANNEL_ID = DEFAULT_CHANNEL_ID + 1000
 MEMBERS = [UserSpec(id=1_200_000_000_000_000_100 + n, username=f"m{n}", global_name=f"M{n}") for n in range(2)]
 JPEG = outputs.make_jpeg(700, 700, seed=3)  # decoded and re-encoded to PNG: real work on the pictures' thread
 
@@ -27,10 +32,7 @@ def worker(job_input) -> Script:
 
 @pytest.fixture
 async def harness(runpod):
-    guilds = [
-        GuildSpec(),
-        GuildSpec(id=OTHER_GUILD_ID, name="Other", channels=[ChannelSpec(id=OTHER_CHANNEL_ID, name="art")]),
-    ]
+    guilds = two_guilds()
     async with DiscordDouble(guilds=guilds) as double, running_bot(runpod, discord_double=double) as running:
         yield running
 

@@ -28,6 +28,8 @@ from .model import (
     EPHEMERAL,
     LOADING,
     MEMBER_PERMISSIONS,
+    OTHER_CHANNEL_ID,
+    OTHER_GUILD_ID,
     ApiError,
     Attachment,
     ChannelSpec,
@@ -37,6 +39,7 @@ from .model import (
     Message,
     Recorded,
     UserSpec,
+    two_guilds,
 )
 from .ratelimits import Limit, RateLimitHit, RateLimits
 from .server import CHAOS_ROUTES, DiscordDouble, run_bot
@@ -55,6 +58,8 @@ __all__ = [
     "EPHEMERAL",
     "LOADING",
     "MEMBER_PERMISSIONS",
+    "OTHER_CHANNEL_ID",
+    "OTHER_GUILD_ID",
     "ApiError",
     "Attachment",
     "ChannelSpec",
@@ -69,4 +74,5 @@ __all__ = [
     "Recorded",
     "UserSpec",
     "run_bot",
+    "two_guilds",
 ]

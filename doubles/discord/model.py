@@ -81,6 +81,19 @@ class GuildSpec:
     member_count: int = 2
 
 
+# A second server, for tests with two servers on one bot (one of them as heavy as it can be).
+OTHER_GUILD_ID = DEFAULT_GUILD_ID + 1000
+OTHER_CHANNEL_ID = DEFAULT_CHANNEL_ID + 1000
+
+
+def two_guilds() -> list[GuildSpec]:
+    """The default server and a second one, each with one channel (fresh specs: a test may change them)."""
+    return [
+        GuildSpec(),
+        GuildSpec(id=OTHER_GUILD_ID, name="Other", channels=[ChannelSpec(id=OTHER_CHANNEL_ID, name="art")]),
+    ]
+
+
 DEFAULT_USER = UserSpec()
 BOT_USER = UserSpec(id=BOT_USER_ID, username="imagine-bot", global_name=None, bot=True)
 
