@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="run the Discord bot (the default)")
     commands.add_parser("sync", help="publish the slash commands globally, then exit")
     commands.add_parser("check", help="check the configuration, token, commands, database and RunPod; then exit")
-    generate.add_arguments(commands.add_parser("generate", help="run one job from the terminal and save the PNG"))
+    generate.add_arguments(
+        commands.add_parser("generate", help="paint from the terminal and save the pictures as PNG files")
+    )
     return parser
 
 
@@ -94,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         if args.command == "generate":
             configure_logging(settings.log_level, sys.stderr, settings.secrets)  # stdout carries the saved paths
-            for path in asyncio.run(generate.generate(args, settings)):
-                print(path)
+            asyncio.run(generate.generate(args, settings))  # names each saved picture on stdout as it is saved
             return 0
         configure_logging(settings.log_level, sys.stdout, settings.secrets)
         asyncio.run(run_bot(settings, sync_only=args.command == "sync"))

@@ -96,6 +96,9 @@ LOCAL_MODE_NOTE = (
     "RUNPOD_BASE_URL {url} is RunPod's local test server (python handler.py --rp_serve_api): no key is sent, each "
     "job runs inside its status request, and jobs cannot be cancelled there"
 )
+# What RunPod's local test server answers to /status of a job it does not have (runpod's rp_fastapi `_sim_status`):
+# never a worker's failure.
+LOCAL_UNKNOWN_JOB = "Job ID not found"
 _LARGE_ANSWER = 256 * 1024  # bytes; status answers without a picture are a few hundred
 # How many requests one API key may have in flight at once, as a share of the session's pooled connections (100 by
 # default, bot/__main__.py): a server whose jobs all finish together leaves the others three quarters of them.
@@ -327,7 +330,7 @@ async def follow_job(
                 result = None
                 if status is not None and status.state.is_terminal:
                     cadence.stats.record_status(status)
-                    result = await _finish(status, context.fetcher, tenant=tenant)
+                    result = await _finish(status, context.fetcher, tenant=tenant, local=client.local)
             finally:
                 turn.release()
             if result is not None:
@@ -365,9 +368,18 @@ def _update(status: JobStatus) -> JobUpdate:
     return JobUpdate(status.id, status.state, status.delay_ms, status.execution_ms, status.worker_id, progress)
 
 
-async def _finish(status: JobStatus, fetcher: ImageFetcher, *, tenant: object = None) -> JobResult:
+async def _finish(status: JobStatus, fetcher: ImageFetcher, *, tenant: object = None, local: bool = False) -> JobResult:
     job_id = status.id
-    log.info("job %s ended %s (queue %s ms, run %s ms)", job_id, status.state, status.delay_ms, status.execution_ms)
+    timings = [
+        f"{what} {ms} ms" for what, ms in (("queue", status.delay_ms), ("run", status.execution_ms)) if ms is not None
+    ]
+    log.info("job %s ended %s%s", job_id, status.state, f" ({', '.join(timings)})" if timings else "")
+    if local and status.state is JobState.FAILED and status.error == LOCAL_UNKNOWN_JOB:
+        raise JobExpired(
+            "RunPod's local test server no longer has this job: it forgets each job once a status request has run "
+            "it, so a job cannot be resumed there.",
+            job_id,
+        )
     if status.state is JobState.FAILED:
         raise JobFailed(describe_worker_error(status.error, status.output), job_id)
     if status.state is JobState.CANCELLED:

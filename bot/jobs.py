@@ -335,7 +335,8 @@ class JobRunner:
                 planned = len(job.endpoint.preset.parts(job.params.with_seed()))
                 job.tickets = self.queue.join_set(guild_id, job.record.user_id, job.policy, parts=planned)
                 job.parts = Parts(planned)
-                log.info("%s: waiting for a turn, place %s", job.context, self.queue.position(job.tickets[0]) or "-")
+                place = self.queue.position(job.tickets[0])
+                log.info("%s: waiting for a turn%s", job.context, "" if place is None else f", place {place}")
                 await self._wait_for_turn(job, job.tickets[0])
             else:  # followed on after a restart: what is on RunPod takes its slots whatever the limits say
                 job.tickets = [
@@ -441,7 +442,8 @@ class JobRunner:
                 move = self._storage.queued if event.state is JobState.IN_QUEUE else self._storage.running
                 job.record = await move(job.record, delay_ms=event.delay_ms)
             if job.record.state is not was:
-                log.info("%s: %s on RunPod (worker %s)", job.context, job.record.state, event.worker_id or "-")
+                on = f" (worker {event.worker_id})" if event.worker_id else ""
+                log.info("%s: %s on RunPod%s", job.context, job.record.state, on)
             job.status.saw(event, self.options.clock())
             await self._show_status(job, client)
         raise AssertionError("follow_job ends with a result or an error")

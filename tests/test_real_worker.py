@@ -19,11 +19,13 @@ import pytest
 from PIL import Image
 
 from bot import engine
-from bot.config import LOCAL_ENDPOINT
+from bot.config import LOCAL_ENDPOINT, Secret
+from bot.engine import RunPodContext, follow_job
+from bot.errors import JobExpired
 from bot.params import params_from_request
 from bot.presets import PRESETS
 from doubles.harness import running_bot, settings_for
-from tests.test_cli import generate
+from tests.test_cli import generate, interrupt_when, start_generate
 
 pytest.importorskip("runpod")  # the test extra installs it; `.ci/run` always has it
 
@@ -82,6 +84,33 @@ async def test_generate_saves_exactly_what_the_real_worker_painted(tmp_path, sdk
         assert picture.convert("RGB").getpixel((0, 0)) == colour(42)
 
 
+async def test_the_log_leaves_out_what_the_local_server_does_not_tell(tmp_path, sdk):
+    """The local server reports no queue or run time: the log line says nothing of them, rather than `None`."""
+    finished = await generate(tmp_path, "--prompt", "a lighthouse", env={"RUNPOD_BASE_URL": sdk})
+    assert finished.code == 0, finished.stderr
+    (ended,) = [line for line in finished.stderr.splitlines() if " ended " in line]
+    assert ended.endswith(" ended COMPLETED"), ended
+    assert "None" not in finished.stderr
+
+
+async def test_ctrl_c_against_the_local_server_offers_no_resume_and_blames_no_worker(tmp_path, sdk):
+    process = await start_generate(tmp_path, "--prompt", "slow", env={"RUNPOD_BASE_URL": sdk})
+    finished = await interrupt_when(process, "submitted")
+    assert finished.code == 130
+    last = finished.stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted: job test-")
+    assert last.endswith(" may still run on RunPod's local test server, which can neither resume nor cancel a job")
+    assert "--id" not in finished.stderr and "worker failed" not in finished.stderr
+    # Asked anyway, it says why not, before asking the server (which would answer FAILED, "Job ID not found").
+    job_id = last.removeprefix("interrupted: job ").split()[0]
+    finished = await generate(tmp_path, "--id", job_id, env={"RUNPOD_BASE_URL": sdk})
+    assert (finished.code, finished.stderr.strip().splitlines()[-1]) == (
+        1,
+        "error: RunPod's local test server cannot resume a job: it runs each job inside its first status request "
+        "and then forgets it. --id works against hosted RunPod.",
+    )
+
+
 async def test_a_worker_that_raises_is_one_clear_line(tmp_path, sdk):
     finished = await generate(tmp_path, "--prompt", "please fail", env={"RUNPOD_BASE_URL": sdk})
     assert finished.code == 1
@@ -120,3 +149,13 @@ async def test_check_recognises_the_local_test_server(tmp_path, discord_double, 
     report = await check(tmp_path, discord_double, runpod, RUNPOD_BASE_URL=sdk)
     line = report.line("RunPod local test server")
     assert line.startswith(f"warn RunPod local test server: {sdk} answers (RUNPOD_BASE_URL with no /v2/<id> path)")
+
+
+async def test_a_job_the_local_server_forgot_is_not_the_workers_failure(sdk, session, fetcher):
+    """What a restarted bot meets when it follows a job on again: the server answers FAILED, "Job ID not found"."""
+    context = RunPodContext(session, fetcher, api_url=sdk, local=True)
+    client = context.client(Secret(""), LOCAL_ENDPOINT)
+    with pytest.raises(JobExpired) as ended:
+        async for _ in follow_job(context, client, "test-forgotten", timeout=20):
+            pass
+    assert str(ended.value).startswith("RunPod's local test server no longer has this job")
