@@ -252,13 +252,14 @@ async def submit_job(
     workflow: Any = None,
     image: bytes | None = None,
     execution_timeout_s: float | None = None,
+    start_size: tuple[int, int] | None = None,
 ) -> JobStatus:
     """Build the worker's input and POST /run. `params` must carry a seed; `image` is the picture to start from,
-    for a worker that takes it in base64 (`WorkerPreset.image_input`)."""
+    for a worker that takes it in base64 (`WorkerPreset.image_input`); `start_size` that picture's size."""
     if image is None:
-        job_input = preset.build_input(params, workflow)
+        job_input = preset.build_input(params, workflow, start_size=start_size)
     else:  # base64 and a digest of megabytes: off the event loop
-        job_input = await asyncio.to_thread(preset.build_input, params, workflow, image)
+        job_input = await asyncio.to_thread(preset.build_input, params, workflow, image, start_size)
     policy = {"executionTimeout": int(execution_timeout_s * 1000)} if execution_timeout_s else None
     status = await client.run(job_input, policy=policy)
     log.info("job %s submitted to endpoint %s (%s)", status.id, client.endpoint_id, preset.name)

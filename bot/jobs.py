@@ -28,7 +28,7 @@ from bot.config import Settings
 from bot.crypto import Vault
 from bot.endpoints import Endpoint, Endpoints
 from bot.engine import JobResult, RunPodContext, follow_job, submit_job
-from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut
+from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut, StartPictureUnread
 from bot.lifecycle import ENDINGS, LedgerState
 from bot.params import GenerationParams
 from bot.policy import FairQueue, GuildPolicy, Ticket
@@ -135,6 +135,7 @@ class Parts:
     sent: int = 0
     params: GenerationParams | None = None  # as sent: with the start picture's address, once it is prepared
     image: bytes | None = None  # the start picture, for a worker that takes it as base64
+    start_size: tuple[int, int] | None = None  # the start picture's size as sent; not known after a restart
 
     @property
     def unsent(self) -> int:
@@ -180,12 +181,14 @@ class PartSender:
                 if parts.params is None:
                     job.record = await self._storage.submitting(job.record)
                     budget = self._runpod.fetcher.budget
-                    parts.params, parts.image = await start_picture.prepare(
+                    parts.params, parts.image, parts.start_size = await start_picture.prepare(
                         self._discord, budget, job.presenter, job.params, preset, tenant=job.record.guild_id
                     )
                 part = preset.parts(parts.params)[parts.sent]
                 client = self._endpoints.client(job.endpoint)
-                status = await submit_job(client, part, preset, workflow=job.endpoint.workflow, image=parts.image)
+                status = await submit_job(
+                    client, part, preset, workflow=job.endpoint.workflow, image=parts.image, start_size=parts.start_size
+                )
             except BotError as error:
                 if not parts.sent:
                     raise
@@ -436,6 +439,7 @@ class JobRunner:
             tenant=job.record.guild_id,
         ):
             if isinstance(event, JobResult):
+                _check_painted_from_start(job, event)
                 return event
             was = job.record.state
             if job.record.state is not LedgerState.COMPLETED:  # resumed after its pictures arrived: only fetch
@@ -551,6 +555,22 @@ ENDED_BY: dict[type[BotError], LedgerState] = {
     JobTimedOut: LedgerState.TIMED_OUT,
     JobExpired: LedgerState.EXPIRED,
 }
+
+
+def _check_painted_from_start(job: LiveJob, result: JobResult) -> None:
+    """Refuse pictures a worker painted from the text alone where it was to start from a picture (it could not
+    fetch it and said nothing): they would be posted as the member's variation or upscale."""
+    start = job.parts.start_size
+    if start is None:
+        return
+    preset = job.endpoint.preset
+    for image in result.images:
+        if not preset.painted_from_start(start, (image.width, image.height)):
+            raise StartPictureUnread(
+                f"The worker painted a {image.width}×{image.height} picture from the text alone, not from the "
+                f"{start[0]}×{start[1]} picture to start from: it could not fetch that picture.",
+                result.job_id,
+            )
 
 
 def _one_set(results: Sequence[JobResult]) -> JobResult:

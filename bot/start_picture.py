@@ -51,8 +51,9 @@ async def prepare(
     preset: WorkerPreset,
     *,
     tenant: object = None,
-) -> tuple[GenerationParams, bytes | None]:
-    """The job's parameters and the bytes its worker takes as base64 (None where it fetches a URL itself).
+) -> tuple[GenerationParams, bytes | None, tuple[int, int] | None]:
+    """The job's parameters, the bytes its worker takes as base64 (None where it fetches a URL itself) and the size
+    of the picture sent (None for a text job): what the worker's picture is checked against (`painted_from_start`).
 
     The picture is read and its header checked first, so a file that only claims to be a picture, or one deleted
     since, is refused before any GPU time is paid. It is sent no larger than the worker takes
@@ -60,7 +61,7 @@ async def prepare(
     enlarged up to that size) and re-encoded here, on the pictures' thread in `tenant`'s turn, its memory held from
     the budget. A worker that fetches URLs finds a picture made here attached to the job's own status message."""
     if params.image_url is None:
-        return params, None
+        return params, None, None
     if not from_discord(params.image_url):  # only Discord's payloads put a URL here; never fetch another
         raise BotError(f"{_WHERE} is not on Discord's CDN, so it was not fetched.")
     data = await _read(client, params.image_url)
@@ -80,13 +81,13 @@ async def prepare(
     except OutputError as error:  # the member's file, not the worker's output: no admin can fix it
         raise InvalidParams(str(error)) from None
     if preset.image_input == "base64":
-        return params, data
+        return params, data, size
     if as_sent:
-        return params, None  # the worker fetches it from Discord itself
+        return params, None, size  # the worker fetches it from Discord itself
     url = await presenter.start_picture(data)
     if url is None:
         raise BotError("The picture to start from could not be posted for the worker to fetch. Try again.")
-    return dataclasses.replace(params, image_url=url), None
+    return dataclasses.replace(params, image_url=url), None, size
 
 
 async def _read(client: discord.Client, url: str) -> bytes:

@@ -12,6 +12,7 @@ import contextlib
 import socket
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
 
@@ -22,9 +23,14 @@ from bot import engine
 from bot.config import LOCAL_ENDPOINT, Secret
 from bot.engine import RunPodContext, follow_job
 from bot.errors import JobExpired
+from bot.images import UPSCALE_FACTOR, start_size
 from bot.params import params_from_request
 from bot.presets import PRESETS
-from doubles.harness import running_bot, settings_for
+from doubles import outputs
+from doubles.discord import DEFAULT_GUILD_ID
+from doubles.harness import button, field_value, running_bot, settings_for
+from doubles.outputs import make_png
+from doubles.runpod import Script
 from tests.test_cli import generate, interrupt_when, start_generate
 
 pytest.importorskip("runpod")  # the test extra installs it; `.ci/run` always has it
@@ -159,3 +165,69 @@ async def test_a_job_the_local_server_forgot_is_not_the_workers_failure(sdk, ses
         async for _ in follow_job(context, client, "test-forgotten", timeout=20):
             pass
     assert str(ended.value).startswith("RunPod's local test server no longer has this job")
+
+
+# --- what the real workers do with a picture they cannot read (docs/image-to-image.md), on the RunPod double ---
+
+
+async def info_fields(harness, message) -> dict[str, str]:
+    click = harness.discord.click(button(message, "info"), message_id=message.id)
+    await harness.discord.send(click)
+    await harness.discord.wait_for(lambda: harness.discord.calls_for("callback", click.token))
+    (callback,) = harness.discord.calls_for("callback", click.token)
+    return {field["name"]: field["value"] for field in callback.json["data"]["embeds"][0]["fields"]}
+
+
+async def test_sd15_painting_from_the_text_alone_is_refused_not_posted(runpod):
+    """The SD v1 worker that cannot fetch `init_image` paints text-to-image at `width`/`height`, saying nothing. The
+    bot sends a size unlike the start picture's (which its image path ignores), so the picture gives it away."""
+    async with running_bot(runpod, settings=settings_for(runpod, runpod_worker="sd15")) as harness:
+        harness.runpod.default_script = lambda job_input: Script(
+            output=outputs.sd_v1(make_png(job_input["width"], job_input["height"]))  # from the text alone
+        )
+        option = harness.discord.attachment_option(make_png(512, 512, seed=4), "own.png", "image/png")
+        interaction = await harness.imagine("from my picture", image=option)
+        final = await harness.finished(interaction)
+        assert final.embeds[0]["title"] == "⚠️ No picture this time"
+        assert field_value(final, "What happened") == "The worker could not read the picture to start from."
+        assert final.attachments == []
+        (job,) = runpod.jobs.values()
+        assert (job.input["width"], job.input["height"]) != (512, 512)  # 512x512 is what sd15 paints from text
+        info = await info_fields(harness, final)
+        assert any("from the text alone, not from the 512×512 picture to start from" in v for v in info.values())
+        (record,) = await harness.bot.storage.guild_jobs_since(DEFAULT_GUILD_ID, datetime(2000, 1, 1, tzinfo=UTC))
+        assert record.state.name == "FAILED"  # never counted in usage or quotas
+
+
+async def test_sd15_painting_from_the_start_picture_is_posted(runpod):
+    async with running_bot(runpod, settings=settings_for(runpod, runpod_worker="sd15")) as harness:
+        painted = make_png(1000 - 1000 % 8, 744, seed=9)  # diffusers rounds each side down to a multiple of 8
+        harness.runpod.default_script = lambda job_input: Script(output=outputs.sd_v1(painted))
+        option = harness.discord.attachment_option(make_png(1000, 750, seed=4), "own.png", "image/png")
+        final = await harness.finished(await harness.imagine("from my picture", image=option))
+        assert final.embeds[0]["title"] == "✅ Done"
+        assert final.attachments[0].data == painted
+
+
+async def test_a_start_picture_the_worker_cannot_open_is_one_sentence_with_its_words_under_info(runpod):
+    """worker-sdxl opens whatever its `image_url` answered with Pillow: an expired address gives an error page."""
+    words = "cannot identify image file <_io.BytesIO object at 0x7f1c2b3a4d50>"
+    async with running_bot(runpod) as harness:
+        harness.runpod.default_script = lambda job_input: Script(outcome="FAILED", error=words)
+        option = harness.discord.attachment_option(make_png(64, 64, seed=4), "own.png", "image/png")
+        final = await harness.finished(await harness.imagine("from my picture", image=option))
+        assert field_value(final, "What happened") == "The worker could not read the picture to start from."
+        assert "BytesIO" not in str(final.embeds)
+        info = await info_fields(harness, final)
+        assert any(words in value for value in info.values())
+
+
+@pytest.mark.parametrize("preset", sorted(name for name, p in PRESETS.items() if p.can_start_from_image))
+def test_an_upscale_of_the_workers_own_picture_starts_within_its_documented_size(preset):
+    """docs/image-to-image.md: at most 1024x768 worth of pixels for sd15, 2048x2048 for the others."""
+    documented = {"sd15": 1024 * 768}.get(preset, 2048 * 2048)
+    for ratio in ("1:1", "16:9", "2:3"):
+        width, height = PRESETS[preset].size(params_from_request("x", aspect_ratio=ratio))
+        wide, high = start_size(width, height, factor=UPSCALE_FACTOR, max_pixels=PRESETS[preset].max_start_pixels)
+        assert wide * high <= documented
+        assert (wide, high) != (width, height)  # still larger than the picture it enlarges
