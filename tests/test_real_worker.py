@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from io import BytesIO
@@ -48,9 +50,13 @@ def free_port() -> int:
 async def local_server() -> AsyncIterator[str]:
     """The sample handler under RunPod's SDK, serving its local test API on a loopback port."""
     port = free_port()
+    # The SDK downloads a picture to start from into ./jobs/, and only from public addresses unless told: the
+    # Discord double's are on loopback.
+    workdir = tempfile.TemporaryDirectory()
     process = await asyncio.create_subprocess_exec(
         sys.executable, str(HANDLER), "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, cwd=workdir.name,
+        env=os.environ | {"RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS": "true"},
     )  # fmt: skip
     try:
         for _ in range(120):
@@ -65,6 +71,7 @@ async def local_server() -> AsyncIterator[str]:
     finally:
         process.kill()
         await process.wait()
+        workdir.cleanup()
 
 
 @pytest.fixture
@@ -147,6 +154,53 @@ async def test_the_bot_posts_the_real_workers_picture(runpod, sdk):
         assert picture.size == PRESETS["sdxl"].size(params_from_request("a lighthouse", aspect_ratio="3:2"))
         assert picture.convert("RGB").getpixel((5, 5)) == colour(7)
     assert runpod.requests == []  # the hosted double was never asked
+
+
+def local_settings(runpod, sdk, worker: str):
+    return settings_for(
+        runpod,
+        runpod_api_url=sdk,
+        runpod_local=True,
+        runpod_endpoint_id=LOCAL_ENDPOINT,
+        runpod_api_key=None,
+        runpod_worker=worker,
+    )
+
+
+async def image_prompt(harness, prompt: str, start: bytes, *, taken_away: bool = False):
+    """`/imagine` from a picture; with `taken_away`, the picture is gone from Discord's CDN once the job is on
+    RunPod (the bot has read it), before the worker fetches it, as an expired address would be."""
+    option = harness.discord.attachment_option(start, "start.png", "image/png")
+    interaction = await harness.imagine(prompt, image=option, seed=7)
+    if taken_away:
+        await harness.discord.wait_for(lambda: harness.title(interaction) not in (None, "Thinking…"), 30)
+        del harness.discord.uploaded[int(option["value"])]
+    return await harness.finished(interaction, 60)
+
+
+async def test_the_sd15_worker_painting_from_the_start_picture_is_posted(runpod, sdk):
+    async with running_bot(runpod, settings=local_settings(runpod, sdk, "sd15")) as harness:
+        final = await image_prompt(harness, "a lighthouse", make_png(300, 200, seed=3))
+    assert final.embeds[0]["title"] == "✅ Done"
+    with Image.open(BytesIO(final.attachments[0].data)) as picture:
+        assert picture.size == (296, 200)  # the start's size, as diffusers rounds it
+
+
+async def test_the_sd15_worker_that_could_not_fetch_the_start_picture_is_refused(runpod, sdk):
+    """Its SDK's download gives None, and the worker paints from the text alone: nothing is posted."""
+    async with running_bot(runpod, settings=local_settings(runpod, sdk, "sd15")) as harness:
+        final = await image_prompt(harness, "a late lighthouse", make_png(512, 512, seed=3), taken_away=True)
+        assert final.embeds[0]["title"] == "⚠️ No picture this time"
+        assert field_value(final, "What happened") == "The worker could not read the picture to start from."
+        assert final.attachments == []
+
+
+async def test_worker_sdxl_that_could_not_open_the_start_picture_is_one_sentence(runpod, sdk):
+    async with running_bot(runpod, settings=local_settings(runpod, sdk, "sdxl")) as harness:
+        final = await image_prompt(harness, "a late lighthouse", make_png(64, 64, seed=3), taken_away=True)
+        assert field_value(final, "What happened") == "The worker could not read the picture to start from."
+        info = await info_fields(harness, final)
+    assert any("cannot identify image file <_io.BytesIO object at 0x" in value for value in info.values())
 
 
 async def test_check_recognises_the_local_test_server(tmp_path, discord_double, runpod, sdk):
