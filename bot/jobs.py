@@ -121,7 +121,8 @@ class LiveJob:
 
     @property
     def context(self) -> str:
-        return f"job {self.job_id} guild {self.record.guild_id} endpoint {self.endpoint.endpoint_id}"
+        guild = f" guild {self.record.guild_id}" if self.record.guild_id is not None else ""
+        return f"job {self.job_id}{guild} endpoint {self.endpoint.endpoint_id}"
 
 
 @dataclass

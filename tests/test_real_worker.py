@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -142,12 +144,18 @@ async def test_the_timeout_holds_although_the_job_runs_inside_its_status_request
     assert asyncio.get_running_loop().time() - started < 2 + engine.CANCEL_PATIENCE + 5
 
 
-async def test_the_bot_posts_the_real_workers_picture(runpod, sdk):
+async def test_the_bot_posts_the_real_workers_picture(runpod, sdk, caplog):
     settings = settings_for(
         runpod, runpod_api_url=sdk, runpod_local=True, runpod_endpoint_id=LOCAL_ENDPOINT, runpod_api_key=None
     )
-    async with running_bot(runpod, settings=settings) as harness:
-        final = await harness.finished(await harness.imagine("a lighthouse", seed=7, aspect_ratio="3:2"), 30)
+    with caplog.at_level(logging.INFO, logger="bot"):
+        async with running_bot(runpod, settings=settings) as harness:
+            final = await harness.finished(await harness.imagine("a lighthouse", seed=7, aspect_ratio="3:2"), 30)
+    # The local server tells no worker id, queue or run time: the log leaves them out rather than print a filler.
+    logged = [record.getMessage() for record in caplog.records if record.name.startswith("bot")]
+    assert any(" ended COMPLETED" in line for line in logged), logged
+    for line in logged:
+        assert not re.search(r"\bNone\b| -$| - |\(worker -\)|place -", line), line
     assert final.embeds[0]["title"] == "✅ Done"
     (attachment,) = final.attachments
     with Image.open(BytesIO(attachment.data)) as picture:
