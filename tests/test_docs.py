@@ -10,7 +10,7 @@ How the docs quote the bot (README.md, section "How the docs quote the bot"):
 - Status titles, field names and button labels are in bold in the member's guide (**⏳ In queue**, **Retry**):
   each is checked too.
 - Anyone else's words (Discord's client, RunPod's docs, a worker's source or error) are in *italics*, and code,
-  commands, settings and JSON in backticks: neither is checked.
+  commands, settings and JSON in backticks, and an HTML tag's attributes (a picture's alt text): none is checked.
 
 What the code says: every string literal and f-string in bot/ and cogs/ (docstrings left out), an f-string's
 values (and `{name}` or `%s` slots in a plain string) standing for any text. A quote is cut into sentences, and each
@@ -210,6 +210,7 @@ _FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 _CODE_SPAN = re.compile(r"`[^`]*`")
 _DOUBLE_QUOTED = re.compile(r'"([^"]+?)"')
 _BOLD = re.compile(r"\*\*([^*]+?)\*\*")
+_HTML_TAG = re.compile(r"</?(?:img|a|p|div|br|picture|source|details|summary|sub|sup|span)\b[^>]*>", re.S)
 
 
 def _blank(match: re.Match[str]) -> str:
@@ -221,6 +222,7 @@ def doc_quotes(text: str, doc: str) -> list[Quote]:
     """The quotes of a page of markdown named `doc`."""
     masked = _FENCE.sub(_blank, text)
     masked = re.sub(r"<!--.*?-->", _blank, masked, flags=re.S)
+    masked = _HTML_TAG.sub(_blank, masked)  # an <img>'s attributes (alt text) describe a picture; they quote nothing
     without_code = _CODE_SPAN.sub(_blank, masked)
     quotes = []
     for paragraph in re.finditer(r"(?:[^\n]+\n?)+", without_code):  # a quote never spans a blank line
