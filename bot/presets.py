@@ -141,9 +141,8 @@ class WorkerPreset:
         start_sizes = (start, self.painted_size(start))
         if (width, height) not in start_sizes:
             return width, height
-        return width, next(
-            side for side in self.sides or (height + 64, height - 64) if (width, side) not in start_sizes
-        )
+        nearest_first = sorted(self.sides or (height - 64, height + 64), key=lambda side: (abs(side - height), side))
+        return width, next(side for side in nearest_first if (width, side) not in start_sizes)
 
     def takes_image(self, workflow: Any = None) -> bool:
         """Whether image jobs can run on this endpoint, its workflow template included (Vary/Upscale, `image:`)."""

@@ -293,3 +293,20 @@ def test_an_upscale_of_the_workers_own_picture_starts_within_its_documented_size
         wide, high = start_size(width, height, factor=UPSCALE_FACTOR, max_pixels=PRESETS[preset].max_start_pixels)
         assert wide * high <= documented
         assert (wide, high) != (width, height)  # still larger than the picture it enlarges
+
+
+@pytest.mark.parametrize(
+    ("start", "aspect_ratio", "sent"),
+    [
+        ((512, 512), "1:1", (512, 448)),  # an sd15 picture varied: what a text-to-image job would paint is avoided
+        ((515, 517), "1:1", (512, 448)),  # ... also as diffusers rounds the start (512x512)
+        ((640, 448), "1:1", (512, 512)),  # already unlike the start
+    ],
+)
+def test_sd15_image_jobs_send_a_size_unlike_the_start_pictures(start, aspect_ratio, sent):
+    params = params_from_request("x", aspect_ratio=aspect_ratio, seed=1, image_url="https://cdn.discordapp.com/a.png")
+    job = PRESETS["sd15"].build_input(params, start_size=start)
+    assert (job["width"], job["height"]) == sent
+    assert job["width"] in PRESETS["sd15"].sides and job["height"] in PRESETS["sd15"].sides  # the schema's sides
+    text_job = PRESETS["sd15"].build_input(params_from_request("x", aspect_ratio=aspect_ratio, seed=1))
+    assert (text_job["width"], text_job["height"]) == PRESETS["sd15"].size(params)  # text jobs: unchanged
