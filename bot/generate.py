@@ -16,7 +16,7 @@ from typing import TextIO
 import aiohttp
 
 from bot.config import Settings
-from bot.engine import LOCAL_MODE_NOTE, JobResult, JobUpdate, RunPodContext, follow_job, submit_job
+from bot.engine import CANCEL_PATIENCE, LOCAL_MODE_NOTE, JobResult, JobUpdate, RunPodContext, follow_job, submit_job
 from bot.errors import BotError
 from bot.images import ImageFetcher
 from bot.params import ASPECT_RATIOS, MAX_COUNT, params_from_request
@@ -139,10 +139,24 @@ async def _submit(args: argparse.Namespace, settings: Settings, client: RunPodCl
     preset.refuse(params, workflow)
     parts = preset.parts(params)
     for number, part in enumerate(parts, start=1):
-        submitted = await submit_job(client, part, preset, workflow=workflow)
+        try:
+            submitted = await submit_job(client, part, preset, workflow=workflow)
+        except BotError:
+            await _cancel(client, [job_id for job_id, _ in run.jobs], run.display)  # no half set left billing
+            raise
         run.jobs.append((submitted.id, submitted))
         of = f"; job {number} of {len(parts)}, {plural(part.count, 'picture')}" if len(parts) > 1 else ""
         run.display.note(f"job {submitted.id} submitted (seed {part.seed}{of})")
+
+
+async def _cancel(client: RunPodClient, job_ids: list[str], display: _ProgressLine) -> None:
+    """Cancel these jobs on RunPod, as far as it lets us within a few seconds, saying which still run."""
+    for job_id in job_ids:
+        try:
+            await asyncio.wait_for(client.cancel(job_id), CANCEL_PATIENCE)
+            display.note(f"job {job_id} cancelled on RunPod: the rest of the set could not be sent")
+        except (BotError, TimeoutError) as error:
+            display.note(f"job {job_id} could not be cancelled ({error or 'no answer'}); it may still run")
 
 
 async def _follow(runpod: RunPodContext, client: RunPodClient, run: _Run, outdir: Path, saved_to: TextIO) -> list[Path]:

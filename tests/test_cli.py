@@ -149,6 +149,20 @@ async def test_a_set_keeps_the_pictures_of_the_job_that_worked_when_the_other_fa
     assert lines[-1] == "error: 1 picture saved; 1 of 2 jobs gave none."
 
 
+async def test_a_set_runpod_stops_taking_cancels_the_job_already_sent(tmp_path, runpod):
+    runpod.script_next(Script(queue_s=60))
+    runpod.set_rate_limit("run", 1, 600)  # the second /run keeps getting 429
+    finished = await generate(tmp_path, "--prompt", "x", "--count", "4", runpod=runpod)
+    (sent,) = runpod.jobs
+    assert finished.code == 1
+    assert [request.job_id for request in runpod.requests_for("cancel")] == [sent]
+    lines = finished.stderr.strip().splitlines()
+    assert lines[-2:] == [
+        f"job {sent} cancelled on RunPod: the rest of the set could not be sent",
+        "error: RunPod kept answering 429 (rate limited); try again in a minute.",
+    ]
+
+
 async def test_ctrl_c_names_every_unfinished_job_of_a_set_to_resume(tmp_path, runpod):
     runpod.script_next(Script(queue_s=60), Script(queue_s=60))
     process = await start_generate(tmp_path, "--prompt", "x", "--count", "4", runpod=runpod)
