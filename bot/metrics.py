@@ -36,7 +36,8 @@ class Metrics:
         )
         self.webhooks = Counter(
             "imagine_webhooks",
-            "RunPod webhooks received: woke (a follower here or in another process) or refused (404)",
+            "RunPod webhooks received: woke a follower (here or in another process), stale (its job ended: 404), "
+            "refused (not an address the bot gave: 404)",
             ["outcome"],
             registry=self.registry,
         )

@@ -84,8 +84,10 @@ class WebServer:
         runner = self._bot.runner
         call = runner.webhooks.check(request.path) if runner.webhooks else None
         woken = call is not None and await runner.wake(call)
-        self._bot.metrics.webhooks.labels("woke" if woken else "refused").inc()
+        # stale: a true address whose job has ended (or is unknown here); refused: an address the bot never gave
+        outcome = "woke" if woken else ("stale" if call is not None else "refused")
+        self._bot.metrics.webhooks.labels(outcome).inc()
         if not woken:
-            log.debug("webhook refused: %s", "unknown or ended job" if call else "no such address")
+            log.debug("webhook for %s: %s", request.path.rsplit("/", 1)[0], outcome)
             raise web.HTTPNotFound()
         return web.Response(text="ok")

@@ -173,6 +173,8 @@ async def test_the_webhook_of_an_ended_job_gets_404(runpod):
         address = run_request(runpod)["webhook"]
         await harness.discord.wait_for(lambda: not harness.bot.runner.live, timeout=5)
         assert await post(address, {"status": "COMPLETED"}) == 404
+        _, metrics = await get(f"{harness.web_url}/metrics")
+    assert 'imagine_webhooks_total{outcome="stale"} 1.0' in metrics
 
 
 async def test_without_public_url_no_webhook_is_asked_for_and_polling_alone_follows(runpod):
