@@ -11,9 +11,10 @@ import pytest
 
 from doubles import outputs
 from doubles.discord import DiscordDouble
-from doubles.harness import free_port, png_for
+from doubles.harness import free_port, png_for, running_bot, settings_for
 from doubles.runpod import Script
 from tests.processes import ready, start_bot
+from tests.test_check import check
 from tests.test_restart import title
 
 
@@ -88,3 +89,17 @@ async def test_a_webhook_reaching_the_other_shard_wakes_the_job_through_postgres
     for process in (zero, one):
         process.process.send_signal(signal.SIGTERM)
         assert await process.finish() == 0
+
+
+async def test_check_says_whether_public_url_reaches_the_bot(tmp_path, discord_double, runpod):
+    port = free_port()
+    settings = settings_for(runpod, port=port, public_url=f"http://127.0.0.1:{port}")
+    async with running_bot(runpod, settings=settings) as harness:
+        answering = await check(tmp_path, discord_double, runpod, PUBLIC_URL=str(harness.web_url))
+    silent = await check(tmp_path, discord_double, runpod, PUBLIC_URL=f"http://127.0.0.1:{free_port()}")
+    (line,) = [line for line in answering.lines if " webhooks: " in line]
+    assert line.startswith(f"ok   webhooks: {harness.web_url}/healthz answers 200: RunPod's webhooks can reach the bot")
+    (line,) = [line for line in silent.lines if " webhooks: " in line]
+    assert line.startswith("warn webhooks: http://127.0.0.1:")
+    assert "does not answer" in line
+    assert "jobs are found by polling alone" in line
