@@ -79,10 +79,8 @@ class Wakeup:
 
     def __init__(self) -> None:
         self._rung = asyncio.Event()
-        self.rings = 0
 
     def ring(self) -> None:
-        self.rings += 1
         self._rung.set()
 
     async def sleep(self, delay: float) -> bool:
@@ -122,6 +120,3 @@ class Wakeups:
 
     def close(self, request_id: int) -> None:
         self._lines.pop(request_id, None)
-
-    def __contains__(self, request_id: int) -> bool:
-        return request_id in self._lines
