@@ -3,8 +3,11 @@ a route to Discord, with real `python -m bot` processes against the doubles."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
+import tomllib
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -128,3 +131,22 @@ async def test_a_short_key_stops_the_start_with_one_line(tmp_path, discord_doubl
         'random secret of at least 32 characters; make one with: python -c "import secrets; '
         'print(secrets.token_hex(32))"'
     ]
+
+
+def test_the_lockfile_pins_every_dependency_with_hashes():
+    """requirements.txt is what a PaaS installs: each of pyproject.toml's dependencies pinned, every pin hashed,
+    and no local directory (pip's hash mode refuses one; the Procfile runs the bot from the checkout instead)."""
+    root = Path(__file__).resolve().parent.parent
+    wanted = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    lock = (root / "requirements.txt").read_text()
+    lines = (line.strip() for line in lock.replace("\\\n", " ").splitlines())
+    requirements = [line for line in lines if line and not line.startswith("#")]
+    pinned = {canonical(line.split("==")[0]) for line in requirements}
+    assert {canonical(re.split(r"[\[<>=~ ]", spec)[0]) for spec in wanted} <= pinned
+    for line in requirements:
+        assert "==" in line and "--hash=sha256:" in line, line
+    assert not any(line.strip() in (".", "-e .") for line in lock.splitlines())
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower().strip()
