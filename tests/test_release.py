@@ -150,3 +150,15 @@ def test_the_lockfile_pins_every_dependency_with_hashes():
 
 def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower().strip()
+
+
+async def test_the_published_hash_is_kept_per_application(database_url):
+    storage = await Storage.open(database_url)
+    try:
+        assert await storage.published_commands(1) is None
+        await storage.commands_published(1, "a" * 64)
+        await storage.commands_published(2, "b" * 64)
+        await storage.commands_published(1, "c" * 64)  # a later publish replaces the first
+        assert (await storage.published_commands(1), await storage.published_commands(2)) == ("c" * 64, "b" * 64)
+    finally:
+        await storage.close()
