@@ -162,3 +162,17 @@ async def test_the_published_hash_is_kept_per_application(database_url):
         assert (await storage.published_commands(1), await storage.published_commands(2)) == ("c" * 64, "b" * 64)
     finally:
         await storage.close()
+
+
+def test_the_version_is_pyprojects_and_printed(capsys):
+    import bot
+    from bot.__main__ import main
+
+    root = Path(__file__).resolve().parent.parent
+    version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    assert bot.__version__ == version
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"python -m bot {version}\n"
+    assert f"## [{version}] - " in (root / "CHANGELOG.md").read_text()  # every version says what it changed
