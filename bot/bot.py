@@ -66,10 +66,8 @@ class ImagineBot(commands.Bot):
         vault = Vault(settings.encryption_keys)
         self.endpoints = Endpoints(settings, storage, vault, runpod)
         webhooks = None
-        if settings.public_url and settings.encryption_keys:
+        if settings.public_url and settings.encryption_keys:  # else polling alone (bot/__main__.py warns)
             webhooks = WebhookAddresses(settings.public_url, settings.encryption_keys)
-        elif settings.public_url:
-            log.warning("PUBLIC_URL is set but BOT_ENCRYPTION_KEY is not: webhooks need it to sign their addresses")
         self.runner = JobRunner(
             self, settings, storage, vault, runpod, self.endpoints, runner_options, webhooks, self.metrics
         )

@@ -16,12 +16,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from bot.config import Secret
+from bot.crypto import derive_key
 
 WEBHOOK_PATH = "/runpod/webhook"
+# The tokens' HMAC key is derived for this use only: a token reveals nothing of the key that encrypts stored keys.
+WEBHOOK_PURPOSE = b"webhook tokens"
 _TOKEN_CHARS = 32  # 128 bits of the HMAC, as hex
 _ROUTE = re.compile(rf"{WEBHOOK_PATH}/(\d{{1,20}})/(\d{{1,2}})/([0-9a-f]{{{_TOKEN_CHARS}}})")
 
@@ -44,7 +44,7 @@ class WebhookAddresses:
         if not secrets:
             raise ValueError("webhook addresses need a secret to sign them")
         self.public_url = public_url.rstrip("/")
-        self._keys = [_token_key(secret) for secret in secrets]
+        self._keys = [derive_key(secret.reveal(), WEBHOOK_PURPOSE) for secret in secrets]
 
     def url(self, request_id: int, part: int) -> str:
         return f"{self.public_url}{self.path(request_id, part)}"
@@ -65,12 +65,6 @@ class WebhookAddresses:
     def _token(self, request_id: int, part: int, key: bytes | None = None) -> str:
         message = f"{request_id}:{part}".encode()
         return hmac.new(key or self._keys[0], message, hashlib.sha256).hexdigest()[:_TOKEN_CHARS]
-
-
-def _token_key(secret: Secret) -> bytes:
-    """A key for this use only, derived from the secret (HKDF): a token reveals nothing of what encrypts keys."""
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"runpod-imagine-bot webhook tokens")
-    return hkdf.derive(secret.reveal().encode())
 
 
 class Wakeup:
