@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import re
-import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -32,7 +31,7 @@ from bot.params import params_from_request
 from bot.presets import PRESETS
 from doubles import outputs
 from doubles.discord import DEFAULT_GUILD_ID
-from doubles.harness import button, field_value, running_bot, settings_for
+from doubles.harness import button, field_value, free_port, running_bot, settings_for
 from doubles.outputs import make_png
 from doubles.runpod import Script
 from tests.test_cli import generate, interrupt_when, start_generate
@@ -40,12 +39,6 @@ from tests.test_cli import generate, interrupt_when, start_generate
 pytest.importorskip("runpod")  # the test extra installs it; `.ci/run` always has it
 
 HANDLER = Path(__file__).resolve().parent / "worker" / "handler.py"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextlib.asynccontextmanager
@@ -209,6 +202,34 @@ async def test_worker_sdxl_that_could_not_open_the_start_picture_is_one_sentence
         assert field_value(final, "What happened") == "The worker could not read the picture to start from."
         info = await info_fields(harness, final)
     assert any("cannot identify image file <_io.BytesIO object at 0x" in value for value in info.values())
+
+
+async def test_the_real_sdk_sends_its_webhook_to_the_address_the_bot_gave(runpod, sdk):
+    """RunPod's local test server runs a job inside its /status and only then sends the webhook: the bot polls it
+    (a wake-up could only come late), and the SDK's POST reaches the bot's server at a true address."""
+    port = free_port()
+    settings = settings_for(
+        runpod,
+        runpod_api_url=sdk,
+        runpod_local=True,
+        runpod_endpoint_id=LOCAL_ENDPOINT,
+        runpod_api_key=None,
+        port=port,
+        public_url=f"http://127.0.0.1:{port}",
+    )
+    async with running_bot(runpod, settings=settings) as harness:
+        final = await harness.finished(await harness.imagine("a lighthouse", seed=7), 30)
+        registry = harness.bot.metrics.registry
+
+        def counted() -> dict[str, float]:
+            outcomes = ("woke", "stale", "refused")
+            return {o: registry.get_sample_value("imagine_webhooks_total", {"outcome": o}) or 0 for o in outcomes}
+
+        await harness.discord.wait_for(lambda: sum(counted().values()) >= 1, 15)
+        webhooks = counted()
+    assert final.embeds[0]["title"] == "✅ Done"
+    assert webhooks["refused"] == 0  # the SDK used the address the bot signed
+    assert webhooks["woke"] + webhooks["stale"] == 1
 
 
 async def test_check_recognises_the_local_test_server(tmp_path, discord_double, runpod, sdk):
