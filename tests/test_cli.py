@@ -393,3 +393,12 @@ async def test_a_hostile_job_id_cannot_rewrite_the_terminal_through_notes_or_log
     assert_nothing_but_text(finished.stderr)
     assert "INFO    bot.engine: job job" in finished.stderr  # the log line, made printable too
     assert "submitted (seed" in finished.stderr and "pwned" in finished.stderr
+
+
+def test_help_speaks_of_pictures_and_the_default_folder(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--count COUNT how many pictures (1-4; as with /imagine, several jobs" in shown
+    assert "(default: out/)" in shown
+    assert "images in one job" not in shown
