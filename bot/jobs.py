@@ -368,8 +368,7 @@ class JobRunner:
                 planned = len(job.endpoint.preset.parts(job.params.with_seed()))
                 job.tickets = self.queue.join_set(guild_id, job.record.user_id, job.policy, parts=planned)
                 job.parts = Parts(planned)
-                place = self.queue.position(job.tickets[0])
-                log.info("%s: waiting for a turn%s", job.context, "" if place is None else f", place {place}")
+                log.info("%s: waiting for a turn%s", job.context, _place(self.queue, job))
                 await self._wait_for_turn(job, job.tickets[0])
             else:  # followed on after a restart: what is on RunPod takes its slots whatever the limits say
                 job.tickets = [
@@ -481,8 +480,7 @@ class JobRunner:
                 move = self._storage.queued if event.state is JobState.IN_QUEUE else self._storage.running
                 job.record = await move(job.record, delay_ms=event.delay_ms)
             if job.record.state is not was:
-                on = f" (worker {event.worker_id})" if event.worker_id else ""
-                log.info("%s: %s on RunPod%s", job.context, job.record.state, on)
+                log.info("%s: %s on RunPod%s", job.context, job.record.state, _known(" (worker {})", event.worker_id))
             job.status.saw(event, self.options.clock())
             await self._show_status(job, client)
         raise AssertionError("follow_job ends with a result or an error")
@@ -592,6 +590,15 @@ ENDED_BY: dict[type[BotError], LedgerState] = {
     JobTimedOut: LedgerState.TIMED_OUT,
     JobExpired: LedgerState.EXPIRED,
 }
+
+
+def _known(text: str, value: object) -> str:
+    """`text` with `value` in it, or nothing where the value is not known: a log line prints no `None` or `-`."""
+    return "" if value is None or value == "" else text.format(value)
+
+
+def _place(queue: FairQueue, job: LiveJob) -> str:
+    return _known(", place {}", queue.position(job.tickets[0]))
 
 
 def _check_painted_from_start(job: LiveJob, result: JobResult) -> None:
