@@ -36,7 +36,7 @@ from bot.polling import PollPolicy
 from bot.presenter import PING_PACE, Delivered, JobPresenter, Stage, Undelivered
 from bot.ratelimit import RateLimit
 from bot.runpod import JobState, JobStatus, RunPodClient
-from bot.status import StatusBoard
+from bot.status import LinePlace, StatusBoard
 from bot.storage import JobRecord, Storage
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,8 @@ class JobRunner:
         )
         asked_at = record.created_at or self.options.clock()
         age = max(0.0, (self.options.clock() - asked_at).total_seconds())
-        job = LiveJob(record, params, endpoint, presenter, policy, monotonic() - age, StatusBoard(asked_at))
+        board = StatusBoard(asked_at, painting_since=record.painting_at)  # as the ledger knew it before a restart
+        job = LiveJob(record, params, endpoint, presenter, policy, monotonic() - age, board)
         presenter.context = job.context
         return job
 
@@ -364,10 +365,16 @@ class JobRunner:
                 return
             position = self.queue.position(ticket)
             if position is not None and position != shown:
+                place = LinePlace(
+                    position,
+                    running=self.queue.running(job.record.guild_id or 0, job.record.user_id),
+                    member_limit=job.policy.member_concurrent,
+                    server_limit=job.policy.guild_concurrent,
+                    moved_back=shown is not None and position > shown,  # said, never silent
+                )
                 shown = position
-                running = self.queue.running(job.record.guild_id or 0, job.record.user_id)
                 pictures = (job.status.pictures_ready or 0, job.params.count) if job.parts.sent else None
-                job.presenter.waiting(position=position, running=running, pictures=pictures)
+                job.presenter.waiting(place, pictures)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(ticket.admitted), 1.0)
 
@@ -387,6 +394,7 @@ class JobRunner:
                     job.status.pictures_ready = sum(len(r.images) for r in results) if parts.planned > 1 else None
                     job.status.parts_behind = len(ids) - 1 - parts.ended
                     job.status.parts_unsent = parts.unsent
+                    job.status.parts_planned, job.status.parts_ended = parts.planned, parts.ended
                     try:
                         results.append(
                             await self._follow_part(job, client, runpod_job_id, parts.answers.pop(runpod_job_id, None))
@@ -433,16 +441,22 @@ class JobRunner:
             poll=self.options.poll,
             submitted=submitted,
             tenant=job.record.guild_id,
+            limit=job.policy.max_wall_seconds,
         ):
             if isinstance(event, JobResult):
                 return event
             was = job.record.state
+            job.status.saw(event, self.options.clock())
             if job.record.state is not LedgerState.COMPLETED:  # resumed after its pictures arrived: only fetch
-                move = self._storage.queued if event.state is JobState.IN_QUEUE else self._storage.running
-                job.record = await move(job.record, delay_ms=event.delay_ms)
+                if event.state is JobState.IN_QUEUE:
+                    job.record = await self._storage.queued(job.record, delay_ms=event.delay_ms)
+                else:  # when it began is kept, so a status drawn after a restart says the same
+                    painting_at = job.status.painting_since
+                    job.record = await self._storage.running(
+                        job.record, delay_ms=event.delay_ms, painting_at=painting_at
+                    )
             if job.record.state is not was:
                 log.info("%s: %s on RunPod (worker %s)", job.context, job.record.state, event.worker_id or "-")
-            job.status.saw(event, self.options.clock())
             await self._show_status(job, client)
         raise AssertionError("follow_job ends with a result or an error")
 
@@ -461,6 +475,7 @@ class JobRunner:
         if board.health_due(loop_time, self.options.health_interval):
             board.health_read_at = loop_time
             board.health = await self._runpod.health(client)
+            board.own_painting = await self._own_painting(job, client)
         if board.waiting_on_runpod:
             endpoint_id = job.endpoint.endpoint_id
             board.move_up(other.status for other in self.live.values() if other.endpoint.endpoint_id == endpoint_id)
@@ -468,6 +483,23 @@ class JobRunner:
         outlook = board.outlook(self.options.clock(), stats, job.params.count)
         if not job.ending:  # its picture or its end is being shown: a late status must not cover it
             job.presenter.status(update, outlook)
+
+    async def _own_painting(self, job: LiveJob, client: RunPodClient) -> int | None:
+        """How many of the job's own parts behind the one followed now are painting, so the status does not count
+        their workers as busy with others' jobs; None when unknown (RunPod's local server reads a result once)."""
+        behind = [id_ for id_ in job.record.runpod_job_ids[job.parts.ended + 1 :] if id_ not in job.status.parts_done]
+        if not behind or client.local:
+            return None
+        painting = 0
+        for runpod_job_id in behind:
+            try:
+                status = await client.status(runpod_job_id)
+            except BotError:
+                return None
+            if status.state.is_terminal:  # its output (the pictures) is not read again until it is followed
+                job.status.parts_done.add(runpod_job_id)
+            painting += status.state is JobState.IN_PROGRESS
+        return painting
 
     # --- the end of a job ----------------------------------------------------------------------------
 

@@ -42,6 +42,12 @@ class GenerationParams:
     # The bot's message the picture to start from is attached to (Vary, Upscale): read again for a fresh address
     # when a later Retry, Reroll or Edit reuses it, since Discord's addresses expire after about a day.
     image_message_id: int | None = None
+    # What a job made from a picture is, for its label ("Variations (strong) of picture 3", bot/render.py): the
+    # button that made it (`vary:strong`, `vary:3`, `upscale`, as its custom_id names it), the picture's number in
+    # its set (None when the set had one), and who asked for that set, so a click by someone else is named.
+    made_by: str | None = None
+    picture: int | None = None
+    set_owner_id: int | None = None
 
     def __post_init__(self) -> None:
         prompt = self.prompt.strip()

@@ -112,7 +112,7 @@ async def test_u2_posts_picture_2_alone_with_the_single_picture_buttons(harness)
     picked = harness.discord.original_message(u2.token)
     (attachment,) = picked.attachments
     assert attachment.data == final.attachments[1].data  # picture 2, the very bytes
-    assert picked.embeds[0]["title"] == "🖼️ Picture 2"
+    assert picked.embeds[0]["title"] == "🖼️ Picture 2 of 4"
     assert custom_ids(picked)[0] == [
         f"imagine:{action}:{interaction.id}" for action in ("vary:subtle", "vary:strong", "upscale")
     ]
