@@ -327,19 +327,20 @@ class LiveMessage:
         embed = self._portable(look)
         try:
             if self._channel_message is None:
+                # A reply to the interaction's message, so the channel reads as one story; sent even if that
+                # message was deleted meanwhile.
                 replied = self._address.message_id
+                reply: dict[str, Any] = {}
+                if replied is not None:
+                    reference = discord.MessageReference(
+                        message_id=replied, channel_id=self._address.channel_id, fail_if_not_exists=False
+                    )
+                    reply = {"reference": reference, "allowed_mentions": discord.AllowedMentions.none()}
                 self._channel_message = await self._channel.send(
                     embed=embed,
                     view=look.view or discord.utils.MISSING,
                     files=_files(look.uploads or ()) or discord.utils.MISSING,
-                    # A reply to the interaction's message, so the channel reads as one story; sent even if that
-                    # message was deleted meanwhile.
-                    reference=discord.MessageReference(
-                        message_id=replied, channel_id=self._address.channel_id, fail_if_not_exists=False
-                    )
-                    if replied is not None
-                    else None,
-                    allowed_mentions=discord.AllowedMentions.none(),
+                    **reply,
                 )
             else:
                 edit = self._channel_message.edit(embed=embed, view=look.view, attachments=_attachments(look))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bot.params import DEFAULT_STRENGTH, MAX_SEED, UPSCALE_STRENGTH, GenerationParams, InvalidParams
+from bot.text import plural
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class WorkerPreset:
         """Raise InvalidParams if this worker cannot run `params` at all; needs no seed and no image bytes
         (preflight). How many pictures one job makes is not a refusal: a request runs as `parts`."""
         if params.image_url is not None and not self.can_start_from_image:
-            raise InvalidParams(f"This server's worker ({self.name}) cannot start from an image.")
+            raise InvalidParams(f"This server's worker ({self.name}) cannot start from a picture.")
         if self.check is not None:
             self.check(params, workflow)
 
@@ -137,11 +138,11 @@ class WorkerPreset:
         if params.count <= most:
             return
         if most < self.max_count:
-            pictures = "1 image" if most == 1 else f"{most} images"
+            pictures = plural(most, "picture")
             raise InvalidParams(
-                f"This endpoint's worker ({self.name}) makes at most {pictures} per job when it starts from an image."
+                f"This endpoint's worker ({self.name}) makes at most {pictures} per job when it starts from a picture."
             )
-        raise InvalidParams(f"This endpoint's worker ({self.name}) makes at most {most} images per job.")
+        raise InvalidParams(f"This endpoint's worker ({self.name}) makes at most {plural(most, 'picture')} per job.")
 
     def takes_image(self, workflow: Any = None) -> bool:
         """Whether image jobs can run on this endpoint, its workflow template included (Vary/Upscale, `image:`)."""
@@ -270,7 +271,7 @@ def _check_comfyui(params: GenerationParams, workflow: Any) -> None:
             "This server's ComfyUI workflow cannot start from an image: it has no {{image}} placeholder."
         )
     if params.image_url is None and takes_image:
-        raise InvalidParams("This server's ComfyUI workflow starts from an image: attach one with the image option.")
+        raise InvalidParams("This server's ComfyUI workflow starts from a picture: attach one with the image option.")
 
 
 # ComfyUI lists only files with an image extension in LoadImage, so the upload's name must carry the right one.

@@ -19,7 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import render
-from bot.admission import NEEDED_PERMISSIONS, Request, preflight
+from bot.admission import NEEDED_PERMISSIONS, Request, preflight, refuse_unpostable
 from bot.buttons import ButtonAction, JobButton, Variation, result_view
 from bot.errors import BotError
 from bot.forms import BoundForm
@@ -147,6 +147,7 @@ class Imagine(commands.Cog):
             nsfw_channel=is_nsfw(interaction.channel),
             missing_permissions=tuple(name for name in NEEDED_PERMISSIONS if not getattr(permissions, name)),
         )
+        refuse_unpostable(request)  # before the public "thinking…": a refusal is seen by the member alone
         await interaction.response.defer(thinking=True)
         try:
             params = await _fresh_start_picture(interaction, params)
@@ -252,8 +253,9 @@ class Imagine(commands.Cog):
             assert interaction.message is not None
             view = discord.ui.View(timeout=None)
             view.add_item(JobButton(ButtonAction.DELETE, str(record.request_id), str(interaction.message.id)))
+            what = "picture" if interaction.message.attachments else "message"
             await interaction.response.send_message(
-                "Delete this picture for everyone in the channel? This cannot be undone.", view=view, ephemeral=True
+                f"Delete this {what} for everyone in the channel? This cannot be undone.", view=view, ephemeral=True
             )
             return
         await interaction.response.defer(ephemeral=True)
@@ -325,10 +327,10 @@ def image_prompt_url(image: discord.Attachment) -> str:
     """An image prompt's address on Discord's CDN, once its type and size (as Discord reports them) pass."""
     content_type = (image.content_type or "").split(";")[0].strip().lower()
     if content_type not in IMAGE_PROMPT_TYPES:
-        raise InvalidParams("The image to start from must be a PNG, JPEG or WebP picture.")
+        raise InvalidParams("The picture to start from must be a PNG, JPEG or WebP file.")
     if image.size > MAX_IMAGE_PROMPT_BYTES:
         raise InvalidParams(
-            f"The image to start from is {size_text(image.size)}; the most is {size_text(MAX_IMAGE_PROMPT_BYTES)}."
+            f"The picture to start from is {size_text(image.size)}; the most is {size_text(MAX_IMAGE_PROMPT_BYTES)}."
         )
     return image.url
 

@@ -177,6 +177,8 @@ async def test_preflight_refuses_without_attach_files_and_pays_nothing(harness):
     text = await refused(harness, interaction)
     assert text == "I cannot post pictures in this channel: I am missing Attach Files. Ask an admin to allow it."
     assert harness.runpod.requests == []
+    (callback,) = harness.discord.calls_for("callback", interaction.token)  # no public "thinking…" flashed first
+    assert (callback.json["type"], callback.json["data"]["flags"] & 64) == (4, 64)
 
 
 async def test_banned_words_and_the_nsfw_only_rule(harness):
