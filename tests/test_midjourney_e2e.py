@@ -241,7 +241,8 @@ async def test_a_failed_card_has_retry_and_retry_runs_the_same_job_again(harness
     interaction = await harness.imagine("try again", seed=77)
     failed = await harness.finished(interaction)
     assert failed.embeds[0]["title"] == "⚠️ No picture this time"
-    assert custom_ids(failed) == [[f"imagine:{action}:{interaction.id}" for action in ("retry", "edit", "info", "delete")]]
+    ended = ("retry", "edit", "info", "delete")
+    assert custom_ids(failed) == [[f"imagine:{action}:{interaction.id}" for action in ended]]
     (first,) = harness.runpod.jobs.values()
 
     harness.runpod.default_script = painted
@@ -350,7 +351,8 @@ async def test_runpod_failing_while_a_set_is_sent_cancels_the_part_already_sent_
     assert [request.job_id for request in runpod.requests_for("cancel")] == [sent.id]  # it would bill for nothing
     assert failed.embeds[0]["title"] == "⚠️ No picture this time"
     assert "RunPod" in field_value(failed, "What happened")
-    assert custom_ids(failed) == [[f"imagine:{action}:{interaction.id}" for action in ("retry", "edit", "info", "delete")]]
+    ended = ("retry", "edit", "info", "delete")
+    assert custom_ids(failed) == [[f"imagine:{action}:{interaction.id}" for action in ended]]
 
 
 async def test_buttons_of_another_server_s_job_do_nothing_here(harness):
