@@ -181,6 +181,9 @@ def _why_waiting(health: Health, own_painting: int = 0) -> str:
         return "RunPod is starting a worker (a cold start): the first picture can take a minute or two."
     if own_painting and health.running <= own_painting:
         return "Every worker is busy with the rest of your set: this part starts when one of them is done."
+    if own_painting:
+        yours = f"{own_painting} of them with the rest of your set"
+        return f"Every worker is busy, {yours}: this part starts when one is free."
     if health.running:
         return "Every worker is busy: yours starts when one is free."
     return "No worker is running, so RunPod is starting one: the first picture can take a minute or two."
