@@ -299,7 +299,7 @@ class LiveMessage:
 
     def _until_hand_over(self) -> float | None:
         """Seconds until the status must move to the channel; None when that is not the pump's to do."""
-        if not self._on_the_reply() or self._pending is None:
+        if not self._on_the_reply() or self._pending is None or self._refused:
             return None
         return max(0.0, self._token_deadline - monotonic())
 
