@@ -365,13 +365,8 @@ class JobRunner:
                 return
             position = self.queue.position(ticket)
             if position is not None and position != shown:
-                place = LinePlace(
-                    position,
-                    running=self.queue.running(job.record.guild_id or 0, job.record.user_id),
-                    member_limit=job.policy.member_concurrent,
-                    server_limit=job.policy.guild_concurrent,
-                    moved_back=shown is not None and position > shown,  # said, never silent
-                )
+                running = self.queue.running(job.record.guild_id or 0, job.record.user_id)
+                place = LinePlace.of(position, running, job.policy, moved_back=shown is not None and position > shown)
                 shown = position
                 pictures = (job.status.pictures_ready or 0, job.params.count) if job.parts.sent else None
                 job.presenter.waiting(place, pictures)
@@ -475,7 +470,7 @@ class JobRunner:
         if board.health_due(loop_time, self.options.health_interval):
             board.health_read_at = loop_time
             board.health = await self._runpod.health(client)
-            board.own_painting = await self._own_painting(job, client)
+            board.own_painting = await own_parts_painting(job, client)
         if board.waiting_on_runpod:
             endpoint_id = job.endpoint.endpoint_id
             board.move_up(other.status for other in self.live.values() if other.endpoint.endpoint_id == endpoint_id)
@@ -483,23 +478,6 @@ class JobRunner:
         outlook = board.outlook(self.options.clock(), stats, job.params.count)
         if not job.ending:  # its picture or its end is being shown: a late status must not cover it
             job.presenter.status(update, outlook)
-
-    async def _own_painting(self, job: LiveJob, client: RunPodClient) -> int | None:
-        """How many of the job's own parts behind the one followed now are painting, so the status does not count
-        their workers as busy with others' jobs; None when unknown (RunPod's local server reads a result once)."""
-        behind = [id_ for id_ in job.record.runpod_job_ids[job.parts.ended + 1 :] if id_ not in job.status.parts_done]
-        if not behind or client.local:
-            return None
-        painting = 0
-        for runpod_job_id in behind:
-            try:
-                status = await client.status(runpod_job_id)
-            except BotError:
-                return None
-            if status.state.is_terminal:  # its output (the pictures) is not read again until it is followed
-                job.status.parts_done.add(runpod_job_id)
-            painting += status.state is JobState.IN_PROGRESS
-        return painting
 
     # --- the end of a job ----------------------------------------------------------------------------
 
@@ -581,6 +559,24 @@ ENDED_BY: dict[type[BotError], LedgerState] = {
     JobTimedOut: LedgerState.TIMED_OUT,
     JobExpired: LedgerState.EXPIRED,
 }
+
+
+async def own_parts_painting(job: LiveJob, client: RunPodClient) -> int | None:
+    """How many of the job's own parts behind the one followed now are painting, so the status does not count
+    their workers as busy with others' jobs; None when unknown (RunPod's local server reads a result once)."""
+    behind = [id_ for id_ in job.record.runpod_job_ids[job.parts.ended + 1 :] if id_ not in job.status.parts_done]
+    if not behind or client.local:
+        return None
+    painting = 0
+    for runpod_job_id in behind:
+        try:
+            status = await client.status(runpod_job_id)
+        except BotError:
+            return None
+        if status.state.is_terminal:  # its output (the pictures) is not read again until it is followed
+            job.status.parts_done.add(runpod_job_id)
+        painting += status.state is JobState.IN_PROGRESS
+    return painting
 
 
 def _one_set(results: Sequence[JobResult]) -> JobResult:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from bot.engine import JobUpdate, Progress
+from bot.policy import GuildPolicy
 from bot.polling import EndpointStats
 from bot.runpod import Health, JobState
 
@@ -25,6 +26,12 @@ class LinePlace:
     member_limit: int  # how many each member may run at once
     server_limit: int  # how many this server runs at once
     moved_back: bool = False  # later than the place shown before: others' turns come first
+
+    @classmethod
+    def of(cls, position: int, running: int, policy: GuildPolicy, *, moved_back: bool) -> LinePlace:
+        """The place, with the limits of `policy`; `moved_back` when it is later than the one shown before (said,
+        never silent)."""
+        return cls(position, running, policy.member_concurrent, policy.guild_concurrent, moved_back)
 
     @property
     def held_by_member_limit(self) -> bool:
