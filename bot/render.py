@@ -113,8 +113,8 @@ def status_embed(update: JobUpdate, params: GenerationParams, requester: str, ou
     if outlook.parts_unsent:
         embed.add_field(
             name="Waiting for a turn",
-            value=f"The rest of this set ({plural(outlook.parts_unsent, 'picture')}) starts when this server's "
-            "limits allow; nothing is paid for it yet.",
+            value=f"The rest of this set ({plural(outlook.parts_unsent, 'job')}) starts when this server's limits "
+            "allow; nothing is paid for it yet.",
             inline=False,
         )
     if update.unanswered:
