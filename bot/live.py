@@ -357,20 +357,27 @@ class LiveMessage:
         return Shown(self.message)
 
     async def _point_to(self, message_id: int) -> None:
-        """The hand-over: the interaction's reply, edited a last time while its token still works, says where the
-        job continues and keeps no button but what the `hand_over` look has. Tried once: the continuation is a
-        reply to it either way."""
-        if self._hand_over is None or self._webhook is None or self._address.message_id is None:
+        """The hand-over: the interaction's reply, edited a last time, says where the job continues and keeps no
+        button but what the `hand_over` look has. Through its token while that works (`expiry_margin` before it
+        dies); once it is gone (a restart across the 15 minutes), as the bot's own message in the channel. Tried
+        once each: the continuation is a reply to it either way."""
+        original = self._address.message_id
+        if self._hand_over is None or original is None:
             return
         guild = self._address.guild_id or "@me"
         embed, view = self._hand_over(f"https://discord.com/channels/{guild}/{self._address.channel_id}/{message_id}")
-        try:
-            await asyncio.wait_for(
-                self._webhook.edit_message(self._address.message_id, embed=embed, view=view), STATUS_EDIT_TIMEOUT
-            )
-        except (*TRANSPORT_ERRORS, discord.HTTPException) as error:
-            log.info("%s: could not point the first message at its continuation (%s)", self.context, describe(error))
+        edits: list[Callable[[], Awaitable[Any]]] = []
+        if self._webhook is not None:
+            webhook = self._webhook
+            edits.append(lambda: webhook.edit_message(original, embed=embed, view=view))
+        edits.append(lambda: self._channel.get_partial_message(original).edit(embed=embed, view=view))
         self._webhook = None  # the reply is handed over: nothing more goes through its token
+        for edit in edits:
+            try:
+                await asyncio.wait_for(edit(), STATUS_EDIT_TIMEOUT)
+                return
+            except (*TRANSPORT_ERRORS, discord.HTTPException) as error:
+                log.info("%s: could not point the first card at its continuation (%s)", self.context, describe(error))
 
     def _portable(self, look: _Look) -> discord.Embed:
         """The look's embed as a channel message can show it: a thumbnail drawn from a picture attached to the

@@ -96,8 +96,8 @@ async def test_a_job_past_the_interaction_token_hands_its_first_card_over_to_a_r
 async def test_a_restart_after_the_token_died_still_continues_as_a_reply_to_the_first_card(
     runpod, discord_double, tmp_path
 ):
-    """When the token died while the bot was down, the first card cannot be edited any more; the continuation is
-    still a reply to it, so the channel reads as one story."""
+    """When the token died while the bot was down, the first card is edited as the bot's own message instead, and
+    the job goes on in a reply to it: the channel reads as one story."""
     url = f"sqlite:///{tmp_path}/bot.db"
     async with running_bot(runpod, database_url=url, discord_double=discord_double) as harness:
         harness.runpod.default_script = lambda job_input: Script(
@@ -109,9 +109,11 @@ async def test_a_restart_after_the_token_died_still_continues_as_a_reply_to_the_
     async with running_bot(runpod, database_url=url, discord_double=discord_double) as harness:
         final = await harness.finished(interaction, timeout=15)
     original = discord_double.original_message(interaction.token)
-    assert original.embeds[0]["title"] == "🔄 Bot restarting"  # its last look: no Cancel, no estimate
-    assert original.components == []
+    assert original.embeds[0]["title"] == "⤵️ Continued below"  # edited as the bot's own message: no token needed
+    assert custom_ids(original) == [[f"imagine:info:{interaction.id}"]]
     assert (final.reply_to, final.embeds[0]["title"]) == (original.id, "✅ Done")
+    edits = [call for call in discord_double.calls_for("edit_channel_message") if call.message_id == original.id]
+    assert [call.status for call in edits] == [200]
 
 
 # --- every result names itself ---------------------------------------------------------------------------
