@@ -234,7 +234,7 @@ class JobPresenter:
         """The embed with what this job is ("Variations (strong) of picture 3") above its title, and the picture
         it starts from as a thumbnail: attached to this message while it runs, else at its own address (a final
         look removes the attachments)."""
-        label = render.made_label(self._params, size=size, by=self._clicked_by, running=size is None and not final)
+        label = render.made_label(self._params, size=size, by=self._clicked_by, running=size is None)
         if label:
             embed.set_author(name=label)
         if thumbnail and self._params.image_url is not None:
