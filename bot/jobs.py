@@ -27,13 +27,15 @@ from bot.clock import monotonic, wall_clock
 from bot.config import Settings
 from bot.crypto import Vault
 from bot.endpoints import Endpoint, Endpoints
-from bot.engine import JobResult, RunPodContext, follow_job, submit_job
+from bot.engine import JobResult, JobUpdate, RunPodContext, follow_job, submit_job
 from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut
 from bot.lifecycle import ENDINGS, LedgerState
+from bot.metrics import Metrics
 from bot.params import GenerationParams
 from bot.policy import FairQueue, GuildPolicy, Ticket
 from bot.polling import PollPolicy
 from bot.presenter import PING_PACE, Delivered, JobPresenter, Stage, Undelivered
+from bot.push import Call, Wakeups, WebhookAddresses
 from bot.ratelimit import RateLimit
 from bot.runpod import JobState, JobStatus, RunPodClient
 from bot.status import LinePlace, StatusBoard
@@ -163,12 +165,14 @@ class PartSender:
         endpoints: Endpoints,
         storage: Storage,
         clock: Callable[[], datetime],
+        webhooks: WebhookAddresses | None = None,
     ) -> None:
         self._discord = client
         self._runpod = runpod
         self._endpoints = endpoints
         self._storage = storage
         self._clock = clock
+        self._webhooks = webhooks
 
     async def send_admitted(self, job: LiveJob, admitted: int) -> None:
         """Send, in order, the parts whose turn has come (`admitted` slots, one held by each part on RunPod).
@@ -185,7 +189,10 @@ class PartSender:
                     )
                 part = preset.parts(parts.params)[parts.sent]
                 client = self._endpoints.client(job.endpoint)
-                status = await submit_job(client, part, preset, workflow=job.endpoint.workflow, image=parts.image)
+                webhook = self._webhooks.url(job.record.request_id, parts.sent) if self._webhooks else None
+                status = await submit_job(
+                    client, part, preset, workflow=job.endpoint.workflow, image=parts.image, webhook=webhook
+                )
             except BotError as error:
                 if not parts.sent:
                     raise
@@ -227,6 +234,8 @@ class JobRunner:
         runpod: RunPodContext,
         endpoints: Endpoints,
         options: RunnerOptions | None = None,
+        webhooks: WebhookAddresses | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._discord = client
         self._settings = settings
@@ -244,7 +253,10 @@ class JobRunner:
             pings_per_channel=options.pings_per_channel,
             clock=options.clock,
         )
-        self.sender = PartSender(client, runpod, endpoints, storage, options.clock)
+        self.sender = PartSender(client, runpod, endpoints, storage, options.clock, webhooks)
+        self.webhooks = webhooks  # None: no PUBLIC_URL, so RunPod's webhooks never come and polls alone follow
+        self.wakeups = Wakeups()
+        self.metrics = metrics or Metrics()
         self.live: dict[int, LiveJob] = {}  # by ledger id
         self.queue = FairQueue()
         self._reserving: dict[int, asyncio.Lock] = {}  # by guild id
@@ -271,6 +283,18 @@ class JobRunner:
                 return
         job = self.adopt(record, params, endpoint, admission.policy, origin.token, origin.filesize_limit)
         self.follow(job)
+
+    async def wake(self, call: Call) -> bool:
+        """A webhook for this part arrived: its follower looks at RunPod at once. False when the request is unknown
+        or ended (the webhook changes nothing); a request the ledger has unfinished but another process follows (its
+        shard's) is woken there (`Storage.notify_wakeup`)."""
+        if self.wakeups.ring(call):
+            return True
+        record = await self._storage.job(call.request_id)
+        if record is None or record.state.final:
+            return False
+        await self._storage.notify_wakeup(call.request_id, call.part)
+        return True
 
     def is_live(self, request_id: int) -> bool:
         """Whether this job is still being followed here, and not already ending."""
@@ -324,6 +348,7 @@ class JobRunner:
         if not self.accepting:  # shutting down: the next run finds the job in the ledger and takes it up
             return
         self.live[job.record.request_id] = job
+        self.wakeups.open(job.record.request_id)
         job.task = tasks.spawn(self._run(job), name=job.context)
 
     # --- running -----------------------------------------------------------------------------------
@@ -354,6 +379,7 @@ class JobRunner:
         finally:
             self._leave_queue(job)
             self.live.pop(job.record.request_id, None)
+            self.wakeups.close(job.record.request_id)
 
     async def _wait_for_turn(self, job: LiveJob, ticket: Ticket) -> None:
         """Until this part's turn comes in the server's fair queue, show the member their place."""
@@ -365,8 +391,7 @@ class JobRunner:
                 return
             position = self.queue.position(ticket)
             if position is not None and position != shown:
-                running = self.queue.running(job.record.guild_id or 0, job.record.user_id)
-                place = LinePlace.of(position, running, job.policy, moved_back=shown is not None and position > shown)
+                place = LinePlace.of(position, self.queue.running(ticket.guild_id, ticket.member_id), job.policy, shown)
                 shown = position
                 pictures = (job.status.pictures_ready or 0, job.params.count) if job.parts.sent else None
                 job.presenter.waiting(place, pictures)
@@ -386,10 +411,8 @@ class JobRunner:
                 ids = job.record.runpod_job_ids
                 if parts.ended < len(ids):
                     runpod_job_id = ids[parts.ended]
-                    job.status.pictures_ready = sum(len(r.images) for r in results) if parts.planned > 1 else None
-                    job.status.parts_behind = len(ids) - 1 - parts.ended
-                    job.status.parts_unsent = parts.unsent
-                    job.status.parts_planned, job.status.parts_ended = parts.planned, parts.ended
+                    ready = sum(len(r.images) for r in results) if parts.planned > 1 else None
+                    job.status.following(parts.planned, parts.ended, sent=len(ids), ready=ready)
                     try:
                         results.append(
                             await self._follow_part(job, client, runpod_job_id, parts.answers.pop(runpod_job_id, None))
@@ -436,6 +459,10 @@ class JobRunner:
             poll=self.options.poll,
             submitted=submitted,
             tenant=job.record.guild_id,
+            # RunPod's local test server runs a job inside its /status and sends the webhook after: poll it.
+            wakeup=self.wakeups.line(job.record.request_id, job.parts.ended)
+            if self.webhooks and not client.local
+            else None,
             limit=job.policy.max_wall_seconds,
         ):
             if isinstance(event, JobResult):
@@ -443,13 +470,7 @@ class JobRunner:
             was = job.record.state
             job.status.saw(event, self.options.clock())
             if job.record.state is not LedgerState.COMPLETED:  # resumed after its pictures arrived: only fetch
-                if event.state is JobState.IN_QUEUE:
-                    job.record = await self._storage.queued(job.record, delay_ms=event.delay_ms)
-                else:  # when it began is kept, so a status drawn after a restart says the same
-                    painting_at = job.status.painting_since
-                    job.record = await self._storage.running(
-                        job.record, delay_ms=event.delay_ms, painting_at=painting_at
-                    )
+                job.record = await _recorded(self._storage, job.record, event, job.status.painting_since)
             if job.record.state is not was:
                 log.info("%s: %s on RunPod (worker %s)", job.context, job.record.state, event.worker_id or "-")
             await self._show_status(job, client)
@@ -482,6 +503,7 @@ class JobRunner:
     # --- the end of a job ----------------------------------------------------------------------------
 
     async def _deliver(self, job: LiveJob, result: JobResult, failures: Sequence[BotError] = ()) -> None:
+        arrived = monotonic()
         uploads = await job.presenter.fit(result, job.job_id)
         job.ending = True
         if job.record.state is not LedgerState.COMPLETED:  # a resumed job's arrival is recorded already
@@ -497,6 +519,7 @@ class JobRunner:
             result, uploads, seconds=seconds, why_short=why, cancelled_by=job.cancelled_by
         ):
             case Delivered():
+                self.metrics.delivery_lag.observe(monotonic() - arrived)
                 job.record = await self._storage.delivered(job.record)
                 log.info("%s: delivered %d image(s) after %.1f s", job.context, len(uploads), seconds)
                 if seconds >= self.options.notify_after or job.presenter.in_channel:
@@ -577,6 +600,14 @@ async def own_parts_painting(job: LiveJob, client: RunPodClient) -> int | None:
             job.status.parts_done.add(runpod_job_id)
         painting += status.state is JobState.IN_PROGRESS
     return painting
+
+
+async def _recorded(storage: Storage, record: JobRecord, event: JobUpdate, since: datetime | None) -> JobRecord:
+    """RunPod's news in the ledger: waiting, or painting `since` then (kept, so a status drawn after a restart says
+    the same)."""
+    if event.state is JobState.IN_QUEUE:
+        return await storage.queued(record, delay_ms=event.delay_ms)
+    return await storage.running(record, delay_ms=event.delay_ms, painting_at=since)
 
 
 def _one_set(results: Sequence[JobResult]) -> JobResult:

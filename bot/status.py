@@ -28,9 +28,10 @@ class LinePlace:
     moved_back: bool = False  # later than the place shown before: others' turns come first
 
     @classmethod
-    def of(cls, position: int, running: int, policy: GuildPolicy, *, moved_back: bool) -> LinePlace:
-        """The place, with the limits of `policy`; `moved_back` when it is later than the one shown before (said,
+    def of(cls, position: int, running: int, policy: GuildPolicy, shown: int | None) -> LinePlace:
+        """The place, with the limits of `policy`; moved back when it is later than the one `shown` before (said,
         never silent)."""
+        moved_back = shown is not None and position > shown
         return cls(position, running, policy.member_concurrent, policy.guild_concurrent, moved_back)
 
     @property
@@ -79,6 +80,12 @@ class StatusBoard:
     # on a worker, or waiting. Unknown (None) until read: then all of them are taken to wait.
     own_painting: int | None = None
     parts_done: set[str] = field(default_factory=set)  # those RunPod said were finished: not asked again
+
+    def following(self, planned: int, ended: int, *, sent: int, ready: int | None) -> None:
+        """The request's parts as the runner follows the next one: `planned` in all, `ended` followed to their end,
+        `sent` to RunPod; `ready`, the pictures the ended ones made (None for a request of one part)."""
+        self.parts_planned, self.parts_ended, self.pictures_ready = planned, ended, ready
+        self.parts_behind, self.parts_unsent = sent - 1 - ended, planned - sent
 
     @property
     def sent_at(self) -> datetime:

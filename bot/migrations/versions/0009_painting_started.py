@@ -1,7 +1,7 @@
 """When a job's painting really began (its first part sent, plus RunPod's time in queue), so a status drawn after a
 restart says "painting since" that moment rather than since the restart.
 
-Revision ID: 0008
+Revision ID: 0009
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 
 
 def upgrade() -> None:
