@@ -462,7 +462,8 @@ async def info_fields(harness, final, **click_options) -> dict[str, str]:
 
 
 async def test_info_shows_the_full_parameters_privately(harness):
-    _, final, job = await result_of(harness, "details please --seed 99")
+    interaction, final, job = await result_of(harness, "details please --seed 99")
+    await harness.recorded_as(interaction, "delivered")
     fields = await info_fields(harness, final, user=UserSpec(id=DEFAULT_USER_ID + 5))
     assert fields["Seed"] == "99"
     assert fields["Worker"] == "sdxl"

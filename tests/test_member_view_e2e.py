@@ -292,7 +292,7 @@ async def test_a_short_sets_info_says_how_many_arrived_and_a_variation_says_wher
     async with running_bot(runpod, worker=second_fails) as harness:
         interaction = await harness.imagine("half a set", count=4, seed=7)
         final = await harness.finished(interaction)
-        await _delivered(harness, interaction)
+        await harness.recorded_as(interaction, "delivered")
         info = await click(harness, final, "info")
         await harness.discord.wait_for(lambda: harness.discord.calls_for("callback", info.token))
         fields = _fields(harness, info)
@@ -324,35 +324,3 @@ async def test_a_failed_card_can_be_deleted_by_its_requester(runpod):
 def _fields(harness, interaction) -> dict[str, str]:
     (callback,) = harness.discord.calls_for("callback", interaction.token)
     return {field["name"]: field["value"] for field in callback.json["data"]["embeds"][0]["fields"]}
-
-
-async def _delivered(harness, interaction, timeout: float = 5.0) -> None:
-    """Until the ledger says the job was posted (just after its card shows it)."""
-    for _ in range(int(timeout / 0.02)):
-        record = await harness.bot.storage.job(interaction.id)
-        if record is not None and record.state == "delivered":
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the job was never recorded as posted")
-
-
-async def test_a_busy_worker_painting_the_members_own_set_is_said_to_be(runpod):
-    """A set of four runs as two jobs; the second starts first, beside another member's job. While the first waits,
-    its card counts one of the two busy workers as its own, and its place among RunPod's waiting jobs as 1st of 1."""
-
-    def second_goes_first(job_input: dict[str, Any]) -> Script:
-        queue_s = 2.5 if job_input["seed"] == 100 else 0.1
-        return Script(queue_s=queue_s, run_s=3.0, output=painted(job_input).output)
-
-    options = fast_options(status_refresh=0.05, health_interval=0.05)
-    async with running_bot(runpod, options=options, worker=second_goes_first) as harness:
-        await harness.imagine("someone else's", user=BOB, seed=5)
-        await harness.discord.wait_for(lambda: len(runpod.jobs) == 1)
-        interaction = await harness.imagine("my set", count=4, seed=100)
-        await harness.discord.wait_for(lambda: shown_field(harness, interaction, "Workers") == "2 busy (1 on your set)")
-        message = harness.shown(interaction)
-        assert (message.embeds[0]["title"], field_value(message, "Your place")) == ("⏳ In queue", "1st of 1 waiting")
-        assert field_value(message, "Why the wait") == (
-            "Every worker is busy, 1 of them with the rest of your set: this part starts when one is free."
-        )
-        await harness.finished(interaction)
