@@ -280,6 +280,28 @@ async def test_durations_read_as_people_say_them_and_the_time_limit_is_named(run
     assert custom_ids(timed_out)[0][-1] == f"imagine:delete:{harness.sent[-1].id}"
 
 
+async def test_a_busy_worker_painting_the_members_own_set_is_said_to_be(runpod):
+    """A set of four runs as two jobs; the second starts first, beside another member's job. While the first waits,
+    its card counts one of the two busy workers as its own, and its place among RunPod's waiting jobs as 1st of 1."""
+
+    def second_goes_first(job_input: dict[str, Any]) -> Script:
+        queue_s = 2.5 if job_input["seed"] == 100 else 0.1
+        return Script(queue_s=queue_s, run_s=3.0, output=painted(job_input).output)
+
+    options = fast_options(status_refresh=0.05, health_interval=0.05)
+    async with running_bot(runpod, options=options, worker=second_goes_first) as harness:
+        await harness.imagine("someone else's", user=BOB, seed=5)
+        await harness.discord.wait_for(lambda: len(runpod.jobs) == 1)
+        interaction = await harness.imagine("my set", count=4, seed=100)
+        await harness.discord.wait_for(lambda: shown_field(harness, interaction, "Workers") == "2 busy (1 on your set)")
+        message = harness.shown(interaction)
+        assert (message.embeds[0]["title"], field_value(message, "Your place")) == ("⏳ In queue", "1st of 1 waiting")
+        assert field_value(message, "Why the wait") == (
+            "Every worker is busy, 1 of them with the rest of your set: this part starts when one is free."
+        )
+        await harness.finished(interaction)
+
+
 # --- Info and the ended cards --------------------------------------------------------------------------
 
 
