@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 # Pings are new messages in the channel: Discord has quoted 30 webhook messages a minute per channel
 # (docs/discord-notes.md, Rate limits).
 PING_PACE = RateLimit(25, 60.0)
+# What the picture a job starts from is called when the bot attaches it to the status message for the worker:
+# a JPEG once re-encoded to fit, else a PNG.
+START_NAMES = ("start.jpg", "start.png")
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,7 @@ class JobPresenter:
         """Post the picture a job starts from on the job's own message, for the worker to fetch: its address
         on Discord's CDN, or None when it could not be posted. The status shows it as a thumbnail, never as a
         full-size picture that would look like a result."""
-        self._start_name = "start.jpg" if data.startswith(b"\xff\xd8\xff") else "start.png"  # re-encoded: JPEG
+        self._start_name = START_NAMES[0] if data.startswith(b"\xff\xd8\xff") else START_NAMES[1]  # re-encoded: JPEG
         embed = self._dressed(render.starting_embed(self._params, self._requester))
         upload = Upload(self._start_name, data)
         outcome = await self._tried(lambda: self.message.attach(embed, upload))
@@ -238,9 +241,17 @@ class JobPresenter:
         if label:
             embed.set_author(name=label)
         if thumbnail and self._params.image_url is not None:
-            attached = self._start_name is not None and not final
-            embed.set_thumbnail(url=f"attachment://{self._start_name}" if attached else self._params.image_url)
+            attached = self._start_attached() if not final else None
+            embed.set_thumbnail(url=f"attachment://{attached}" if attached else self._params.image_url)
         return embed
+
+    def _start_attached(self) -> str | None:
+        """The name of the picture the job starts from, when it is attached to the status message: known from
+        posting it, or (after a restart) from the message as last shown."""
+        if self._start_name is None:
+            names = {attachment.filename for attachment in getattr(self.message.message, "attachments", ())}
+            self._start_name = next((name for name in START_NAMES if name in names), None)
+        return self._start_name
 
     def _handed_over(self, link: str) -> tuple[discord.Embed, discord.ui.View]:
         """The first message's last look once the job continues in a reply to it: where, and only Info."""

@@ -162,6 +162,34 @@ async def test_an_upscale_is_labelled_with_its_size_and_never_shows_an_internal_
     assert [attachment.data for attachment in done.attachments] == [big]  # the start picture is gone
 
 
+async def test_after_a_restart_the_start_picture_stays_a_thumbnail(runpod, discord_double, tmp_path):
+    """The picture an upscale starts from is attached to its status message for the worker; a restarted bot,
+    which did not attach it, still draws it as a thumbnail rather than as a full-size picture below the card."""
+    url = f"sqlite:///{tmp_path}/bot.db"
+    async with running_bot(runpod, database_url=url, discord_double=discord_double, worker=painted) as harness:
+        final = await harness.finished(await harness.imagine("one tower"))
+        harness.runpod.default_script = lambda job_input: Script(
+            queue_s=4.0, run_s=0.2, output=painted(job_input).output
+        )
+        upscale = await click(harness, final, "upscale")
+        await harness.discord.wait_for(lambda: harness.title(upscale) == "⏳ In queue")
+    (start,) = discord_double.original_message(upscale.token).attachments
+    restarted_at = len(discord_double.calls)
+    # The restarted bot learns the picture is attached from the first status it shows, and draws it small from the
+    # next (drawn again at least every `status_refresh`).
+    options = fast_options(status_refresh=0.2)
+    async with running_bot(runpod, database_url=url, discord_double=discord_double, options=options) as harness:
+        done = await harness.finished(upscale, timeout=15)
+    statuses = [
+        call.json["embeds"][0]
+        for call in discord_double.calls[restarted_at:]
+        if call.token == upscale.token and call.json and call.json["embeds"][0]["title"] == "⏳ In queue"
+    ]
+    assert statuses, "the status was never shown after the restart"
+    assert statuses[-1]["thumbnail"]["url"] == f"attachment://{start.filename}"  # small, inside the card
+    assert done.embeds[0]["title"] == "✅ Done" and start.filename not in [a.filename for a in done.attachments]
+
+
 async def test_an_image_prompt_and_a_picked_picture_say_what_they_are(runpod):
     async with running_bot(runpod, worker=painted) as harness:
         option = harness.discord.attachment_option(make_png(64, 64, seed=4), "sketch.png", "image/png")
