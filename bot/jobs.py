@@ -27,7 +27,7 @@ from bot.clock import monotonic, wall_clock
 from bot.config import Settings
 from bot.crypto import Vault
 from bot.endpoints import Endpoint, Endpoints
-from bot.engine import JobResult, RunPodContext, follow_job, submit_job
+from bot.engine import JobResult, JobUpdate, RunPodContext, follow_job, submit_job
 from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut, StartPictureUnread
 from bot.lifecycle import ENDINGS, LedgerState
 from bot.metrics import Metrics
@@ -38,7 +38,7 @@ from bot.presenter import PING_PACE, Delivered, JobPresenter, Stage, Undelivered
 from bot.push import Call, Wakeups, WebhookAddresses
 from bot.ratelimit import RateLimit
 from bot.runpod import JobState, JobStatus, RunPodClient
-from bot.status import StatusBoard
+from bot.status import LinePlace, StatusBoard
 from bot.storage import JobRecord, Storage
 
 log = logging.getLogger(__name__)
@@ -347,7 +347,8 @@ class JobRunner:
         )
         asked_at = record.created_at or self.options.clock()
         age = max(0.0, (self.options.clock() - asked_at).total_seconds())
-        job = LiveJob(record, params, endpoint, presenter, policy, monotonic() - age, StatusBoard(asked_at))
+        board = StatusBoard(asked_at, painting_since=record.painting_at)  # as the ledger knew it before a restart
+        job = LiveJob(record, params, endpoint, presenter, policy, monotonic() - age, board)
         presenter.context = job.context
         return job
 
@@ -398,10 +399,10 @@ class JobRunner:
                 return
             position = self.queue.position(ticket)
             if position is not None and position != shown:
+                place = LinePlace.of(position, self.queue.running(ticket.guild_id, ticket.member_id), job.policy, shown)
                 shown = position
-                running = self.queue.running(job.record.guild_id or 0, job.record.user_id)
                 pictures = (job.status.pictures_ready or 0, job.params.count) if job.parts.sent else None
-                job.presenter.waiting(position=position, running=running, pictures=pictures)
+                job.presenter.waiting(place, pictures)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(ticket.admitted), 1.0)
 
@@ -418,9 +419,8 @@ class JobRunner:
                 ids = job.record.runpod_job_ids
                 if parts.ended < len(ids):
                     runpod_job_id = ids[parts.ended]
-                    job.status.pictures_ready = sum(len(r.images) for r in results) if parts.planned > 1 else None
-                    job.status.parts_behind = len(ids) - 1 - parts.ended
-                    job.status.parts_unsent = parts.unsent
+                    ready = sum(len(r.images) for r in results) if parts.planned > 1 else None
+                    job.status.following(parts.planned, parts.ended, sent=len(ids), ready=ready)
                     try:
                         results.append(
                             await self._follow_part(job, client, runpod_job_id, parts.answers.pop(runpod_job_id, None))
@@ -471,17 +471,16 @@ class JobRunner:
             wakeup=self.wakeups.line(job.record.request_id, job.parts.ended)
             if self.webhooks and not client.local
             else None,
+            limit=job.policy.max_wall_seconds,
         ):
             if isinstance(event, JobResult):
-                _check_painted_from_start(job, event)
-                return event
+                return _painted_from_start(job, event)
             was = job.record.state
+            job.status.saw(event, self.options.clock())
             if job.record.state is not LedgerState.COMPLETED:  # resumed after its pictures arrived: only fetch
-                move = self._storage.queued if event.state is JobState.IN_QUEUE else self._storage.running
-                job.record = await move(job.record, delay_ms=event.delay_ms)
+                job.record = await _recorded(self._storage, job.record, event, job.status.painting_since)
             if job.record.state is not was:
                 log.info("%s: %s on RunPod%s", job.context, job.record.state, _known(" (worker {})", event.worker_id))
-            job.status.saw(event, self.options.clock())
             await self._show_status(job, client)
         raise AssertionError("follow_job ends with a result or an error")
 
@@ -500,6 +499,7 @@ class JobRunner:
         if board.health_due(loop_time, self.options.health_interval):
             board.health_read_at = loop_time
             board.health = await self._runpod.health(client)
+            board.own_painting = await own_parts_painting(job, client)
         if board.waiting_on_runpod:
             endpoint_id = job.endpoint.endpoint_id
             board.move_up(other.status for other in self.live.values() if other.endpoint.endpoint_id == endpoint_id)
@@ -601,12 +601,12 @@ def _place(queue: FairQueue, job: LiveJob) -> str:
     return _known(", place {}", queue.position(job.tickets[0]))
 
 
-def _check_painted_from_start(job: LiveJob, result: JobResult) -> None:
-    """Refuse pictures a worker painted from the text alone where it was to start from a picture (it could not
-    fetch it and said nothing): they would be posted as the member's variation or upscale."""
+def _painted_from_start(job: LiveJob, result: JobResult) -> JobResult:
+    """The result, unless its worker painted from the text alone where it was to start from a picture (it could
+    not fetch it and said nothing): those pictures would be posted as the member's variation or upscale."""
     start = job.parts.start_size
     if start is None:
-        return
+        return result
     preset = job.endpoint.preset
     for image in result.images:
         if not preset.painted_from_start(start, (image.width, image.height)):
@@ -615,6 +615,33 @@ def _check_painted_from_start(job: LiveJob, result: JobResult) -> None:
                 f"{start[0]}×{start[1]} picture to start from: it could not fetch that picture.",
                 result.job_id,
             )
+    return result
+
+
+async def own_parts_painting(job: LiveJob, client: RunPodClient) -> int | None:
+    """How many of the job's own parts behind the one followed now are painting, so the status does not count
+    their workers as busy with others' jobs; None when unknown (RunPod's local server reads a result once)."""
+    behind = [id_ for id_ in job.record.runpod_job_ids[job.parts.ended + 1 :] if id_ not in job.status.parts_done]
+    if not behind or client.local:
+        return None
+    painting = 0
+    for runpod_job_id in behind:
+        try:
+            status = await client.status(runpod_job_id)
+        except BotError:
+            return None
+        if status.state.is_terminal:  # its output (the pictures) is not read again until it is followed
+            job.status.parts_done.add(runpod_job_id)
+        painting += status.state is JobState.IN_PROGRESS
+    return painting
+
+
+async def _recorded(storage: Storage, record: JobRecord, event: JobUpdate, since: datetime | None) -> JobRecord:
+    """RunPod's news in the ledger: waiting, or painting `since` then (kept, so a status drawn after a restart says
+    the same)."""
+    if event.state is JobState.IN_QUEUE:
+        return await storage.queued(record, delay_ms=event.delay_ms)
+    return await storage.running(record, delay_ms=event.delay_ms, painting_at=since)
 
 
 def _one_set(results: Sequence[JobResult]) -> JobResult:

@@ -69,6 +69,22 @@ def _continued(parts: list[str | None]) -> Template:
     return tuple(parts)
 
 
+def _spelled(value: ast.expr) -> list[list[str | None]] | None:
+    """What a value inside an f-string can read as, where the code spells it out: either text of a conditional
+    (`"Upscale" if running else "Upscaled"`), or `plural(n, "picture")` ("3 pictures") and `noun(n, "picture")`;
+    None for any other value (a hole)."""
+    if isinstance(value, ast.IfExp):
+        sides = [value.body, value.orelse]
+        if all(isinstance(side, ast.Constant) and isinstance(side.value, str) for side in sides):
+            return [[side.value] for side in sides]  # type: ignore[attr-defined]
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id in ("plural", "noun"):
+        unit = value.args[1] if len(value.args) > 1 else None
+        if isinstance(unit, ast.Constant) and isinstance(unit.value, str):
+            counted: list[str | None] = [HOLE, " "] if value.func.id == "plural" else []
+            return [[*counted, unit.value, HOLE]]  # the hole: an "s" after any amount but 1
+    return None
+
+
 def _templates(path: Path) -> list[Template]:
     tree = ast.parse(path.read_text(), str(path))
     skip = _docstrings(tree)
@@ -76,11 +92,14 @@ def _templates(path: Path) -> list[Template]:
     templates: list[Template] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):
-            parts: list[str | None] = []
+            variants: list[list[str | None]] = [[]]
             for part in node.values:
-                is_text = isinstance(part, ast.Constant) and isinstance(part.value, str)
-                parts.append(part.value if is_text else HOLE)  # type: ignore[union-attr]
-            templates.append(_continued(parts))
+                choices = _spelled(part.value) if isinstance(part, ast.FormattedValue) else None
+                if choices is None:
+                    is_text = isinstance(part, ast.Constant) and isinstance(part.value, str)
+                    choices = [[part.value if is_text else HOLE]]  # type: ignore[union-attr]
+                variants = [[*variant, *choice] for variant in variants for choice in choices]
+            templates.extend(_continued(variant) for variant in variants)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip | inside_fstrings:
             templates.append(_continued(list(_literal(node.value))))
     return templates
@@ -105,7 +124,8 @@ class Fragment:
 
 
 def _index_words(text: str) -> list[str]:
-    return [word.lower() for word in re.findall(r"[A-Za-z][A-Za-z']{2,}", text)]
+    """The words a sentence is looked up by: two letters or more, in lower case, without a plural's "s"."""
+    return [word.lower().removesuffix("s") for word in re.findall(r"[A-Za-z][A-Za-z']+", text)]
 
 
 def _fragments(template: Template, source: str) -> list[Fragment]:
@@ -165,6 +185,15 @@ def _windows(atoms: tuple[str | None, ...], open_start: bool, open_end: bool):
             yield atoms[start:end]
 
 
+def _substantial(atoms: tuple[str | None, ...], words: set[str], *, whole: bool) -> bool:
+    """Whether these words of the code can stand for a sentence: a whole sentence of the code has some text of
+    its own (not "{a} by {b}"); a part of one beside a `…` holds most of the quote's words (not a hole and "an")."""
+    if whole:  # a label of no words ("U{n}", "< $") needs less
+        return len("".join(atom for atom in atoms if atom is not None).replace(" ", "")) >= (3 if words else 1)
+    shared = {word for atom in atoms if atom is not None for word in _index_words(atom)} & words
+    return 2 * len(shared) >= len(words) > 0
+
+
 @functools.cache
 def _compiled(atoms: tuple[str | None, ...]) -> re.Pattern[str]:
     return _pattern(atoms)
@@ -188,7 +217,7 @@ def sentence_found(sentence: str, open_start: bool, open_end: bool) -> str | Non
     subject = sentence.removesuffix(".")
     for fragment in candidates:
         for window in _windows(fragment.atoms, open_start, open_end):
-            if _compiled(window).fullmatch(subject):
+            if _substantial(window, words, whole=not (open_start or open_end)) and _compiled(window).fullmatch(subject):
                 return fragment.source
     return None
 
