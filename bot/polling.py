@@ -138,8 +138,7 @@ class EndpointStats:
             if len(self._runs) == self._runs.maxlen:
                 self._cohort_from = max(self._cohort_from, self._runs[0][1])
             self._runs.append((run_s, -math.inf if started_at is None else started_at))
-            self._bands.clear()
-            self._live.clear()
+            self._bands.clear()  # `_live` ages out by itself: at a peak, runs end dozens of times a second
         if wait_s is not None and wait_s >= 0:
             self._waits.append(wait_s)
 
@@ -285,8 +284,7 @@ class Cadence:
             return fallback
         if state is JobState.IN_QUEUE:
             # It may start any moment: polled as one that started just now, but not faster than the plain
-            # backoff (an endpoint with sub-second runs must not be hammered while it queues, nor a queue of
-            # fifty jobs just submitted while nothing is known of it yet).
+            # backoff would (an endpoint with sub-second runs must not be hammered while it queues).
             elapsed = 0.0
         elif self.started_at is None:
             return fallback
@@ -302,7 +300,7 @@ class Cadence:
             step = policy.blind_interval if band.dense_from == math.inf else near
             wait = max(dense, min(soonest + step, max(soonest, band.dense_from)) - elapsed)
         if state is JobState.IN_QUEUE:
-            wait = max(wait, fallback)
+            wait = max(wait, min(fallback, near))
         elif self.progress:
             wait = min(wait, policy.progress_every)
         return max(0.0, min(wait, policy.longest))
