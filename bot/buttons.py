@@ -33,7 +33,8 @@ class Variation(StrEnum):
 
 
 RESULT_ACTIONS = (ButtonAction.REROLL, ButtonAction.EDIT, ButtonAction.INFO, ButtonAction.DELETE)
-ENDED_ACTIONS = (ButtonAction.RETRY, ButtonAction.EDIT, ButtonAction.INFO)  # failed, timed out, cancelled
+# failed, timed out, cancelled
+ENDED_ACTIONS = (ButtonAction.RETRY, ButtonAction.EDIT, ButtonAction.INFO, ButtonAction.DELETE)
 
 _LOOKS = {
     ButtonAction.CANCEL: ("Cancel", discord.ButtonStyle.secondary),

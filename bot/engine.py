@@ -45,6 +45,7 @@ from bot.images import DecodedImage, FairTurns, ImageFetcher
 from bot.params import GenerationParams
 from bot.polling import Cadence, EndpointStats, PollPolicy
 from bot.presets import WorkerPreset
+from bot.push import Wakeup
 from bot.runpod import (
     MAX_ANSWER_BYTES,
     Health,
@@ -55,6 +56,7 @@ from bot.runpod import (
     RunPodClient,
     endpoint_url,
 )
+from bot.text import duration
 
 log = logging.getLogger(__name__)
 
@@ -249,15 +251,17 @@ async def submit_job(
     workflow: Any = None,
     image: bytes | None = None,
     execution_timeout_s: float | None = None,
+    webhook: str | None = None,
 ) -> JobStatus:
     """Build the worker's input and POST /run. `params` must carry a seed; `image` is the picture to start from,
-    for a worker that takes it in base64 (`WorkerPreset.image_input`)."""
+    for a worker that takes it in base64 (`WorkerPreset.image_input`); `webhook` is where RunPod says the job
+    ended (bot/push.py)."""
     if image is None:
         job_input = preset.build_input(params, workflow)
     else:  # base64 and a digest of megabytes: off the event loop
         job_input = await asyncio.to_thread(preset.build_input, params, workflow, image)
     policy = {"executionTimeout": int(execution_timeout_s * 1000)} if execution_timeout_s else None
-    status = await client.run(job_input, policy=policy)
+    status = await client.run(job_input, policy=policy, webhook=webhook)
     log.info("job %s submitted to endpoint %s (%s)", status.id, client.endpoint_id, preset.name)
     return status
 
@@ -275,6 +279,8 @@ async def follow_job(
     submitted: JobStatus | None = None,
     submitted_at: float | None = None,
     tenant: object = None,
+    wakeup: Wakeup | None = None,
+    limit: float | None = None,
 ) -> AsyncIterator[JobUpdate | JobResult]:
     """Poll one job until it ends. With `timeout`, a job still unfinished then is cancelled on RunPod: the
     deadline bounds the whole wait, a request in flight included. Until then an outage (5xx, 429, dropped
@@ -285,12 +291,16 @@ async def follow_job(
     not asked at once what it has just said. `stats` defaults to what the context learned of the endpoint.
     `submitted_at` (on `clock`) matters when resuming a job submitted a while ago; by default the first poll
     is taken as its submission. `tenant` (the job's guild; None for the terminal) is whose turn reading and
-    checking its pictures takes: servers are served round-robin."""
+    checking its pictures takes: servers are served round-robin. With `wakeup`, RunPod's webhook for this job is
+    expected: it rings when the job ends, and polls are only as frequent as the live status needs
+    (`PollPolicy.push_delay`), catching a lost webhook. `limit` is the server's time limit the `timeout` is what
+    is left of (the whole job's, from its request): a job that runs out of it says so by name."""
     poll = poll or PollPolicy()
     cadence = Cadence(poll, context.stats(client.endpoint_id, tenant) if stats is None else stats, submitted_at)
     deadline = clock() + timeout if timeout is not None else None
     last: JobUpdate | None = None
     unchanged = failures = 0
+    since_wake: int | None = None  # polls since a webhook rang, while RunPod does not show the job ended yet
     in_hand = submitted
     while True:
         if in_hand is not None:
@@ -317,7 +327,7 @@ async def follow_job(
                     await _stop_billing(client, job_id, refused)
                     raise OutputError(f"RunPod's answer for this job {refused.reason}.", job_id) from None
                 except TimeoutError:  # the deadline passed during the request
-                    await _give_up(client, job_id, timeout or 0)
+                    await _give_up(client, job_id, timeout or 0, limit)
                 except (RunPodUnavailable, RunPodRateLimited, RunPodBadResponse) as error:
                     failures += 1
                     log.warning(
@@ -350,14 +360,21 @@ async def follow_job(
             delay = poll.outage_delay(failures)
         else:
             delay = cadence.delay(clock(), last.state if last else JobState.IN_QUEUE, unchanged)
+            if wakeup is not None:
+                delay = poll.push_delay(delay, since_wake=since_wake, progress=cadence.progress)
         if deadline is not None:
             remaining = deadline - clock()
             if remaining <= 0:
-                await _give_up(client, job_id, timeout or 0)
+                await _give_up(client, job_id, timeout or 0, limit)
             delay = min(delay, remaining)
         shown = "not answering" if failures else (last.state if last else "submitted")
         log.debug("job %s: %s; next poll in %.2f s", job_id, shown, delay)
-        await sleep(delay)
+        if wakeup is None:
+            await sleep(delay)
+        elif await wakeup.sleep(delay):
+            since_wake = 0
+        elif since_wake is not None:
+            since_wake += 1
 
 
 def _update(status: JobStatus) -> JobUpdate:
@@ -401,7 +418,7 @@ async def _stop_billing(client: RunPodClient, job_id: str, refused: RunPodAnswer
 CANCEL_PATIENCE = 3.0  # seconds a cancel at the deadline may take: the deadline is the member's, not RunPod's
 
 
-async def _give_up(client: RunPodClient, job_id: str, timeout: float) -> NoReturn:
+async def _give_up(client: RunPodClient, job_id: str, timeout: float, limit: float | None) -> NoReturn:
     """Our deadline passed: cancel on RunPod so the job stops billing, then say so."""
     try:
         await asyncio.wait_for(client.cancel(job_id), CANCEL_PATIENCE)
@@ -411,7 +428,8 @@ async def _give_up(client: RunPodClient, job_id: str, timeout: float) -> NoRetur
     except (RunPodError, TimeoutError) as error:
         log.warning("job %s: cancel after timeout failed: %s", job_id, error)
         outcome = "cancelling it on RunPod failed, so it may still run"
-    raise JobTimedOut(f"No result after {timeout:g} s; {outcome}.", job_id)
+    waited = f"{duration(limit)}, this server's time limit" if limit is not None else f"{timeout:g} s"
+    raise JobTimedOut(f"No result after {waited}; {outcome}.", job_id)
 
 
 _FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)")

@@ -27,16 +27,18 @@ from bot.clock import monotonic, wall_clock
 from bot.config import Settings
 from bot.crypto import Vault
 from bot.endpoints import Endpoint, Endpoints
-from bot.engine import JobResult, RunPodContext, follow_job, submit_job
+from bot.engine import JobResult, JobUpdate, RunPodContext, follow_job, submit_job
 from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut
 from bot.lifecycle import ENDINGS, LedgerState
+from bot.metrics import Metrics
 from bot.params import GenerationParams
 from bot.policy import FairQueue, GuildPolicy, Ticket
 from bot.polling import PollPolicy
 from bot.presenter import PING_PACE, Delivered, JobPresenter, Stage, Undelivered
+from bot.push import Call, Wakeups, WebhookAddresses
 from bot.ratelimit import RateLimit
 from bot.runpod import JobState, JobStatus, RunPodClient
-from bot.status import StatusBoard
+from bot.status import LinePlace, StatusBoard
 from bot.storage import JobRecord, Storage
 
 log = logging.getLogger(__name__)
@@ -163,12 +165,14 @@ class PartSender:
         endpoints: Endpoints,
         storage: Storage,
         clock: Callable[[], datetime],
+        webhooks: WebhookAddresses | None = None,
     ) -> None:
         self._discord = client
         self._runpod = runpod
         self._endpoints = endpoints
         self._storage = storage
         self._clock = clock
+        self._webhooks = webhooks
 
     async def send_admitted(self, job: LiveJob, admitted: int) -> None:
         """Send, in order, the parts whose turn has come (`admitted` slots, one held by each part on RunPod).
@@ -185,7 +189,10 @@ class PartSender:
                     )
                 part = preset.parts(parts.params)[parts.sent]
                 client = self._endpoints.client(job.endpoint)
-                status = await submit_job(client, part, preset, workflow=job.endpoint.workflow, image=parts.image)
+                webhook = self._webhooks.url(job.record.request_id, parts.sent) if self._webhooks else None
+                status = await submit_job(
+                    client, part, preset, workflow=job.endpoint.workflow, image=parts.image, webhook=webhook
+                )
             except BotError as error:
                 if not parts.sent:
                     raise
@@ -227,6 +234,8 @@ class JobRunner:
         runpod: RunPodContext,
         endpoints: Endpoints,
         options: RunnerOptions | None = None,
+        webhooks: WebhookAddresses | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._discord = client
         self._settings = settings
@@ -244,7 +253,10 @@ class JobRunner:
             pings_per_channel=options.pings_per_channel,
             clock=options.clock,
         )
-        self.sender = PartSender(client, runpod, endpoints, storage, options.clock)
+        self.sender = PartSender(client, runpod, endpoints, storage, options.clock, webhooks)
+        self.webhooks = webhooks  # None: no PUBLIC_URL, so RunPod's webhooks never come and polls alone follow
+        self.wakeups = Wakeups()
+        self.metrics = metrics or Metrics()
         self.live: dict[int, LiveJob] = {}  # by ledger id
         self.queue = FairQueue()
         self._reserving: dict[int, asyncio.Lock] = {}  # by guild id
@@ -271,6 +283,18 @@ class JobRunner:
                 return
         job = self.adopt(record, params, endpoint, admission.policy, origin.token, origin.filesize_limit)
         self.follow(job)
+
+    async def wake(self, call: Call) -> bool:
+        """A webhook for this part arrived: its follower looks at RunPod at once. False when the request is unknown
+        or ended (the webhook changes nothing); a request the ledger has unfinished but another process follows (its
+        shard's) is woken there (`Storage.notify_wakeup`)."""
+        if self.wakeups.ring(call):
+            return True
+        record = await self._storage.job(call.request_id)
+        if record is None or record.state.final:
+            return False
+        await self._storage.notify_wakeup(call.request_id, call.part)
+        return True
 
     def is_live(self, request_id: int) -> bool:
         """Whether this job is still being followed here, and not already ending."""
@@ -315,7 +339,8 @@ class JobRunner:
         )
         asked_at = record.created_at or self.options.clock()
         age = max(0.0, (self.options.clock() - asked_at).total_seconds())
-        job = LiveJob(record, params, endpoint, presenter, policy, monotonic() - age, StatusBoard(asked_at))
+        board = StatusBoard(asked_at, painting_since=record.painting_at)  # as the ledger knew it before a restart
+        job = LiveJob(record, params, endpoint, presenter, policy, monotonic() - age, board)
         presenter.context = job.context
         return job
 
@@ -323,6 +348,7 @@ class JobRunner:
         if not self.accepting:  # shutting down: the next run finds the job in the ledger and takes it up
             return
         self.live[job.record.request_id] = job
+        self.wakeups.open(job.record.request_id)
         job.task = tasks.spawn(self._run(job), name=job.context)
 
     # --- running -----------------------------------------------------------------------------------
@@ -353,6 +379,7 @@ class JobRunner:
         finally:
             self._leave_queue(job)
             self.live.pop(job.record.request_id, None)
+            self.wakeups.close(job.record.request_id)
 
     async def _wait_for_turn(self, job: LiveJob, ticket: Ticket) -> None:
         """Until this part's turn comes in the server's fair queue, show the member their place."""
@@ -364,10 +391,10 @@ class JobRunner:
                 return
             position = self.queue.position(ticket)
             if position is not None and position != shown:
+                place = LinePlace.of(position, self.queue.running(ticket.guild_id, ticket.member_id), job.policy, shown)
                 shown = position
-                running = self.queue.running(job.record.guild_id or 0, job.record.user_id)
                 pictures = (job.status.pictures_ready or 0, job.params.count) if job.parts.sent else None
-                job.presenter.waiting(position=position, running=running, pictures=pictures)
+                job.presenter.waiting(place, pictures)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(ticket.admitted), 1.0)
 
@@ -384,9 +411,8 @@ class JobRunner:
                 ids = job.record.runpod_job_ids
                 if parts.ended < len(ids):
                     runpod_job_id = ids[parts.ended]
-                    job.status.pictures_ready = sum(len(r.images) for r in results) if parts.planned > 1 else None
-                    job.status.parts_behind = len(ids) - 1 - parts.ended
-                    job.status.parts_unsent = parts.unsent
+                    ready = sum(len(r.images) for r in results) if parts.planned > 1 else None
+                    job.status.following(parts.planned, parts.ended, sent=len(ids), ready=ready)
                     try:
                         results.append(
                             await self._follow_part(job, client, runpod_job_id, parts.answers.pop(runpod_job_id, None))
@@ -433,16 +459,20 @@ class JobRunner:
             poll=self.options.poll,
             submitted=submitted,
             tenant=job.record.guild_id,
+            # RunPod's local test server runs a job inside its /status and sends the webhook after: poll it.
+            wakeup=self.wakeups.line(job.record.request_id, job.parts.ended)
+            if self.webhooks and not client.local
+            else None,
+            limit=job.policy.max_wall_seconds,
         ):
             if isinstance(event, JobResult):
                 return event
             was = job.record.state
+            job.status.saw(event, self.options.clock())
             if job.record.state is not LedgerState.COMPLETED:  # resumed after its pictures arrived: only fetch
-                move = self._storage.queued if event.state is JobState.IN_QUEUE else self._storage.running
-                job.record = await move(job.record, delay_ms=event.delay_ms)
+                job.record = await _recorded(self._storage, job.record, event, job.status.painting_since)
             if job.record.state is not was:
                 log.info("%s: %s on RunPod (worker %s)", job.context, job.record.state, event.worker_id or "-")
-            job.status.saw(event, self.options.clock())
             await self._show_status(job, client)
         raise AssertionError("follow_job ends with a result or an error")
 
@@ -461,6 +491,7 @@ class JobRunner:
         if board.health_due(loop_time, self.options.health_interval):
             board.health_read_at = loop_time
             board.health = await self._runpod.health(client)
+            board.own_painting = await own_parts_painting(job, client)
         if board.waiting_on_runpod:
             endpoint_id = job.endpoint.endpoint_id
             board.move_up(other.status for other in self.live.values() if other.endpoint.endpoint_id == endpoint_id)
@@ -472,6 +503,7 @@ class JobRunner:
     # --- the end of a job ----------------------------------------------------------------------------
 
     async def _deliver(self, job: LiveJob, result: JobResult, failures: Sequence[BotError] = ()) -> None:
+        arrived = monotonic()
         uploads = await job.presenter.fit(result, job.job_id)
         job.ending = True
         if job.record.state is not LedgerState.COMPLETED:  # a resumed job's arrival is recorded already
@@ -487,6 +519,7 @@ class JobRunner:
             result, uploads, seconds=seconds, why_short=why, cancelled_by=job.cancelled_by
         ):
             case Delivered():
+                self.metrics.delivery_lag.observe(monotonic() - arrived)
                 job.record = await self._storage.delivered(job.record)
                 log.info("%s: delivered %d image(s) after %.1f s", job.context, len(uploads), seconds)
                 if seconds >= self.options.notify_after or job.presenter.in_channel:
@@ -549,6 +582,32 @@ ENDED_BY: dict[type[BotError], LedgerState] = {
     JobTimedOut: LedgerState.TIMED_OUT,
     JobExpired: LedgerState.EXPIRED,
 }
+
+
+async def own_parts_painting(job: LiveJob, client: RunPodClient) -> int | None:
+    """How many of the job's own parts behind the one followed now are painting, so the status does not count
+    their workers as busy with others' jobs; None when unknown (RunPod's local server reads a result once)."""
+    behind = [id_ for id_ in job.record.runpod_job_ids[job.parts.ended + 1 :] if id_ not in job.status.parts_done]
+    if not behind or client.local:
+        return None
+    painting = 0
+    for runpod_job_id in behind:
+        try:
+            status = await client.status(runpod_job_id)
+        except BotError:
+            return None
+        if status.state.is_terminal:  # its output (the pictures) is not read again until it is followed
+            job.status.parts_done.add(runpod_job_id)
+        painting += status.state is JobState.IN_PROGRESS
+    return painting
+
+
+async def _recorded(storage: Storage, record: JobRecord, event: JobUpdate, since: datetime | None) -> JobRecord:
+    """RunPod's news in the ledger: waiting, or painting `since` then (kept, so a status drawn after a restart says
+    the same)."""
+    if event.state is JobState.IN_QUEUE:
+        return await storage.queued(record, delay_ms=event.delay_ms)
+    return await storage.running(record, delay_ms=event.delay_ms, painting_at=since)
 
 
 def _one_set(results: Sequence[JobResult]) -> JobResult:

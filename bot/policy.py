@@ -153,7 +153,7 @@ def _moderate_text(policy: GuildPolicy, text: str, *, nsfw_channel: bool, where:
 
 def check_size(policy: GuildPolicy, params: GenerationParams) -> None:
     if params.count > policy.max_count:
-        raise Refused(f"This server allows at most {plural(policy.max_count, 'image')} per job.")
+        raise Refused(f"This server allows at most {plural(policy.max_count, 'picture')} per job.")
     if params.steps is not None and params.steps > policy.max_steps:
         raise Refused(f"This server allows at most {plural(policy.max_steps, 'step')}.")
 
@@ -244,6 +244,11 @@ class FairQueue:
 
     def running(self, guild_id: int, member_id: int) -> int:
         return self._running.get((guild_id, member_id), 0)
+
+    @property
+    def length(self) -> int:
+        """Parts waiting for a turn, in every server."""
+        return sum(len(tickets) for members in self._waiting.values() for tickets in members.values())
 
     def waiting(self, guild_id: int, member_id: int) -> int:
         return len(self._waiting.get(guild_id, {}).get(member_id, ()))

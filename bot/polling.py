@@ -29,8 +29,7 @@ class PollPolicy:
     official client does). Once they are known: not at all while the job cannot be finished yet, every
     `near` s while it may be, and every `dense` s once it has run longer than all but the last
     `dense_share` of past runs (both intervals capped by `running[1]`, so fast test policies stay fast).
-    No wait is ever longer than `longest`. While a webhook is expected (`Cadence.expect_push`), every
-    `push_check` s only, or `progress_every` s for a worker that reports progress."""
+    No wait is ever longer than `longest`. While a webhook is expected, `push_delay`."""
 
     queued: tuple[float, float] = (1.5, 4.0)  # first and longest interval while IN_QUEUE
     running: tuple[float, float] = (0.5, 1.0)
@@ -51,8 +50,9 @@ class PollPolicy:
     blind: float = 1.0
     progress_every: float = 2.0  # a worker that reports progress gets its bar moved at least this often
     sparse_factor: float = 4.0  # learned waits are at most this many times the plain backoff's longest
-    # With a webhook on its way the end needs no polling: a poll this often only catches a lost webhook.
-    push_check: float = 10.0
+    # While RunPod's webhook is expected (bot/push.py) a poll only catches a lost one, or moves a progress bar.
+    push_fallback: float = 8.0
+    after_wake: tuple[float, ...] = (0.25, 0.5, 1.0)  # a webhook may beat /status to the job's end: look again soon
 
     def outage_delay(self, failures: int) -> float:
         """The wait after `failures` failed polls in a row: capped backoff, from the running cadence."""
@@ -62,6 +62,16 @@ class PollPolicy:
         first, longest = self.queued if state is JobState.IN_QUEUE else self.running
         # The exponent is capped: a job unchanged for hours must not overflow the float.
         return min(longest, first * self.growth ** min(unchanged_polls, 64))
+
+    def push_delay(self, learned: float, *, since_wake: int | None, progress: bool) -> float:
+        """The wait while a webhook is expected: quick looks just after one rang (`since_wake` polls ago) while
+        /status does not show the end yet, every `progress_every` s for a worker that reports progress, else the
+        sparse `push_fallback`; never longer than the learned wait would have been when that is sparser still."""
+        if since_wake is not None and since_wake < len(self.after_wake):
+            return self.after_wake[since_wake]
+        if progress:
+            return min(learned, self.progress_every)
+        return max(learned, self.push_fallback)
 
     @property
     def near_interval(self) -> float:
@@ -232,18 +242,12 @@ def _lowest(ordered: list[float], first_end: float) -> float:
 
 
 class Cadence:
-    """One job's polling schedule: where its run started, and so how soon it can finish.
+    """One job's polling schedule: where its run started, and so how soon it can finish."""
 
-    `expect_push`: a webhook will say when the job ends, so the schedule only serves what is shown meanwhile
-    (a progress bar) and, sparsely, catches a webhook that never comes. It may be switched at any time."""
-
-    def __init__(
-        self, policy: PollPolicy, stats: EndpointStats, submitted_at: float | None, *, expect_push: bool = False
-    ) -> None:
+    def __init__(self, policy: PollPolicy, stats: EndpointStats, submitted_at: float | None) -> None:
         self.policy = policy
         self.stats = stats
         self.submitted_at = submitted_at
-        self.expect_push = expect_push
         self.queued_at: float | None = None  # when a poll last found it queued
         self.started_at: float | None = None  # estimated start of its run
         self.seen_running: float | None = None  # when a poll last found it running
@@ -275,9 +279,6 @@ class Cadence:
     def delay(self, now: float, state: JobState, unchanged: int) -> float:
         policy = self.policy
         fallback = policy.delay(state, unchanged)
-        if self.expect_push:
-            wait = policy.progress_every if self.progress else policy.push_check
-            return max(0.0, min(wait, policy.longest))
         near, dense = policy.near_interval, policy.dense_interval
         band = self.stats.band(policy, now)
         if band is None:

@@ -108,6 +108,7 @@ jobs = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("delivered_at", UTCDateTime(), index=True),
+    sa.Column("painting_at", UTCDateTime()),  # when painting really began: its status says so after a restart
     sa.Index("ix_jobs_guild_created", "guild_id", "created_at"),
 )
 
@@ -122,6 +123,17 @@ usage_days = sa.Table(
     sa.Column("user_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("pictures", sa.Integer, nullable=False),
     sa.Column("gpu_ms", sa.BigInteger, nullable=False),
+)
+
+
+# The slash commands last published for each application (its bot token), as a hash of their payload: the
+# release phase publishes only when the bot's commands differ from it (bot/release.py).
+published_commands = sa.Table(
+    "published_commands",
+    metadata,
+    sa.Column("application_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("payload_sha256", sa.String(64), nullable=False),
+    sa.Column("published_at", UTCDateTime(), nullable=False),
 )
 
 
@@ -164,6 +176,7 @@ class JobRecord:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     delivered_at: datetime | None = None
+    painting_at: datetime | None = None
 
     @property
     def runpod_job_ids(self) -> tuple[str, ...]:
@@ -256,6 +269,9 @@ def _patient(
     return retrying
 
 
+WAKEUP_CHANNEL = "imagine_wakeup"  # PostgreSQL NOTIFY channel of webhooks' wake-ups
+
+
 class Storage:
     write_patience = 60.0  # seconds a job's ledger write keeps trying through a locked or lost database
 
@@ -264,6 +280,7 @@ class Storage:
         self.clock = clock  # the bot's one idea of now (bot/jobs.py, RunnerOptions.clock)
         self.unreadable: dict[int, str] = {}  # ledger rows the code could not read, by id: why
         self._in_flight: set[asyncio.Future[Any]] = set()
+        self._listening: AsyncConnection | None = None  # held for LISTEN while the process runs (PostgreSQL)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True, clock: Callable[[], datetime] = wall_clock) -> Storage:
@@ -290,7 +307,46 @@ class Storage:
         """Let every write that has begun finish (that is the ledger's flush), then close the pool."""
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=10)
+        if self._listening is not None:
+            await self._listening.close()
+            self._listening = None
         await self.engine.dispose()
+
+    async def ping(self) -> None:
+        """One round trip to the database (the health check's)."""
+        async with self.engine.connect() as connection:
+            await connection.execute(sa.text("SELECT 1"))
+
+    # --- wake-ups between processes (bot/push.py): a webhook may reach a process that does not follow its job ---
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may share this ledger (PostgreSQL; a SQLite file serves one)."""
+        return self.engine.dialect.name == "postgresql"
+
+    async def notify_wakeup(self, request_id: int, part: int) -> None:
+        """Tell every process on this ledger that a webhook for this part of this request arrived."""
+        if self.shared:
+            async with self.engine.begin() as connection:
+                await connection.execute(sa.select(sa.func.pg_notify(WAKEUP_CHANNEL, f"{request_id}:{part}")))
+
+    async def listen_for_wakeups(self, ring: Callable[[int, int], object]) -> None:
+        """From now until `close`, `ring(request_id, part)` for each wake-up another process sends. A connection
+        lost later loses only the wake-ups: the followers' polls still find each job's end."""
+        if not self.shared or self._listening is not None:
+            return
+
+        def heard(_connection: object, _pid: int, _channel: str, payload: str) -> None:
+            request_id, _, part = payload.partition(":")
+            if request_id.isdigit() and part.isdigit():
+                ring(int(request_id), int(part))
+
+        connection = await self.engine.connect()
+        raw = await connection.get_raw_connection()
+        driver = raw.driver_connection  # asyncpg's connection, whose listener is LISTEN
+        assert driver is not None
+        await driver.add_listener(WAKEUP_CHANNEL, heard)
+        self._listening = connection
 
     async def migrate(self, revision: str = "head") -> None:
         def upgrade(connection: Connection) -> None:
@@ -310,6 +366,25 @@ class Storage:
 
         async with self.engine.connect() as connection:
             return await connection.run_sync(current)
+
+    async def published_commands(self, application_id: int) -> str | None:
+        """The hash of the slash commands last published for this application, if any."""
+        query = sa.select(published_commands.c.payload_sha256).where(
+            published_commands.c.application_id == application_id
+        )
+        async with self.engine.connect() as connection:
+            return (await connection.execute(query)).scalar_one_or_none()
+
+    @_uninterruptible
+    async def commands_published(self, application_id: int, payload_sha256: str) -> None:
+        table = published_commands
+        async with self.engine.begin() as connection:
+            await connection.execute(sa.delete(table).where(table.c.application_id == application_id))
+            await connection.execute(
+                sa.insert(table).values(
+                    application_id=application_id, payload_sha256=payload_sha256, published_at=self.clock()
+                )
+            )
 
     # --- guild settings ----------------------------------------------------------------------------
 
@@ -416,10 +491,14 @@ class Storage:
             return record
         return await self._move(record, LedgerState.QUEUED, **_given(delay_ms=delay_ms))
 
-    async def running(self, record: JobRecord, *, delay_ms: int | None = None) -> JobRecord:
+    async def running(
+        self, record: JobRecord, *, delay_ms: int | None = None, painting_at: datetime | None = None
+    ) -> JobRecord:
+        """Painting; `painting_at` is when it began, kept from the first part's start on."""
         if record.state is LedgerState.RUNNING:
             return record
-        return await self._move(record, LedgerState.RUNNING, **_given(delay_ms=delay_ms))
+        started = painting_at if record.painting_at is None else None
+        return await self._move(record, LedgerState.RUNNING, **_given(delay_ms=delay_ms, painting_at=started))
 
     async def completed(
         self, record: JobRecord, *, pictures: int, delay_ms: int | None, execution_ms: int | None

@@ -19,7 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import render
-from bot.admission import NEEDED_PERMISSIONS, Request, preflight
+from bot.admission import NEEDED_PERMISSIONS, Request, preflight, refuse_unpostable
 from bot.buttons import ButtonAction, JobButton, Variation, result_view
 from bot.errors import BotError
 from bot.forms import BoundForm
@@ -37,6 +37,7 @@ from bot.params import (
     params_from_request,
 )
 from bot.presenter import is_nsfw
+from bot.presets import PRESETS
 from bot.replies import explain, reply_privately
 from bot.storage import JobRecord
 from bot.text import size_text
@@ -146,6 +147,7 @@ class Imagine(commands.Cog):
             nsfw_channel=is_nsfw(interaction.channel),
             missing_permissions=tuple(name for name in NEEDED_PERMISSIONS if not getattr(permissions, name)),
         )
+        refuse_unpostable(request)  # before the public "thinking…": a refusal is seen by the member alone
         await interaction.response.defer(thinking=True)
         try:
             params = await _fresh_start_picture(interaction, params)
@@ -176,9 +178,7 @@ class Imagine(commands.Cog):
             await interaction.response.send_message("I have no record of this job any more.", ephemeral=True)
             return
         if action is ButtonAction.INFO:
-            policy = await self.bot.endpoints.policy(record.guild_id)
-            embed = render.info_embed(record, policy.cost(record.execution_ms))
-            await interaction.response.send_message(embed=embed, ephemeral=True)
+            await self._info(interaction, record)
             return
         if action in (ButtonAction.CANCEL, ButtonAction.DELETE) and not _may_moderate(interaction, record):
             await interaction.response.send_message(
@@ -205,16 +205,25 @@ class Imagine(commands.Cog):
             source = _picture(interaction, 1 if variation else int(argument or 1))
             varied = dataclasses.replace(
                 params, image_url=source.url, image_message_id=_message_id(interaction), strength=strength,
-                upscale=False, seed=None,
+                upscale=False, seed=None, **_made_by(interaction, record, f"vary:{argument}"),
             )  # fmt: skip
             await self.run_new(interaction, varied, record.model)
         elif action is ButtonAction.UPSCALE:
             source = _picture(interaction, 1)
             upscaled = dataclasses.replace(
                 params, image_url=source.url, image_message_id=_message_id(interaction), strength=None, upscale=True,
-                count=1,
+                count=1, **_made_by(interaction, record, "upscale"),
             )  # fmt: skip
             await self.run_new(interaction, upscaled, record.model)
+
+    async def _info(self, interaction: discord.Interaction[ImagineBot], record: JobRecord) -> None:
+        """A job's details, privately; RunPod's ids only for its requester and the server's moderators."""
+        policy = await self.bot.endpoints.policy(record.guild_id)
+        permissions = interaction.permissions
+        show_ids = interaction.user.id == record.user_id or permissions.manage_guild or permissions.manage_messages
+        preset = PRESETS.get(record.worker)
+        embed = render.info_embed(record, policy.cost(record.execution_ms), preset=preset, show_ids=show_ids)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
 
     async def _pick(
         self, interaction: discord.Interaction[ImagineBot], record: JobRecord, params: GenerationParams, number: int
@@ -227,7 +236,9 @@ class Imagine(commands.Cog):
             can_vary = (await self.bot.endpoints.for_guild(record.guild_id, record.model)).takes_images
         except BotError:  # the endpoint is gone: the picture can still be posted, but not varied
             can_vary = False
-        embed = render.picked_embed(params, record.user_name, number)
+        clicker = interaction.user
+        by = clicker.display_name if clicker.id != record.user_id else None
+        embed = render.picked_embed(params, record.user_name, number, _pictures_on(interaction), by)
         await interaction.followup.send(
             embed=embed,
             file=discord.File(BytesIO(data), filename=source.filename),
@@ -242,8 +253,9 @@ class Imagine(commands.Cog):
             assert interaction.message is not None
             view = discord.ui.View(timeout=None)
             view.add_item(JobButton(ButtonAction.DELETE, str(record.request_id), str(interaction.message.id)))
+            what = "picture" if interaction.message.attachments else "message"
             await interaction.response.send_message(
-                "Delete this picture for everyone in the channel? This cannot be undone.", view=view, ephemeral=True
+                f"Delete this {what} for everyone in the channel? This cannot be undone.", view=view, ephemeral=True
             )
             return
         await interaction.response.defer(ephemeral=True)
@@ -315,10 +327,10 @@ def image_prompt_url(image: discord.Attachment) -> str:
     """An image prompt's address on Discord's CDN, once its type and size (as Discord reports them) pass."""
     content_type = (image.content_type or "").split(";")[0].strip().lower()
     if content_type not in IMAGE_PROMPT_TYPES:
-        raise InvalidParams("The image to start from must be a PNG, JPEG or WebP picture.")
+        raise InvalidParams("The picture to start from must be a PNG, JPEG or WebP file.")
     if image.size > MAX_IMAGE_PROMPT_BYTES:
         raise InvalidParams(
-            f"The image to start from is {size_text(image.size)}; the most is {size_text(MAX_IMAGE_PROMPT_BYTES)}."
+            f"The picture to start from is {size_text(image.size)}; the most is {size_text(MAX_IMAGE_PROMPT_BYTES)}."
         )
     return image.url
 
@@ -330,6 +342,17 @@ def _picture(interaction: discord.Interaction[Any], number: int) -> discord.Atta
     if not 1 <= number <= len(pictures):
         raise BotError("That picture is no longer on this message.")
     return pictures[number - 1]
+
+
+def _pictures_on(interaction: discord.Interaction[Any]) -> int:
+    return len(interaction.message.attachments) if interaction.message is not None else 0
+
+
+def _made_by(interaction: discord.Interaction[Any], record: JobRecord, move: str) -> dict[str, Any]:
+    """What a job made by a button on a result is, for its label (bot/render.py, `made_label`): the move, the
+    number of the picture in its set (V<n>; None on a single picture), and who asked for that set."""
+    argument = move.partition(":")[2]
+    return {"made_by": move, "picture": int(argument) if argument.isdigit() else None, "set_owner_id": record.user_id}
 
 
 def _message_id(interaction: discord.Interaction[Any]) -> int | None:

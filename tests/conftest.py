@@ -14,8 +14,8 @@ from bot.engine import RunPodContext
 from bot.images import ImageFetcher
 from bot.polling import PollPolicy
 from bot.runpod import RetryPolicy, RunPodClient
-from bot.storage import Storage
-from doubles.discord import DiscordDouble
+from bot.storage import Storage, metadata
+from doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID, ChannelSpec, DiscordDouble, GuildSpec
 from doubles.harness import API_KEY, ENDPOINT
 from doubles.runpod import RunPodDouble
 
@@ -58,6 +58,19 @@ async def discord_double() -> AsyncIterator[DiscordDouble]:
         yield double
 
 
+SHARD1_GUILD = DEFAULT_GUILD_ID  # (id >> 22) % 2 == 1
+SHARD0_GUILD = DEFAULT_GUILD_ID + (1 << 22)  # (id >> 22) % 2 == 0
+SHARD0_CHANNEL = DEFAULT_CHANNEL_ID + 50
+
+
+@pytest.fixture
+async def sharded_double() -> AsyncIterator[DiscordDouble]:
+    """The Discord double with two guilds, one on each shard of two."""
+    guilds = [GuildSpec(), GuildSpec(id=SHARD0_GUILD, name="Zero", channels=[ChannelSpec(id=SHARD0_CHANNEL)])]
+    async with DiscordDouble(guilds=guilds, shard_count=2) as double:
+        yield double
+
+
 POSTGRES_URL = os.environ.get("TEST_DATABASE_URL")
 
 
@@ -65,7 +78,8 @@ async def empty_database(url: str) -> None:
     """Drop what an earlier test left, so every test starts from an empty database."""
     storage = await Storage.open(url, migrate=False)
     async with storage.engine.begin() as connection:
-        for table in ("jobs", "usage_days", "guild_settings", "guild_endpoints", "guild_policies", "alembic_version"):
+        # Every table of today's schema, and those of earlier revisions that migrations dropped.
+        for table in (*(table.name for table in metadata.sorted_tables), "guild_settings", "alembic_version"):
             await connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
     await storage.close()
 

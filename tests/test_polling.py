@@ -86,21 +86,18 @@ def test_a_fresh_bot_with_fifty_jobs_at_once_polls_them_about_as_cheaply_as_one_
     assert cold.lag_p99 <= policy.blind + 0.1
 
 
-def test_with_a_webhook_on_its_way_the_job_is_polled_only_for_what_is_shown_and_to_catch_a_lost_one():
+def test_with_a_webhook_on_its_way_a_job_likely_to_end_is_still_polled_sparsely():
+    """The learned schedule would poll a job at 8 s of an 8 s endpoint's run every 0.2 s; with a webhook
+    expected (`PollPolicy.push_delay`, as the follower composes them) only a progress bar or a lost webhook is
+    polled for."""
     policy, stats = PollPolicy(), EndpointStats()
     for run_s in (7.6, 7.8, 8.0, 8.2) * 8:
         stats.record(run_s=run_s)
-    cadence = Cadence(policy, stats, submitted_at=0.0, expect_push=True)
-    cadence.observe(JobStatus("j", JobState.IN_QUEUE), 0.0, 0.0)
-    assert cadence.delay(0.0, JobState.IN_QUEUE, 0) == policy.push_check
+    cadence = Cadence(policy, stats, submitted_at=0.0)
     cadence.observe(JobStatus("j", JobState.IN_PROGRESS, delay_ms=500), 5.0, 5.0)
-    # At 8 s of its run it is as likely as ever to end: without a webhook it would be polled densely.
-    assert cadence.delay(5.5 + 8.0, JobState.IN_PROGRESS, 0) == policy.push_check
+    learned = cadence.delay(0.5 + 8.0, JobState.IN_PROGRESS, 0)
+    assert learned == policy.dense_interval
+    assert policy.push_delay(learned, since_wake=None, progress=cadence.progress) == policy.push_fallback
     cadence.observe(JobStatus("j", JobState.IN_PROGRESS, execution_ms=3000, has_output=True), 9.0, 9.0)
-    assert cadence.delay(9.0, JobState.IN_PROGRESS, 0) == policy.progress_every  # the bar moves on
-
-    cadence.expect_push = False  # the webhook is off (or known lost): back to the learned schedule
-    cadence.progress = False
-    assert cadence.delay(6.0 + 8.0, JobState.IN_PROGRESS, 0) == policy.dense_interval  # its run began at 6 s
-    fast = replace(policy, queued=(0.02, 0.05), running=(0.02, 0.05))
-    assert Cadence(fast, stats, 0.0, expect_push=True).delay(0.0, JobState.IN_QUEUE, 0) == fast.longest
+    learned = cadence.delay(9.0, JobState.IN_PROGRESS, 0)
+    assert policy.push_delay(learned, since_wake=None, progress=cadence.progress) == policy.progress_every
