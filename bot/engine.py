@@ -340,7 +340,7 @@ async def follow_job(
                     status = None
                 result = None
                 if status is not None and status.state.is_terminal:
-                    cadence.stats.record_status(status)
+                    cadence.finished(status)
                     result = await _finish(status, context.fetcher, tenant=tenant, local=client.local)
             finally:
                 turn.release()
