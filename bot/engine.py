@@ -101,7 +101,7 @@ LOCAL_MODE_NOTE = (
 # What RunPod's local test server answers to /status of a job it does not have (runpod's rp_fastapi `_sim_status`):
 # never a worker's failure.
 LOCAL_UNKNOWN_JOB = "Job ID not found"
-_LARGE_ANSWER = 256 * 1024  # bytes; status answers without a picture are a few hundred
+LARGE_ANSWER = 256 * 1024  # bytes; status answers without a picture are a few hundred
 # How many requests one API key may have in flight at once, as a share of the session's pooled connections (100 by
 # default, bot/__main__.py): a server whose jobs all finish together leaves the others three quarters of them.
 _KEY_SHARE = 4
@@ -226,7 +226,7 @@ class _Turn:
 
     async def admit(self, size: int) -> None:
         """`RunPodClient`'s admit hook: a large answer is read only with a turn in hand."""
-        if self._held or 0 <= size < _LARGE_ANSWER:
+        if self._held or 0 <= size < LARGE_ANSWER:
             return
         if self._wait_in_socket:
             await self.wait()

@@ -27,7 +27,7 @@ from bot.clock import monotonic, wall_clock
 from bot.config import Settings
 from bot.crypto import Vault
 from bot.endpoints import Endpoint, Endpoints
-from bot.engine import JobResult, JobUpdate, RunPodContext, follow_job, submit_job
+from bot.engine import LARGE_ANSWER, JobResult, JobUpdate, RunPodContext, follow_job, submit_job
 from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut, StartPictureUnread
 from bot.lifecycle import ENDINGS, LedgerState
 from bot.metrics import Metrics
@@ -627,13 +627,26 @@ async def own_parts_painting(job: LiveJob, client: RunPodClient) -> int | None:
     painting = 0
     for runpod_job_id in behind:
         try:
-            status = await client.status(runpod_job_id)
+            status = await client.status(runpod_job_id, admit=_no_pictures)
+        except _PicturesIn:  # it has ended: its pictures are read once, with a turn, when it is followed
+            job.status.parts_done.add(runpod_job_id)
+            continue
         except BotError:
             return None
-        if status.state.is_terminal:  # its output (the pictures) is not read again until it is followed
+        if status.state.is_terminal:
             job.status.parts_done.add(runpod_job_id)
         painting += status.state is JobState.IN_PROGRESS
     return painting
+
+
+class _PicturesIn(Exception):
+    """A part's answer large enough to hold its pictures: left unread (its connection let go)."""
+
+
+async def _no_pictures(size: int) -> None:
+    """`RunPodClient.status`'s admit hook for a look at a part's state only: no answer with pictures is read."""
+    if not 0 <= size < LARGE_ANSWER:
+        raise _PicturesIn
 
 
 async def _recorded(storage: Storage, record: JobRecord, event: JobUpdate, since: datetime | None) -> JobRecord:
