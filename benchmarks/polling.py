@@ -101,6 +101,7 @@ class ClientResult:
     late_start_s: float
     stopped: bool  # still busy at the round's deadline
     killed: bool  # did not even stop then: no CPU or memory figures
+    woken: int = 0  # jobs a webhook woke (the push client's)
 
 
 @dataclass
@@ -152,6 +153,7 @@ class RoundOutcome:
     submitted: dict[str, float]
     endpoints: dict[str, list[str]]  # client -> endpoint ids by endpoint index
     t0: float
+    woken: set[str] = field(default_factory=set)  # jobs whose webhook the client answered 200 (it was following)
 
 
 def endpoint_ids(client: str, endpoints: Sequence[EndpointSpec]) -> list[str]:
@@ -232,7 +234,8 @@ async def run_round(spec: RoundSpec, *, startup: float, timeout: float, grace: f
     now = time.monotonic()
     finished = {job_id: end for job_id, job in double.jobs.items() if (end := job.finished_at(now)) is not None}
     submitted = {job_id: job.submitted_at for job_id, job in double.jobs.items()}
-    return RoundOutcome(reports, double.requests, finished, submitted, ids, t0)
+    woken = {call.job_id for call in double.webhook_calls if call.status == 200}
+    return RoundOutcome(reports, double.requests, finished, submitted, ids, t0, woken)
 
 
 async def _burst(double: RunPodDouble, t0: float, window: tuple[float, float]) -> None:
@@ -293,6 +296,7 @@ def client_result(outcome: RoundOutcome, client: str) -> ClientResult:
         late_start_s=report["late_s"],
         stopped=report["stopped"],
         killed=report.get("killed", False),
+        woken=sum(1 for _, job_id, _, _ in rows if job_id in outcome.woken),
     )
 
 
