@@ -39,6 +39,7 @@ RUNSYNC_MAX_BYTES: Final = 20 * 1024 * 1024
 RUN_RETENTION_S: Final = 30 * 60.0
 RUNSYNC_RETENTION_S: Final = 60.0
 _POLL_STEP_S: Final = 0.01
+_WEBHOOK_LOOK_S: Final = 0.25
 # Allowed methods per operation; "other" is anything that is not one of these routes.
 _METHODS: Final[dict[str, frozenset[str]]] = {
     **dict.fromkeys(("run", "runsync", "cancel", "retry", "purge-queue"), frozenset({"POST"})),
@@ -573,7 +574,11 @@ class RunPodDouble:
 
     async def _send_webhook(self, job: Job) -> None:
         assert job.webhook is not None
-        await self._wait_terminal(job, 3600.0)
+        # Asleep until the job's scripted end (a thousand jobs must not each wake every few ms, as `_wait_terminal`
+        # does); looked at again at least every `_WEBHOOK_LOOK_S` for a cancel or a test moving the clock.
+        while not job.gone(now := self.clock()) and job.status(now) not in TERMINAL:
+            end = job._timeline()[1]
+            await asyncio.sleep(min(_WEBHOOK_LOOK_S, max(0.0, end - now) if end is not None else _WEBHOOK_LOOK_S))
         await asyncio.sleep(self.webhook_delay_s)
         if self._webhook_session is None:
             self._webhook_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
