@@ -309,6 +309,7 @@ class JobRunner:
             params,
             token=token,
             can_vary=endpoint.takes_images,
+            can_outpaint=endpoint.paints_outside,
             spoiler_outside_nsfw=policy.spoiler_outside_nsfw,
             filesize_limit=filesize_limit,
             on_channel_message=remember_channel_message,

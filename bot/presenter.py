@@ -74,6 +74,7 @@ class JobPresenter:
         *,
         token: str | None,
         can_vary: bool,
+        can_outpaint: bool = False,
         spoiler_outside_nsfw: bool,
         filesize_limit: int | None,
         on_channel_message: Callable[[int], Awaitable[None]],
@@ -86,6 +87,7 @@ class JobPresenter:
         self._channel_id = record.channel_id
         self._guild_id = record.guild_id
         self._can_vary = can_vary
+        self._can_outpaint = can_outpaint  # Zoom Out and Pan buttons (bot/buttons.py)
         self._spoiler_outside_nsfw = spoiler_outside_nsfw
         self._filesize_limit = filesize_limit  # the interaction's own; unknown after a restart
         self.message = LiveMessage(
@@ -166,7 +168,7 @@ class JobPresenter:
                 0, f"{arrived} before {cancelled_by} cancelled." if cancelled_by else f"{arrived}. {why_short}".strip()
             )
         embed = render.result_embed(self._params, self._requester, result, seconds=seconds, notes=notes)
-        view = result_view(self._key, len(uploads), can_vary=self._can_vary)
+        view = result_view(self._key, len(uploads), can_vary=self._can_vary, can_outpaint=self._can_outpaint)
         # Editing the status message is idempotent: a bot killed between this edit and the ledger's record of it
         # edits the same message again after its restart, and nobody sees the picture twice.
         return await self._last_look(embed, view, uploads)

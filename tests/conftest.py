@@ -65,7 +65,15 @@ async def empty_database(url: str) -> None:
     """Drop what an earlier test left, so every test starts from an empty database."""
     storage = await Storage.open(url, migrate=False)
     async with storage.engine.begin() as connection:
-        for table in ("jobs", "usage_days", "guild_settings", "guild_endpoints", "guild_policies", "alembic_version"):
+        for table in (
+            "jobs",
+            "usage_days",
+            "member_settings",
+            "guild_settings",
+            "guild_endpoints",
+            "guild_policies",
+            "alembic_version",
+        ):
             await connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
     await storage.close()
 
