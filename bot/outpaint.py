@@ -87,4 +87,4 @@ def _growth(outpaint: str) -> tuple[float, float, float, float]:
 
 
 def _snap(side: float) -> int:
-    return max(MULTIPLE * 8, math.floor(side / MULTIPLE) * MULTIPLE)
+    return max(MULTIPLE, math.floor(side / MULTIPLE) * MULTIPLE)
