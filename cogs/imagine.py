@@ -284,7 +284,8 @@ class Imagine(commands.Cog):
             )  # fmt: skip
             if action is ButtonAction.VARY:
                 variation = Variation(argument) if argument in tuple(Variation) else Variation.STRONG
-                count = (await self.member_defaults(interaction)).count or 1
+                most = (await self.bot.endpoints.policy(interaction.guild_id)).max_count
+                count = min((await self.member_defaults(interaction)).count or 1, max(1, most))
                 chosen = VARY_STRENGTH[variation] if strength is None else strength
                 return dataclasses.replace(start, strength=chosen, count=count), record.model
             if action is ButtonAction.UPSCALE:  # a bare "upscale" (older messages) keeps the preset's strength
@@ -326,11 +327,14 @@ class Imagine(commands.Cog):
             return interaction.message
         channel = interaction.client.get_partial_messageable(interaction.channel_id or 0, guild_id=interaction.guild_id)
         try:
-            return await channel.fetch_message(message_id or 0)
+            message = await channel.fetch_message(message_id or 0)
         except discord.NotFound:
             raise BotError("The picture this form was opened on was deleted.") from None
         except (*TRANSPORT_ERRORS, discord.HTTPException):
             raise BotError("The picture this form was opened on could not be read from Discord. Try again.") from None
+        if message.author.id != self.bot.user.id:  # a form's custom_id is the member's to forge: only our pictures
+            raise BotError("That picture is no longer on this message.")
+        return message
 
     @commands.Cog.listener()
     async def on_interaction(self, interaction: discord.Interaction[ImagineBot]) -> None:
