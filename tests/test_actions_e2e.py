@@ -426,3 +426,20 @@ async def test_member_settings_are_kept_per_member_per_server_on_each_database(d
         assert await storage.member_settings(1, 11) == {"model": "fast"}
     finally:
         await storage.close()
+
+
+async def test_zoom_pan_and_upscale_buttons_posted_before_a_restart_still_run(runpod, discord_double, tmp_path):
+    url = f"sqlite:///{tmp_path}/bot.db"
+    async with running_bot(runpod, database_url=url, discord_double=discord_double) as harness:
+        _, final, _ = await outpainting_result(harness)
+        known = set(runpod.jobs)
+    async with running_bot(runpod, database_url=url, discord_double=discord_double) as harness:
+        harness.runpod.default_script = lambda job_input: Script(output=outputs.comfyui(make_png(64, 48, seed=1)))
+        for action in ("pan:down", "zoom:1.5", "upscale:creative"):
+            assert (await harness.finished(await click(harness, final, action))).embeds[0]["title"] == "✅ Done"
+        pan, zoom, upscale = new_jobs(harness, known)
+    assert [sent_images(job)[job.input["workflow"]["1"]["inputs"]["image"]].size for job in (pan, zoom)] == [
+        (64, 72),
+        (96, 72),
+    ]
+    assert upscale.input["workflow"]["1"]["inputs"]["denoise"] == UPSCALE_STRENGTHS["creative"]
