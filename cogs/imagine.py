@@ -289,8 +289,8 @@ class Imagine(commands.Cog):
                 chosen = VARY_STRENGTH[variation] if strength is None else strength
                 return dataclasses.replace(start, strength=chosen, count=count), record.model
             if action is ButtonAction.UPSCALE:  # a bare "upscale" (older messages) keeps the preset's strength
-                upscaled = UPSCALE_STRENGTHS.get(argument or "")
-                return dataclasses.replace(start, strength=upscaled, upscale=True), record.model
+                upscaled = UPSCALE_STRENGTHS.get(argument or "")  # the picture's own seed, as before
+                return dataclasses.replace(start, strength=upscaled, upscale=True, seed=params.seed), record.model
             outpaint = f"{action}:{argument}"
             if outpaint_growth(outpaint) is None:
                 raise BotError("This button is not one the bot knows.")
