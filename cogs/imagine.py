@@ -42,6 +42,7 @@ from bot.params import (
     MemberDefaults,
     outpaint_growth,
     params_from_request,
+    split_inline_flags,
 )
 from bot.presenter import is_nsfw
 from bot.replies import explain, reply_privately
@@ -271,7 +272,7 @@ class Imagine(commands.Cog):
         async def resolve() -> tuple[GenerationParams, str | None]:
             params = GenerationParams(**record.params)
             if prompt is not None:
-                params = dataclasses.replace(params, prompt=prompt)
+                params = with_prompt(params, prompt)
             if action is ButtonAction.REROLL:
                 return dataclasses.replace(params, seed=None), record.model
             if action is ButtonAction.RETRY:
@@ -307,7 +308,8 @@ class Imagine(commands.Cog):
             await interaction.response.send_message("I have no record of this job any more.", ephemeral=True)
             return
         action, argument = ButtonAction(form["action"]), form["argument"]
-        prompt = GenerationParams(**(record.params | {"prompt": values.get("prompt", "")})).prompt
+        prompt = values.get("prompt", "")
+        with_prompt(GenerationParams(**record.params), prompt)  # bad input is refused now, before the deferral
         strength = _strength(values["strength"]) if "strength" in values else None
         message_id = int(form["message"]) if form["message"] else None
 
@@ -473,6 +475,18 @@ def _picture_number(action: ButtonAction, argument: str | None) -> int:
     if action is ButtonAction.VARY and argument is not None and argument.isdigit():
         return int(argument)
     return 1
+
+
+def with_prompt(params: GenerationParams, text: str) -> GenerationParams:
+    """A Remix form's prompt in place of the job's; its inline flags --ar and --no change those too (a --seed is
+    left out: Reroll and variations pick a new one)."""
+    prompt, flags = split_inline_flags(text)
+    return dataclasses.replace(
+        params,
+        prompt=prompt,
+        aspect_ratio=flags.get("ar", params.aspect_ratio),
+        negative_prompt=flags.get("no", params.negative_prompt),
+    )
 
 
 def _strength(text: str) -> float:

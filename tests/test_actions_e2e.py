@@ -203,9 +203,14 @@ async def test_remix_on_reroll_asks_only_for_the_prompt_and_bad_strength_is_refu
     custom_id, inputs, _ = form(harness, reroll)
     assert inputs == ["prompt"] and custom_id.startswith("imagine-remix:reroll:")
     known = set(harness.runpod.jobs)
-    await harness.finished(await submit(harness, custom_id, {"prompt": "a dog"}))
+    await harness.finished(await submit(harness, custom_id, {"prompt": "a dog --ar 16:9 --no cats"}))
     (job,) = new_jobs(harness, known)
-    assert job.input["prompt"] == "a dog"
+    assert (job.input["prompt"], job.input["negative_prompt"]) == ("a dog", "cats")  # its flags apply too
+    wide = PRESETS["sdxl"].size(GenerationParams("x", aspect_ratio="16:9"))
+    assert (job.input["width"], job.input["height"]) == wide
+    odd = await submit(harness, custom_id, {"prompt": "a dog --ar 5:4"})
+    await harness.discord.wait_for(lambda: harness.private_replies(odd))
+    assert harness.private_replies(odd)[0].startswith("Aspect ratio '5:4' is not one of")
 
     vary = await click(harness, final, "vary:subtle")
     await harness.discord.wait_for(lambda: harness.discord.calls_for("callback", vary.token))
