@@ -127,8 +127,8 @@ async def test_settings_are_remembered_privately_and_used_by_imagine_unless_an_o
     assert await harness.bot.storage.member_settings(DEFAULT_GUILD_ID, DEFAULT_USER_ID) == {}
 
 
-async def test_settings_survive_a_restart(runpod, discord_double, tmp_path):
-    url = f"sqlite:///{tmp_path}/bot.db"
+async def test_settings_survive_a_restart(runpod, discord_double, database_url):
+    url = database_url  # a SQLite file, and PostgreSQL
     async with running_bot(runpod, database_url=url, discord_double=discord_double, worker=painted) as harness:
         await settings(harness, aspect_ratio="9:16")
     async with running_bot(runpod, database_url=url, discord_double=discord_double, worker=painted) as harness:
