@@ -29,6 +29,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.config import (
     LOCAL_ENDPOINT,
+    MIN_SECRET_LENGTH,
+    RANDOM_KEY_COMMAND,
     SECRET_VARIABLES,
     Secret,
     Settings,
@@ -65,7 +67,6 @@ BOT_PERMISSIONS = discord.Permissions(
 )
 PERMISSION_NAMES = ("View Channel", "Send Messages", "Embed Links", "Attach Files", "Read Message History")
 INVITE_SCOPES = "bot+applications.commands"
-ENCRYPTION_KEY_RECIPE = 'python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
 
 DISCORD_TIMEOUT = 20.0
 DATABASE_TIMEOUT = 15.0
@@ -384,7 +385,8 @@ def _encryption_line(keys: tuple[Secret, ...], stored: list[str] | None) -> Line
             WARN,
             "BOT_ENCRYPTION_KEY",
             "not set: server admins cannot connect their own RunPod keys "
-            f"(/runpod setup refuses); make one with: {ENCRYPTION_KEY_RECIPE}",
+            f"(/runpod setup refuses); set a random secret of at least {MIN_SECRET_LENGTH} characters, "
+            f"made with: {RANDOM_KEY_COMMAND}",
         )
     if not stored:
         return Line(OK, "BOT_ENCRYPTION_KEY", f"{count} set")

@@ -35,6 +35,10 @@ MIN_PICTURE_MEMORY_MB = 32  # under this, an ordinary SDXL picture could not be 
 # The variables whose values are secrets: never in a log line or in `python -m bot check`'s report.
 # BOT_ENCRYPTION_KEY may list several keys; of DATABASE_URL, the password is what matters.
 SECRET_VARIABLES = ("DISCORD_TOKEN", "RUNPOD_API_KEY", "RUNPOD_KEY", "BOT_ENCRYPTION_KEY", "DATABASE_URL")
+# BOT_ENCRYPTION_KEY: a Fernet key, or any secret this long (a PaaS's generated secret is 64 hex characters, 256
+# bits); 32 characters of hex are 128 bits, what Fernet's own AES key has.
+MIN_SECRET_LENGTH = 32
+RANDOM_KEY_COMMAND = 'python -c "import secrets; print(secrets.token_hex(32))"'
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         runpod_local=local,
         runpod_worker=worker,
         database_url=Secret(_database_url(env.get("DATABASE_URL", DEFAULT_DATABASE_URL))),
-        encryption_keys=_fernet_keys(env.get("BOT_ENCRYPTION_KEY", "")),
+        encryption_keys=_encryption_keys(env.get("BOT_ENCRYPTION_KEY", "")),
         guild_ids=_guild_ids(env.get("DISCORD_GUILD_IDS", "")),
         **_shards(env.get("SHARD_COUNT"), env.get("SHARD_IDS")),
         log_level=_log_level(env.get("LOG_LEVEL", "INFO")),
@@ -187,16 +191,25 @@ def _database_url(value: str) -> str:
     return value
 
 
-def _fernet_keys(value: str) -> tuple[Secret, ...]:
+def is_fernet_key(value: str) -> bool:
+    """A key Fernet takes as it is: 32 bytes in url-safe base64 (44 characters)."""
+    try:
+        Fernet(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _encryption_keys(value: str) -> tuple[Secret, ...]:
+    """Each entry is a Fernet key, used as it is, or a long random secret that bot/crypto.py derives one from."""
     keys = [part.strip() for part in value.split(",") if part.strip()]
     for position, key in enumerate(keys, start=1):
-        try:
-            Fernet(key)
-        except ValueError:
+        if not is_fernet_key(key) and len(key) < MIN_SECRET_LENGTH:
+            # Never echo the value, nor its start: it is (meant to be) a secret.
             raise ConfigError(
-                f"BOT_ENCRYPTION_KEY entry {position} is not a Fernet key (32 url-safe base64 bytes); make one with: "
-                'python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
-            ) from None
+                f"BOT_ENCRYPTION_KEY entry {position} is too short ({len(key)} characters): give a Fernet key or a "
+                f"random secret of at least {MIN_SECRET_LENGTH} characters; make one with: {RANDOM_KEY_COMMAND}"
+            )
     return tuple(Secret(key) for key in keys)
 
 
@@ -255,6 +268,18 @@ def configure_logging(level: str, stream: TextIO = sys.stdout, secrets: tuple[Se
     handler.setFormatter(RedactingFormatter(tuple(secret.reveal() for secret in secrets if secret)))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.getLogger("discord.http").setLevel(logging.WARNING)
+    logging.getLogger("discord.client").addFilter(_VOICE_WARNINGS)  # added once: a logger keeps no duplicates
+
+
+class _WithoutVoiceWarnings(logging.Filter):
+    """discord.py warns at every start that PyNaCl and davey are missing: they are for voice, which this bot
+    never uses. Only those two records are dropped; every other warning of discord.client stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING and record.getMessage().endswith("voice will NOT be supported"))
+
+
+_VOICE_WARNINGS = _WithoutVoiceWarnings()
 
 
 class RedactingFormatter(logging.Formatter):

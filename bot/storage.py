@@ -135,6 +135,17 @@ member_settings = sa.Table(
 )
 
 
+# The slash commands last published for each application (its bot token), as a hash of their payload: the
+# release phase publishes only when the bot's commands differ from it (bot/release.py).
+published_commands = sa.Table(
+    "published_commands",
+    metadata,
+    sa.Column("application_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("payload_sha256", sa.String(64), nullable=False),
+    sa.Column("published_at", UTCDateTime(), nullable=False),
+)
+
+
 @dataclass(frozen=True)
 class GuildEndpoint:
     guild_id: int
@@ -320,6 +331,25 @@ class Storage:
 
         async with self.engine.connect() as connection:
             return await connection.run_sync(current)
+
+    async def published_commands(self, application_id: int) -> str | None:
+        """The hash of the slash commands last published for this application, if any."""
+        query = sa.select(published_commands.c.payload_sha256).where(
+            published_commands.c.application_id == application_id
+        )
+        async with self.engine.connect() as connection:
+            return (await connection.execute(query)).scalar_one_or_none()
+
+    @_uninterruptible
+    async def commands_published(self, application_id: int, payload_sha256: str) -> None:
+        table = published_commands
+        async with self.engine.begin() as connection:
+            await connection.execute(sa.delete(table).where(table.c.application_id == application_id))
+            await connection.execute(
+                sa.insert(table).values(
+                    application_id=application_id, payload_sha256=payload_sha256, published_at=self.clock()
+                )
+            )
 
     # --- guild settings ----------------------------------------------------------------------------
 

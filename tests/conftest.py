@@ -14,7 +14,7 @@ from bot.engine import RunPodContext
 from bot.images import ImageFetcher
 from bot.polling import PollPolicy
 from bot.runpod import RetryPolicy, RunPodClient
-from bot.storage import Storage
+from bot.storage import Storage, metadata
 from doubles.discord import DiscordDouble
 from doubles.harness import API_KEY, ENDPOINT
 from doubles.runpod import RunPodDouble
@@ -65,15 +65,8 @@ async def empty_database(url: str) -> None:
     """Drop what an earlier test left, so every test starts from an empty database."""
     storage = await Storage.open(url, migrate=False)
     async with storage.engine.begin() as connection:
-        for table in (
-            "jobs",
-            "usage_days",
-            "member_settings",
-            "guild_settings",
-            "guild_endpoints",
-            "guild_policies",
-            "alembic_version",
-        ):
+        # Every table of today's schema, and those of earlier revisions that migrations dropped.
+        for table in (*(table.name for table in metadata.sorted_tables), "guild_settings", "alembic_version"):
             await connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
     await storage.close()
 

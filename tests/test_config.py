@@ -44,6 +44,24 @@ def test_contract_names_are_read():
     assert settings.log_level == "DEBUG"
 
 
+def test_encryption_key_is_a_fernet_key_or_a_long_secret_mixed_in_rotation():
+    generated = "0123456789abcdef" * 4  # 64 hex characters, as a PaaS's "generator": "secret" makes
+    fernet = Fernet.generate_key().decode()
+    settings = load_settings({"BOT_ENCRYPTION_KEY": f"{generated}, {fernet}"})
+    assert [key.reveal() for key in settings.encryption_keys] == [generated, fernet]
+    assert load_settings({"BOT_ENCRYPTION_KEY": "x" * 32}).encryption_keys == (Secret("x" * 32),)
+
+
+def test_a_short_encryption_secret_is_refused_without_showing_it():
+    fernet = Fernet.generate_key().decode()
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"BOT_ENCRYPTION_KEY": f"{fernet},{'s3cret' * 5}x"})  # 31 characters
+    assert str(caught.value) == (
+        "BOT_ENCRYPTION_KEY entry 2 is too short (31 characters): give a Fernet key or a random secret of at least "
+        '32 characters; make one with: python -c "import secrets; print(secrets.token_hex(32))"'
+    )
+
+
 def test_runpod_key_alias_and_base_url_alias():
     settings = load_settings({"RUNPOD_KEY": "k", "RUNPOD_BASE_URL": "https://api.runpod.ai/v2/xyz789/"})
     key, endpoint = settings.require_runpod()
