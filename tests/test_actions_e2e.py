@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 
+import discord
 import pytest
 from PIL import Image
 
@@ -17,7 +18,7 @@ from bot.storage import GuildEndpoint
 from cogs.imagine import VARY_STRENGTH
 from doubles import outputs
 from doubles.discord import DEFAULT_GUILD_ID, DEFAULT_USER_ID, OTHER_CHANNEL_ID, OTHER_GUILD_ID, UserSpec
-from doubles.discord.model import two_guilds
+from doubles.discord.model import APP_PERMISSIONS, two_guilds
 from doubles.harness import API_KEY, ENDPOINT, TEST_ENCRYPTION_KEY, button, png_for, running_bot
 from doubles.outputs import make_png
 from doubles.runpod import Script
@@ -448,3 +449,26 @@ async def test_zoom_pan_and_upscale_buttons_posted_before_a_restart_still_run(ru
         (96, 72),
     ]
     assert upscale.input["workflow"]["1"]["inputs"]["denoise"] == UPSCALE_STRENGTHS["creative"]
+
+
+async def test_zoom_where_the_bot_cannot_post_and_a_banned_remix_prompt_are_refused_privately(harness):
+    _, final, _ = await outpainting_result(harness)
+    known = set(harness.runpod.jobs)
+    without_attach = APP_PERMISSIONS & ~discord.Permissions(attach_files=True).value
+    zoom = await click(harness, final, "zoom:2", app_permissions=without_attach)
+    await harness.discord.wait_for(lambda: harness.private_replies(zoom))
+    assert harness.private_replies(zoom) == [
+        "I cannot post pictures in this channel: I am missing Attach Files. Ask an admin to allow it."
+    ]
+
+    await harness.bot.storage.save_guild_policy(DEFAULT_GUILD_ID, {"banned_words": ["dragon"]})
+    await settings(harness, remix=True)
+    vary = await click(harness, final, "vary:subtle")
+    await harness.discord.wait_for(lambda: harness.discord.calls_for("callback", vary.token))
+    custom_id, _, _ = form(harness, vary)
+    banned = await submit(harness, custom_id, {"prompt": "a dragon", "strength": "0.4"})
+    await harness.discord.wait_for(lambda: harness.private_replies(banned))
+    assert "dragon" in harness.private_replies(banned)[0]
+    assert new_jobs(harness, known) == []
+    assert not [m for m in harness.discord.messages.values() if m.interaction_token in (zoom.token, banned.token)
+                and not m.deleted and not m.ephemeral]  # fmt: skip
