@@ -17,8 +17,10 @@ from bot.config import MIN_SECRET_LENGTH, Settings, configure_logging, load_sett
 from bot.engine import LOCAL_MODE_NOTE, RunPodContext
 from bot.errors import BotError, ConfigError
 from bot.images import ImageFetcher
+from bot.metrics import Metrics
 from bot.storage import Storage
 from bot.text import printable
+from bot.web import WebServer
 
 log = logging.getLogger("bot")
 
@@ -92,12 +94,17 @@ async def run_bot(settings: Settings, *, command: str = "run") -> None:
         print(f"database migrated: schema at revision {await storage.schema_revision()}")
     # The pool every RunPod request draws from; one API key may hold a quarter of it (`RunPodContext.key_requests`).
     connector = aiohttp.TCPConnector(limit=RUNPOD_CONNECTIONS)
+    metrics = Metrics()
     async with (
-        aiohttp.ClientSession(connector=connector) as session,
+        aiohttp.ClientSession(connector=connector, trace_configs=[metrics.runpod_trace()]) as session,
         ImageFetcher(memory=settings.picture_memory) as fetcher,
     ):
         runpod = RunPodContext(session, fetcher, api_url=settings.runpod_api_url, local=settings.runpod_local)
-        bot = make_bot(settings, storage=storage, runpod=runpod)
+        bot = make_bot(settings, storage=storage, runpod=runpod, metrics=metrics)
+        # Up before the login, so a PaaS that waits for $PORT at boot sees it at once (/healthz: 503 until ready).
+        web = WebServer(bot, settings.port) if settings.port and command == "run" else None
+        if web is not None:
+            await web.start()
         loop = asyncio.get_running_loop()
 
         def on_signal(name: str) -> None:
@@ -117,6 +124,8 @@ async def run_bot(settings: Settings, *, command: str = "run") -> None:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            if web is not None:
+                await web.stop()
             await storage.close()
 
 
@@ -136,6 +145,8 @@ def _warn_about_settings(settings: Settings) -> None:
             "at least %d characters (python -m bot check tells what else is missing)",
             MIN_SECRET_LENGTH,
         )
+    if settings.public_url and not settings.encryption_keys:
+        log.warning("PUBLIC_URL is set but BOT_ENCRYPTION_KEY is not: webhooks are off (their addresses are signed)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,9 @@ from bot.crypto import Vault
 from bot.endpoints import Endpoints
 from bot.engine import RunPodContext
 from bot.jobs import JobRunner, RunnerOptions
+from bot.lifecycle import LedgerState
+from bot.metrics import Metrics
+from bot.push import WebhookAddresses
 from bot.recovery import Recovery
 from bot.replies import explain, reply_privately
 from bot.storage import Storage
@@ -45,9 +48,12 @@ class ImagineBot(commands.Bot):
         storage: Storage,
         runpod: RunPodContext,
         runner_options: RunnerOptions | None = None,
+        metrics: Metrics | None = None,
         **options: Any,
     ) -> None:
         options.setdefault("intents", discord.Intents.default())
+        self.metrics = metrics or Metrics()
+        options.setdefault("http_trace", self.metrics.discord_trace())
         super().__init__(
             command_prefix=commands.when_mentioned,
             tree_cls=ImagineTree,
@@ -59,11 +65,29 @@ class ImagineBot(commands.Bot):
         self.storage = storage
         vault = Vault(settings.encryption_keys)
         self.endpoints = Endpoints(settings, storage, vault, runpod)
-        self.runner = JobRunner(self, settings, storage, vault, runpod, self.endpoints, runner_options)
+        webhooks = None
+        if settings.public_url and settings.encryption_keys:  # else polling alone (bot/__main__.py warns)
+            webhooks = WebhookAddresses(settings.public_url, settings.encryption_keys)
+        self.runner = JobRunner(
+            self, settings, storage, vault, runpod, self.endpoints, runner_options, webhooks, self.metrics
+        )
+        self.metrics.watch("imagine_live_jobs", "Jobs this process follows, by ledger state", self._live_jobs)
+        self.metrics.watch(
+            "imagine_fair_queue_length", "Parts waiting for a turn in the fair queue", self._queue_length
+        )
         self.recovery = Recovery(self.runner, settings, storage, vault, self.endpoints)
         self._closing: asyncio.Task[None] | None = None
         self._resuming: asyncio.Task[None] | None = None
         self._sweeping: asyncio.Task[None] | None = None
+
+    def _live_jobs(self) -> list[tuple[dict[str, str], float]]:
+        counts = dict.fromkeys(LedgerState, 0)
+        for job in self.runner.live.values():
+            counts[job.record.state] += 1
+        return [({"state": str(state)}, count) for state, count in counts.items()]
+
+    def _queue_length(self) -> list[tuple[dict[str, str], float]]:
+        return [({}, self.runner.queue.length)]
 
     def now(self) -> datetime:
         """The bot's one idea of now (tests move it): quotas and usage count days by it."""
@@ -86,6 +110,8 @@ class ImagineBot(commands.Bot):
         # before the gateway is up, so jobs from before a restart resume at once.
         await self.endpoints.rotate_keys()
         await self.endpoints.recall_run_times()
+        if self.runner.webhooks:  # a webhook that reached another process (another shard's) wakes the job here
+            await self.storage.listen_for_wakeups(self.runner.wakeups.ring_part)
         self._resuming = tasks.spawn(self.recovery.resume_all(), name="resume jobs")
         self._sweeping = tasks.spawn(self.recovery.sweep_forever(), name="sweep stale jobs")
         await super().connect(reconnect=reconnect)

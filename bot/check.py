@@ -71,6 +71,7 @@ INVITE_SCOPES = "bot+applications.commands"
 DISCORD_TIMEOUT = 20.0
 DATABASE_TIMEOUT = 15.0
 RUNPOD_TIMEOUT = 20.0
+PUBLIC_URL_TIMEOUT = 10.0
 _CHECK_RETRY = RetryPolicy(attempts=3, base_delay=0.5, max_delay=2.0, max_retry_after=5.0)
 KEY_COLUMN = "api_key_encrypted"  # wherever a migration keeps server keys, they are in this column
 _CONFIG_VARIABLE = re.compile(r"[A-Z][A-Z0-9_]+")
@@ -508,6 +509,27 @@ def permissions_line(application_id: int | None) -> Line:
     return Line(OK, "permissions", f"{needed}; invite it with {invite_url(application_id)}")
 
 
+async def check_public_url(settings: Settings) -> list[Line]:
+    """Whether RunPod could reach the bot's webhooks: PUBLIC_URL's /healthz answers as the bot's own server does.
+    A WARN at worst: without webhooks, polling alone still finds every job's end."""
+    if settings.public_url is None:
+        return []
+    subject, url = "webhooks", f"{settings.public_url}/healthz"
+    if not settings.encryption_keys:
+        return [Line(WARN, subject, "PUBLIC_URL is set but BOT_ENCRYPTION_KEY is not: webhooks are off")]
+    try:
+        timeout = aiohttp.ClientTimeout(total=PUBLIC_URL_TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
+            body = await response.read()
+    except (aiohttp.ClientError, OSError, TimeoutError) as error:
+        reason = str(error)[:160] or type(error).__name__
+        return [Line(WARN, subject, f"{url} does not answer ({reason}): jobs are found by polling alone")]
+    if b'"gateway"' not in body:
+        return [Line(WARN, subject, f"{url} answers {response.status}, but not as this bot's web server (PORT)")]
+    plain = "" if settings.public_url.startswith("https://") else " (not https: use it only on a private network)"
+    return [Line(OK, subject, f"{url} answers {response.status}: RunPod's webhooks can reach the bot{plain}")]
+
+
 async def _guarded(subject: str, check: Callable[[], Awaitable[list[Line]]]) -> list[Line]:
     """A check that breaks in an unforeseen way is a FAIL line, never a traceback."""
     try:
@@ -533,6 +555,7 @@ async def run_checks(settings: Settings) -> list[Line]:
         _guarded("Discord", discord_lines),
         _guarded("database", lambda: check_storage(settings)),
         _guarded("RunPod", runpod_lines),
+        _guarded("webhooks", lambda: check_public_url(settings)),
     )
     return [line for lines in found for line in lines] + [permissions_line(discord_result.application_id)]
 

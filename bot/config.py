@@ -78,6 +78,10 @@ class Settings:
     log_level: str = "INFO"
     # PICTURE_MEMORY_MB: what the pictures being decoded or re-encoded at once may take together (bot/images.py)
     picture_memory: int = PICTURE_MEMORY
+    # PORT: the bot's web server (health, metrics, RunPod's webhooks: bot/web.py); none when unset
+    port: int | None = None
+    # PUBLIC_URL: where RunPod reaches that server; every /run then carries a webhook under it (bot/push.py)
+    public_url: str | None = None
 
     @property
     def secrets(self) -> tuple[Secret, ...]:
@@ -137,6 +141,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         **_shards(env.get("SHARD_COUNT"), env.get("SHARD_IDS")),
         log_level=_log_level(env.get("LOG_LEVEL", "INFO")),
         picture_memory=_picture_memory(env.get("PICTURE_MEMORY_MB")),
+        port=_port(env.get("PORT")),
+        public_url=_public_url(env.get("PUBLIC_URL")),
     )
 
 
@@ -162,6 +168,25 @@ def _runpod_urls(env: Mapping[str, str]) -> tuple[str, str | None, bool]:
     root = root or DEFAULT_RUNPOD_API_URL
     _check_http_url("RUNPOD_API_URL", root)
     return root.rstrip("/"), endpoint, False
+
+
+def _port(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ConfigError(f"PORT must be a TCP port number (1-65535), not {value!r}")
+    return int(value)
+
+
+def _public_url(value: str | None) -> str | None:
+    """The base RunPod's webhooks are sent under; a path (a proxy's prefix) is kept, a query is refused."""
+    if value is None:
+        return None
+    _check_http_url("PUBLIC_URL", value)
+    parts = urlsplit(value)
+    if parts.query or parts.fragment:
+        raise ConfigError(f"PUBLIC_URL must be a base URL such as https://my-bot.example.com, not {value!r}")
+    return value.rstrip("/")
 
 
 def _check_http_url(name: str, value: str) -> None:

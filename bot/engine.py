@@ -45,6 +45,7 @@ from bot.images import DecodedImage, FairTurns, ImageFetcher
 from bot.params import GenerationParams
 from bot.polling import Cadence, EndpointStats, PollPolicy
 from bot.presets import WorkerPreset
+from bot.push import Wakeup
 from bot.runpod import (
     MAX_ANSWER_BYTES,
     Health,
@@ -249,15 +250,17 @@ async def submit_job(
     workflow: Any = None,
     image: bytes | None = None,
     execution_timeout_s: float | None = None,
+    webhook: str | None = None,
 ) -> JobStatus:
     """Build the worker's input and POST /run. `params` must carry a seed; `image` is the picture to start from,
-    for a worker that takes it in base64 (`WorkerPreset.image_input`)."""
+    for a worker that takes it in base64 (`WorkerPreset.image_input`); `webhook` is where RunPod says the job
+    ended (bot/push.py)."""
     if image is None:
         job_input = preset.build_input(params, workflow)
     else:  # base64 and a digest of megabytes: off the event loop
         job_input = await asyncio.to_thread(preset.build_input, params, workflow, image)
     policy = {"executionTimeout": int(execution_timeout_s * 1000)} if execution_timeout_s else None
-    status = await client.run(job_input, policy=policy)
+    status = await client.run(job_input, policy=policy, webhook=webhook)
     log.info("job %s submitted to endpoint %s (%s)", status.id, client.endpoint_id, preset.name)
     return status
 
@@ -275,6 +278,7 @@ async def follow_job(
     submitted: JobStatus | None = None,
     submitted_at: float | None = None,
     tenant: object = None,
+    wakeup: Wakeup | None = None,
 ) -> AsyncIterator[JobUpdate | JobResult]:
     """Poll one job until it ends. With `timeout`, a job still unfinished then is cancelled on RunPod: the
     deadline bounds the whole wait, a request in flight included. Until then an outage (5xx, 429, dropped
@@ -285,12 +289,15 @@ async def follow_job(
     not asked at once what it has just said. `stats` defaults to what the context learned of the endpoint.
     `submitted_at` (on `clock`) matters when resuming a job submitted a while ago; by default the first poll
     is taken as its submission. `tenant` (the job's guild; None for the terminal) is whose turn reading and
-    checking its pictures takes: servers are served round-robin."""
+    checking its pictures takes: servers are served round-robin. With `wakeup`, RunPod's webhook for this job is
+    expected: it rings when the job ends, and polls are only as frequent as the live status needs
+    (`PollPolicy.push_delay`), catching a lost webhook."""
     poll = poll or PollPolicy()
     cadence = Cadence(poll, context.stats(client.endpoint_id, tenant) if stats is None else stats, submitted_at)
     deadline = clock() + timeout if timeout is not None else None
     last: JobUpdate | None = None
     unchanged = failures = 0
+    since_wake: int | None = None  # polls since a webhook rang, while RunPod does not show the job ended yet
     in_hand = submitted
     while True:
         if in_hand is not None:
@@ -350,6 +357,8 @@ async def follow_job(
             delay = poll.outage_delay(failures)
         else:
             delay = cadence.delay(clock(), last.state if last else JobState.IN_QUEUE, unchanged)
+            if wakeup is not None:
+                delay = poll.push_delay(delay, since_wake=since_wake, progress=cadence.progress)
         if deadline is not None:
             remaining = deadline - clock()
             if remaining <= 0:
@@ -357,7 +366,12 @@ async def follow_job(
             delay = min(delay, remaining)
         shown = "not answering" if failures else (last.state if last else "submitted")
         log.debug("job %s: %s; next poll in %.2f s", job_id, shown, delay)
-        await sleep(delay)
+        if wakeup is None:
+            await sleep(delay)
+        elif await wakeup.sleep(delay):
+            since_wake = 0
+        elif since_wake is not None:
+            since_wake += 1
 
 
 def _update(status: JobStatus) -> JobUpdate:

@@ -30,10 +30,12 @@ from bot.endpoints import Endpoint, Endpoints
 from bot.engine import JobResult, RunPodContext, follow_job, submit_job
 from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut
 from bot.lifecycle import ENDINGS, LedgerState
+from bot.metrics import Metrics
 from bot.params import GenerationParams
 from bot.policy import FairQueue, GuildPolicy, Ticket
 from bot.polling import PollPolicy
 from bot.presenter import PING_PACE, Delivered, JobPresenter, Stage, Undelivered
+from bot.push import Call, Wakeups, WebhookAddresses
 from bot.ratelimit import RateLimit
 from bot.runpod import JobState, JobStatus, RunPodClient
 from bot.status import StatusBoard
@@ -163,12 +165,14 @@ class PartSender:
         endpoints: Endpoints,
         storage: Storage,
         clock: Callable[[], datetime],
+        webhooks: WebhookAddresses | None = None,
     ) -> None:
         self._discord = client
         self._runpod = runpod
         self._endpoints = endpoints
         self._storage = storage
         self._clock = clock
+        self._webhooks = webhooks
 
     async def send_admitted(self, job: LiveJob, admitted: int) -> None:
         """Send, in order, the parts whose turn has come (`admitted` slots, one held by each part on RunPod).
@@ -185,7 +189,10 @@ class PartSender:
                     )
                 part = preset.parts(parts.params)[parts.sent]
                 client = self._endpoints.client(job.endpoint)
-                status = await submit_job(client, part, preset, workflow=job.endpoint.workflow, image=parts.image)
+                webhook = self._webhooks.url(job.record.request_id, parts.sent) if self._webhooks else None
+                status = await submit_job(
+                    client, part, preset, workflow=job.endpoint.workflow, image=parts.image, webhook=webhook
+                )
             except BotError as error:
                 if not parts.sent:
                     raise
@@ -227,6 +234,8 @@ class JobRunner:
         runpod: RunPodContext,
         endpoints: Endpoints,
         options: RunnerOptions | None = None,
+        webhooks: WebhookAddresses | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._discord = client
         self._settings = settings
@@ -244,7 +253,10 @@ class JobRunner:
             pings_per_channel=options.pings_per_channel,
             clock=options.clock,
         )
-        self.sender = PartSender(client, runpod, endpoints, storage, options.clock)
+        self.sender = PartSender(client, runpod, endpoints, storage, options.clock, webhooks)
+        self.webhooks = webhooks  # None: no PUBLIC_URL, so RunPod's webhooks never come and polls alone follow
+        self.wakeups = Wakeups()
+        self.metrics = metrics or Metrics()
         self.live: dict[int, LiveJob] = {}  # by ledger id
         self.queue = FairQueue()
         self._reserving: dict[int, asyncio.Lock] = {}  # by guild id
@@ -271,6 +283,18 @@ class JobRunner:
                 return
         job = self.adopt(record, params, endpoint, admission.policy, origin.token, origin.filesize_limit)
         self.follow(job)
+
+    async def wake(self, call: Call) -> bool:
+        """A webhook for this part arrived: its follower looks at RunPod at once. False when the request is unknown
+        or ended (the webhook changes nothing); a request the ledger has unfinished but another process follows (its
+        shard's) is woken there (`Storage.notify_wakeup`)."""
+        if self.wakeups.ring(call):
+            return True
+        record = await self._storage.job(call.request_id)
+        if record is None or record.state.final:
+            return False
+        await self._storage.notify_wakeup(call.request_id, call.part)
+        return True
 
     def is_live(self, request_id: int) -> bool:
         """Whether this job is still being followed here, and not already ending."""
@@ -324,6 +348,7 @@ class JobRunner:
         if not self.accepting:  # shutting down: the next run finds the job in the ledger and takes it up
             return
         self.live[job.record.request_id] = job
+        self.wakeups.open(job.record.request_id)
         job.task = tasks.spawn(self._run(job), name=job.context)
 
     # --- running -----------------------------------------------------------------------------------
@@ -354,6 +379,7 @@ class JobRunner:
         finally:
             self._leave_queue(job)
             self.live.pop(job.record.request_id, None)
+            self.wakeups.close(job.record.request_id)
 
     async def _wait_for_turn(self, job: LiveJob, ticket: Ticket) -> None:
         """Until this part's turn comes in the server's fair queue, show the member their place."""
@@ -434,6 +460,10 @@ class JobRunner:
             poll=self.options.poll,
             submitted=submitted,
             tenant=job.record.guild_id,
+            # RunPod's local test server runs a job inside its /status and sends the webhook after: poll it.
+            wakeup=self.wakeups.line(job.record.request_id, job.parts.ended)
+            if self.webhooks and not client.local
+            else None,
         ):
             if isinstance(event, JobResult):
                 return event
@@ -473,6 +503,7 @@ class JobRunner:
     # --- the end of a job ----------------------------------------------------------------------------
 
     async def _deliver(self, job: LiveJob, result: JobResult, failures: Sequence[BotError] = ()) -> None:
+        arrived = monotonic()
         uploads = await job.presenter.fit(result, job.job_id)
         job.ending = True
         if job.record.state is not LedgerState.COMPLETED:  # a resumed job's arrival is recorded already
@@ -488,6 +519,7 @@ class JobRunner:
             result, uploads, seconds=seconds, why_short=why, cancelled_by=job.cancelled_by
         ):
             case Delivered():
+                self.metrics.delivery_lag.observe(monotonic() - arrived)
                 job.record = await self._storage.delivered(job.record)
                 log.info("%s: delivered %d image(s) after %.1f s", job.context, len(uploads), seconds)
                 if seconds >= self.options.notify_after or job.presenter.in_channel:

@@ -245,6 +245,11 @@ class FairQueue:
     def running(self, guild_id: int, member_id: int) -> int:
         return self._running.get((guild_id, member_id), 0)
 
+    @property
+    def length(self) -> int:
+        """Parts waiting for a turn, in every server."""
+        return sum(len(tickets) for members in self._waiting.values() for tickets in members.values())
+
     def waiting(self, guild_id: int, member_id: int) -> int:
         return len(self._waiting.get(guild_id, {}).get(member_id, ()))
 

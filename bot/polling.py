@@ -43,6 +43,9 @@ class PollPolicy:
     dense_share: float = 0.4
     progress_every: float = 2.0  # a worker that reports progress gets its bar moved at least this often
     sparse_factor: float = 4.0  # learned waits are at most this many times the plain backoff's longest
+    # While RunPod's webhook is expected (bot/push.py) a poll only catches a lost one, or moves a progress bar.
+    push_fallback: float = 8.0
+    after_wake: tuple[float, ...] = (0.25, 0.5, 1.0)  # a webhook may beat /status to the job's end: look again soon
 
     def outage_delay(self, failures: int) -> float:
         """The wait after `failures` failed polls in a row: capped backoff, from the running cadence."""
@@ -52,6 +55,16 @@ class PollPolicy:
         first, longest = self.queued if state is JobState.IN_QUEUE else self.running
         # The exponent is capped: a job unchanged for hours must not overflow the float.
         return min(longest, first * self.growth ** min(unchanged_polls, 64))
+
+    def push_delay(self, learned: float, *, since_wake: int | None, progress: bool) -> float:
+        """The wait while a webhook is expected: quick looks just after one rang (`since_wake` polls ago) while
+        /status does not show the end yet, every `progress_every` s for a worker that reports progress, else the
+        sparse `push_fallback`; never longer than the learned wait would have been when that is sparser still."""
+        if since_wake is not None and since_wake < len(self.after_wake):
+            return self.after_wake[since_wake]
+        if progress:
+            return min(learned, self.progress_every)
+        return max(learned, self.push_fallback)
 
     @property
     def near_interval(self) -> float:

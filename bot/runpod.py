@@ -219,10 +219,14 @@ class RunPodClient:
     def endpoint_url(self) -> str:
         return self._base
 
-    async def run(self, job_input: dict[str, Any], *, policy: dict[str, Any] | None = None) -> JobStatus:
+    async def run(
+        self, job_input: dict[str, Any], *, policy: dict[str, Any] | None = None, webhook: str | None = None
+    ) -> JobStatus:
         body: dict[str, Any] = {"input": job_input}
         if policy:
             body["policy"] = policy
+        if webhook:
+            body["webhook"] = webhook
         payload = orjson.dumps(body)
         if len(payload) > RUN_BODY_LIMIT:  # RunPod would answer 400: say why, and send nothing
             raise RunPodRejected(

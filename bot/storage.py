@@ -277,6 +277,9 @@ def _patient(
     return retrying
 
 
+WAKEUP_CHANNEL = "imagine_wakeup"  # PostgreSQL NOTIFY channel of webhooks' wake-ups
+
+
 class Storage:
     write_patience = 60.0  # seconds a job's ledger write keeps trying through a locked or lost database
 
@@ -285,6 +288,7 @@ class Storage:
         self.clock = clock  # the bot's one idea of now (bot/jobs.py, RunnerOptions.clock)
         self.unreadable: dict[int, str] = {}  # ledger rows the code could not read, by id: why
         self._in_flight: set[asyncio.Future[Any]] = set()
+        self._listening: AsyncConnection | None = None  # held for LISTEN while the process runs (PostgreSQL)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True, clock: Callable[[], datetime] = wall_clock) -> Storage:
@@ -311,7 +315,46 @@ class Storage:
         """Let every write that has begun finish (that is the ledger's flush), then close the pool."""
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=10)
+        if self._listening is not None:
+            await self._listening.close()
+            self._listening = None
         await self.engine.dispose()
+
+    async def ping(self) -> None:
+        """One round trip to the database (the health check's)."""
+        async with self.engine.connect() as connection:
+            await connection.execute(sa.text("SELECT 1"))
+
+    # --- wake-ups between processes (bot/push.py): a webhook may reach a process that does not follow its job ---
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may share this ledger (PostgreSQL; a SQLite file serves one)."""
+        return self.engine.dialect.name == "postgresql"
+
+    async def notify_wakeup(self, request_id: int, part: int) -> None:
+        """Tell every process on this ledger that a webhook for this part of this request arrived."""
+        if self.shared:
+            async with self.engine.begin() as connection:
+                await connection.execute(sa.select(sa.func.pg_notify(WAKEUP_CHANNEL, f"{request_id}:{part}")))
+
+    async def listen_for_wakeups(self, ring: Callable[[int, int], object]) -> None:
+        """From now until `close`, `ring(request_id, part)` for each wake-up another process sends. A connection
+        lost later loses only the wake-ups: the followers' polls still find each job's end."""
+        if not self.shared or self._listening is not None:
+            return
+
+        def heard(_connection: object, _pid: int, _channel: str, payload: str) -> None:
+            request_id, _, part = payload.partition(":")
+            if request_id.isdigit() and part.isdigit():
+                ring(int(request_id), int(part))
+
+        connection = await self.engine.connect()
+        raw = await connection.get_raw_connection()
+        driver = raw.driver_connection  # asyncpg's connection, whose listener is LISTEN
+        assert driver is not None
+        await driver.add_listener(WAKEUP_CHANNEL, heard)
+        self._listening = connection
 
     async def migrate(self, revision: str = "head") -> None:
         def upgrade(connection: Connection) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -17,9 +18,11 @@ from bot.config import Secret, Settings
 from bot.engine import RunPodContext
 from bot.images import ImageFetcher
 from bot.jobs import RunnerOptions
+from bot.metrics import Metrics
 from bot.polling import PollPolicy
 from bot.runpod import RetryPolicy
 from bot.storage import Storage
+from bot.web import WebServer
 from doubles import outputs
 from doubles.discord import DiscordDouble, Interaction, Message, Recorded, run_bot
 from doubles.runpod import RunPodDouble, Script
@@ -52,6 +55,13 @@ def fast_options(**overrides: Any) -> RunnerOptions:
     return RunnerOptions(**(values | overrides))
 
 
+def free_port() -> int:
+    """A port nothing listens on now (for a web server whose address must be known before it starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def settings_for(runpod: RunPodDouble, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "discord_token": Secret("test-token"),
@@ -70,6 +80,7 @@ class Harness:
     bot: ImagineBot
     context: RunPodContext  # the bot's side of RunPod
     sent: list[Interaction] = field(default_factory=list)
+    web_url: str | None = None  # the bot's web server (health, metrics, webhooks), when settings.port is set
 
     async def imagine(self, prompt: str = "a lighthouse at dusk", **options: Any) -> Interaction:
         kwargs = {key: options.pop(key) for key in ("user", "created_at", "attachment_size_limit") if key in options}
@@ -165,12 +176,14 @@ async def running_bot(
     **double: Any,
 ) -> AsyncIterator[Harness]:
     """The bot on a database (a fresh SQLite file unless given), talking to both doubles; `worker` scripts the
-    jobs RunPod is sent (from the start: a restarted bot may send jobs recorded before it)."""
+    jobs RunPod is sent (from the start: a restarted bot may send jobs recorded before it). With `settings.port`
+    its web server runs too, as `python -m bot` runs it (before the login)."""
     runpod.default_script = worker
     async with contextlib.AsyncExitStack() as stack:
         if discord_double is None:
             discord_double = await stack.enter_async_context(DiscordDouble(**double))
-        session = await stack.enter_async_context(aiohttp.ClientSession())
+        metrics = Metrics()
+        session = await stack.enter_async_context(aiohttp.ClientSession(trace_configs=[metrics.runpod_trace()]))
         fetcher = await stack.enter_async_context(ImageFetcher())
         if database_url is None:
             folder = stack.enter_context(tempfile.TemporaryDirectory())
@@ -192,7 +205,14 @@ async def running_bot(
             storage=storage,
             runpod=context,
             runner_options=options,
+            metrics=metrics,
             guild_ready_timeout=0.05,
         )
+        web_url = None
+        if settings.port:
+            web = WebServer(bot, settings.port, host="127.0.0.1")
+            await web.start()
+            stack.push_async_callback(web.stop)
+            web_url = f"http://127.0.0.1:{settings.port}"
         await stack.enter_async_context(run_bot(bot, discord_double))
-        yield Harness(discord_double, runpod, bot, context)
+        yield Harness(discord_double, runpod, bot, context, web_url=web_url)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Final
 
+import aiohttp
 from aiohttp import web
 
 from .faults import Chaos
@@ -84,6 +85,17 @@ class RecordedRequest:
     endpoint_id: str | None
     job_id: str | None  # for run/runsync: the id of the job it created, if any
     chaos: str | None = None  # the Chaos kind that hit it ("reset", "503"...), None when none did
+
+
+@dataclass
+class WebhookCall:
+    """One POST of a job's /status body to its webhook, as RunPod makes it when the job ends."""
+
+    job_id: str
+    url: str
+    body: dict[str, Any]
+    status: int | None  # the answer's HTTP status; None when the connection failed
+    at: float
 
 
 def _ms(seconds: float) -> int:
@@ -301,6 +313,15 @@ class RunPodDouble:
         self._hits: dict[tuple[str, str], deque[float]] = {}
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
+        # RunPod's webhooks: a job's /status body POSTed when it ends; not answered 200, sent again up to
+        # `webhook_attempts - 1` times, `webhook_retry_s` apart (docs/runpod-api.md, Webhooks).
+        self.webhook_calls: list[WebhookCall] = []
+        self.webhook_attempts = 3
+        self.webhook_retry_s = 10.0
+        self.webhook_delay_s = 0.0  # how long after the end RunPod posts it
+        self._lost_webhooks = 0
+        self._webhook_tasks: set[asyncio.Task[None]] = set()
+        self._webhook_session: aiohttp.ClientSession | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -317,7 +338,13 @@ class RunPodDouble:
         self._port = self._runner.addresses[0][1]
 
     async def close(self) -> None:
-        """Stop serving."""
+        """Stop serving (and sending webhooks)."""
+        for task in self._webhook_tasks:
+            task.cancel()
+        await asyncio.gather(*self._webhook_tasks, return_exceptions=True)
+        if self._webhook_session is not None:
+            await self._webhook_session.close()
+            self._webhook_session = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -339,6 +366,13 @@ class RunPodDouble:
         return f"http://127.0.0.1:{self._port}/v2"
 
     # -- test controls ---------------------------------------------------------------------------
+
+    def lose_webhooks(self, count: int = 1) -> None:
+        """The next ``count`` jobs' webhooks are never sent (RunPod's side failed): polling must find them."""
+        self._lost_webhooks += count
+
+    def webhooks_for(self, job_id: str) -> list[WebhookCall]:
+        return [call for call in self.webhook_calls if call.job_id == job_id]
 
     def script_next(self, *scripts: Script) -> None:
         """Queue scripts for the next submitted jobs (FIFO), before ``default_script`` applies."""
@@ -520,6 +554,13 @@ class RunPodDouble:
         )
         self.jobs[job.id] = job
         rec.job_id = job.id
+        if job.webhook is not None and not sync:
+            if self._lost_webhooks:
+                self._lost_webhooks -= 1
+            else:
+                task = asyncio.get_running_loop().create_task(self._send_webhook(job))
+                self._webhook_tasks.add(task)
+                task.add_done_callback(self._webhook_tasks.discard)
         if not sync:
             return _json({"id": job.id, "status": "IN_QUEUE"})
         await self._wait_terminal(job, _wait_param(request.query, 90000, 300000))
@@ -529,6 +570,27 @@ class RunPodDouble:
         if job.status(now) in TERMINAL:
             return _json(job.view(now))
         return _json({"id": job.id, "status": job.status(now)})
+
+    async def _send_webhook(self, job: Job) -> None:
+        assert job.webhook is not None
+        await self._wait_terminal(job, 3600.0)
+        await asyncio.sleep(self.webhook_delay_s)
+        if self._webhook_session is None:
+            self._webhook_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        for attempt in range(self.webhook_attempts):
+            if attempt:
+                await asyncio.sleep(self.webhook_retry_s)
+            # The production body: what /status says, plus the job's input and webhook (issue #409).
+            body = job.view(self.clock()) | {"input": job.input, "webhook": job.webhook}
+            status: int | None = None
+            try:
+                async with self._webhook_session.post(job.webhook, json=body) as response:
+                    status = response.status
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                pass
+            self.webhook_calls.append(WebhookCall(job.id, job.webhook, body, status, self.clock()))
+            if status == 200:
+                return
 
     def _next_script(self, job_input: dict[str, Any]) -> Script:
         if self._scripts:

@@ -15,7 +15,7 @@ from bot.images import ImageFetcher
 from bot.polling import PollPolicy
 from bot.runpod import RetryPolicy, RunPodClient
 from bot.storage import Storage, metadata
-from doubles.discord import DiscordDouble
+from doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID, ChannelSpec, DiscordDouble, GuildSpec
 from doubles.harness import API_KEY, ENDPOINT
 from doubles.runpod import RunPodDouble
 
@@ -55,6 +55,19 @@ def client(context: RunPodContext) -> RunPodClient:
 @pytest.fixture
 async def discord_double() -> AsyncIterator[DiscordDouble]:
     async with DiscordDouble() as double:
+        yield double
+
+
+SHARD1_GUILD = DEFAULT_GUILD_ID  # (id >> 22) % 2 == 1
+SHARD0_GUILD = DEFAULT_GUILD_ID + (1 << 22)  # (id >> 22) % 2 == 0
+SHARD0_CHANNEL = DEFAULT_CHANNEL_ID + 50
+
+
+@pytest.fixture
+async def sharded_double() -> AsyncIterator[DiscordDouble]:
+    """The Discord double with two guilds, one on each shard of two."""
+    guilds = [GuildSpec(), GuildSpec(id=SHARD0_GUILD, name="Zero", channels=[ChannelSpec(id=SHARD0_CHANNEL)])]
+    async with DiscordDouble(guilds=guilds, shard_count=2) as double:
         yield double
 
 

@@ -250,8 +250,9 @@ def test_app_json_declares_the_configuration():
     app = json.loads((root / "app.json").read_text())
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z_]+)=", (root / ".env.example").read_text(), re.MULTILINE))
     # DATABASE_URL comes from the PostgreSQL add-on (declaring it too would clash with the attachment);
-    # shard variables differ per process, which one button-made worker formation cannot express.
-    assert set(app["env"]) == documented - {"DATABASE_URL", "SHARD_COUNT", "SHARD_IDS"}
+    # shard variables differ per process, which one button-made worker formation cannot express; the platform
+    # sets PORT itself, for a web process.
+    assert set(app["env"]) == documented - {"DATABASE_URL", "SHARD_COUNT", "SHARD_IDS", "PORT"}
     assert all(spec["description"] for spec in app["env"].values())
     assert app["env"]["DISCORD_TOKEN"]["required"] is True
     # The platform makes the key: a generated secret (64 hex characters) is one (bot/crypto.py derives a Fernet key).

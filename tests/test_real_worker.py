@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import sys
 from collections.abc import AsyncIterator
 from io import BytesIO
@@ -22,18 +21,12 @@ from bot import engine
 from bot.config import LOCAL_ENDPOINT
 from bot.params import params_from_request
 from bot.presets import PRESETS
-from doubles.harness import running_bot, settings_for
+from doubles.harness import free_port, running_bot, settings_for
 from tests.test_cli import generate
 
 pytest.importorskip("runpod")  # the test extra installs it; `.ci/run` always has it
 
 HANDLER = Path(__file__).resolve().parent / "worker" / "handler.py"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextlib.asynccontextmanager
@@ -112,6 +105,34 @@ async def test_the_bot_posts_the_real_workers_picture(runpod, sdk):
         assert picture.size == PRESETS["sdxl"].size(params_from_request("a lighthouse", aspect_ratio="3:2"))
         assert picture.convert("RGB").getpixel((5, 5)) == colour(7)
     assert runpod.requests == []  # the hosted double was never asked
+
+
+async def test_the_real_sdk_sends_its_webhook_to_the_address_the_bot_gave(runpod, sdk):
+    """RunPod's local test server runs a job inside its /status and only then sends the webhook: the bot polls it
+    (a wake-up could only come late), and the SDK's POST reaches the bot's server at a true address."""
+    port = free_port()
+    settings = settings_for(
+        runpod,
+        runpod_api_url=sdk,
+        runpod_local=True,
+        runpod_endpoint_id=LOCAL_ENDPOINT,
+        runpod_api_key=None,
+        port=port,
+        public_url=f"http://127.0.0.1:{port}",
+    )
+    async with running_bot(runpod, settings=settings) as harness:
+        final = await harness.finished(await harness.imagine("a lighthouse", seed=7), 30)
+        registry = harness.bot.metrics.registry
+
+        def counted() -> dict[str, float]:
+            outcomes = ("woke", "stale", "refused")
+            return {o: registry.get_sample_value("imagine_webhooks_total", {"outcome": o}) or 0 for o in outcomes}
+
+        await harness.discord.wait_for(lambda: sum(counted().values()) >= 1, 15)
+        webhooks = counted()
+    assert final.embeds[0]["title"] == "✅ Done"
+    assert webhooks["refused"] == 0  # the SDK used the address the bot signed
+    assert webhooks["woke"] + webhooks["stale"] == 1
 
 
 async def test_check_recognises_the_local_test_server(tmp_path, discord_double, runpod, sdk):

@@ -5,25 +5,12 @@ from __future__ import annotations
 
 import signal
 
-import pytest
-
 from doubles import outputs
-from doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID, ChannelSpec, DiscordDouble, GuildSpec
 from doubles.harness import png_for
 from doubles.runpod import Script
+from tests.conftest import SHARD0_CHANNEL, SHARD0_GUILD, SHARD1_GUILD
 from tests.processes import ready, start_bot
 from tests.test_restart import assert_delivered_once, deliveries, title
-
-SHARD1_GUILD = DEFAULT_GUILD_ID  # (id >> 22) % 2 == 1
-SHARD0_GUILD = DEFAULT_GUILD_ID + (1 << 22)  # (id >> 22) % 2 == 0
-SHARD0_CHANNEL = DEFAULT_CHANNEL_ID + 50
-
-
-@pytest.fixture
-async def sharded_double():
-    guilds = [GuildSpec(), GuildSpec(id=SHARD0_GUILD, name="Zero", channels=[ChannelSpec(id=SHARD0_CHANNEL)])]
-    async with DiscordDouble(guilds=guilds, shard_count=2) as double:
-        yield double
 
 
 async def test_two_processes_two_shards_one_database(tmp_path, sharded_double, runpod, database_url):
