@@ -67,7 +67,8 @@ def make_mask(size: tuple[int, int], outpaint: str | None) -> bytes:
             right - SEAM if right < size[0] else size[0],
             bottom - SEAM if bottom < size[1] else size[1],
         )
-        mask.paste(0, kept)
+        if kept[0] < kept[2] and kept[1] < kept[3]:  # a picture of under 16 pixels is all seam: all repainted
+            mask.paste(0, kept)
     buffer = BytesIO()
     mask.save(buffer, "PNG")
     return buffer.getvalue()

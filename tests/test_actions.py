@@ -71,6 +71,8 @@ def test_the_mask_paints_the_new_area_and_the_seam_and_keeps_the_rest():
     assert mask.getpixel((90, 40)) == 0
     whole = Image.open(io.BytesIO(make_mask((64, 64), None)))
     assert whole.getextrema() == (255, 255)  # no move: the whole picture may change
+    tiny = Image.open(io.BytesIO(make_mask((16, 16), "zoom:2")))  # an 8x8 picture is all seam
+    assert tiny.getextrema() == (255, 255)
 
 
 def test_a_canvas_too_large_for_its_bytes_is_sent_as_jpeg():
