@@ -41,13 +41,19 @@ async def preflight(endpoints: Endpoints, request: Request, params: GenerationPa
     """Every check but the quota, which is counted when the job is written (`check_quota_now`)."""
     endpoint = await endpoints.for_guild(request.guild_id, model)
     policy = await endpoints.policy(request.guild_id)
-    if request.missing_permissions:
-        names = ", ".join(name.replace("_", " ").title() for name in request.missing_permissions)
-        raise Refused(f"I cannot post pictures in this channel: I am missing {names}. Ask an admin to allow it.")
+    refuse_unpostable(request)
     check_size(policy, params)
     moderate(policy, params, nsfw_channel=request.nsfw_channel)
     endpoint.preset.refuse(params, endpoint.workflow)  # any count: a request runs as `WorkerPreset.parts`
     return Admission(params, endpoint, policy)
+
+
+def refuse_unpostable(request: Request) -> None:
+    """Refuse when the bot could not post the pictures here: a check that needs no database, so it is made before
+    the public "thinking…" placeholder, and the refusal reaches the member alone with nothing shown to others."""
+    if request.missing_permissions:
+        names = ", ".join(name.replace("_", " ").title() for name in request.missing_permissions)
+        raise Refused(f"I cannot post pictures in this channel: I am missing {names}. Ask an admin to allow it.")
 
 
 async def check_quota_now(

@@ -9,6 +9,7 @@ built here, so the job runner can show buttons without knowing what they do.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -41,13 +42,23 @@ class Upscale(StrEnum):
     CREATIVE = "creative"
 
 
+@dataclass(frozen=True)
+class ResultMoves:
+    """What a result's worker can do with its pictures: start from one (V, Vary, Upscale), and paint outside one
+    (Zoom Out, Pan)."""
+
+    vary: bool
+    outpaint: bool = False
+
+
 # V, Vary and Reroll: what Remix (/settings) opens a form for before running
 REMIXABLE = (ButtonAction.VARY, ButtonAction.REROLL)
 _PAN_ARROWS = {"left": "⬅️", "right": "➡️", "up": "⬆️", "down": "⬇️"}
 
 
 RESULT_ACTIONS = (ButtonAction.REROLL, ButtonAction.EDIT, ButtonAction.INFO, ButtonAction.DELETE)
-ENDED_ACTIONS = (ButtonAction.RETRY, ButtonAction.EDIT, ButtonAction.INFO)  # failed, timed out, cancelled
+# failed, timed out, cancelled
+ENDED_ACTIONS = (ButtonAction.RETRY, ButtonAction.EDIT, ButtonAction.INFO, ButtonAction.DELETE)
 
 _LOOKS = {
     ButtonAction.CANCEL: ("Cancel", discord.ButtonStyle.secondary),

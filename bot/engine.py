@@ -56,6 +56,7 @@ from bot.runpod import (
     RunPodClient,
     endpoint_url,
 )
+from bot.text import duration
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +280,7 @@ async def follow_job(
     submitted_at: float | None = None,
     tenant: object = None,
     wakeup: Wakeup | None = None,
+    limit: float | None = None,
 ) -> AsyncIterator[JobUpdate | JobResult]:
     """Poll one job until it ends. With `timeout`, a job still unfinished then is cancelled on RunPod: the
     deadline bounds the whole wait, a request in flight included. Until then an outage (5xx, 429, dropped
@@ -291,7 +293,8 @@ async def follow_job(
     is taken as its submission. `tenant` (the job's guild; None for the terminal) is whose turn reading and
     checking its pictures takes: servers are served round-robin. With `wakeup`, RunPod's webhook for this job is
     expected: it rings when the job ends, and polls are only as frequent as the live status needs
-    (`PollPolicy.push_delay`), catching a lost webhook."""
+    (`PollPolicy.push_delay`), catching a lost webhook. `limit` is the server's time limit the `timeout` is what
+    is left of (the whole job's, from its request): a job that runs out of it says so by name."""
     poll = poll or PollPolicy()
     cadence = Cadence(poll, context.stats(client.endpoint_id, tenant) if stats is None else stats, submitted_at)
     deadline = clock() + timeout if timeout is not None else None
@@ -324,7 +327,7 @@ async def follow_job(
                     await _stop_billing(client, job_id, refused)
                     raise OutputError(f"RunPod's answer for this job {refused.reason}.", job_id) from None
                 except TimeoutError:  # the deadline passed during the request
-                    await _give_up(client, job_id, timeout or 0)
+                    await _give_up(client, job_id, timeout or 0, limit)
                 except (RunPodUnavailable, RunPodRateLimited, RunPodBadResponse) as error:
                     failures += 1
                     log.warning(
@@ -362,7 +365,7 @@ async def follow_job(
         if deadline is not None:
             remaining = deadline - clock()
             if remaining <= 0:
-                await _give_up(client, job_id, timeout or 0)
+                await _give_up(client, job_id, timeout or 0, limit)
             delay = min(delay, remaining)
         shown = "not answering" if failures else (last.state if last else "submitted")
         log.debug("job %s: %s; next poll in %.2f s", job_id, shown, delay)
@@ -415,7 +418,7 @@ async def _stop_billing(client: RunPodClient, job_id: str, refused: RunPodAnswer
 CANCEL_PATIENCE = 3.0  # seconds a cancel at the deadline may take: the deadline is the member's, not RunPod's
 
 
-async def _give_up(client: RunPodClient, job_id: str, timeout: float) -> NoReturn:
+async def _give_up(client: RunPodClient, job_id: str, timeout: float, limit: float | None) -> NoReturn:
     """Our deadline passed: cancel on RunPod so the job stops billing, then say so."""
     try:
         await asyncio.wait_for(client.cancel(job_id), CANCEL_PATIENCE)
@@ -425,7 +428,8 @@ async def _give_up(client: RunPodClient, job_id: str, timeout: float) -> NoRetur
     except (RunPodError, TimeoutError) as error:
         log.warning("job %s: cancel after timeout failed: %s", job_id, error)
         outcome = "cancelling it on RunPod failed, so it may still run"
-    raise JobTimedOut(f"No result after {timeout:g} s; {outcome}.", job_id)
+    waited = f"{duration(limit)}, this server's time limit" if limit is not None else f"{timeout:g} s"
+    raise JobTimedOut(f"No result after {waited}; {outcome}.", job_id)
 
 
 _FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)")

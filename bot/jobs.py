@@ -23,11 +23,12 @@ import discord
 
 from bot import start_picture, tasks
 from bot.admission import Admission, check_quota_now
+from bot.buttons import ResultMoves
 from bot.clock import monotonic, wall_clock
 from bot.config import Settings
 from bot.crypto import Vault
 from bot.endpoints import Endpoint, Endpoints
-from bot.engine import JobResult, RunPodContext, follow_job, submit_job
+from bot.engine import JobResult, JobUpdate, RunPodContext, follow_job, submit_job
 from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut
 from bot.lifecycle import ENDINGS, LedgerState
 from bot.metrics import Metrics
@@ -38,7 +39,7 @@ from bot.presenter import PING_PACE, Delivered, JobPresenter, Stage, Undelivered
 from bot.push import Call, Wakeups, WebhookAddresses
 from bot.ratelimit import RateLimit
 from bot.runpod import JobState, JobStatus, RunPodClient
-from bot.status import StatusBoard
+from bot.status import LinePlace, StatusBoard
 from bot.storage import JobRecord, Storage
 
 log = logging.getLogger(__name__)
@@ -332,15 +333,15 @@ class JobRunner:
             record,
             params,
             token=token,
-            can_vary=endpoint.takes_images,
-            can_outpaint=endpoint.paints_outside,
+            moves=ResultMoves(vary=endpoint.takes_images, outpaint=endpoint.paints_outside),
             spoiler_outside_nsfw=policy.spoiler_outside_nsfw,
             filesize_limit=filesize_limit,
             on_channel_message=remember_channel_message,
         )
         asked_at = record.created_at or self.options.clock()
         age = max(0.0, (self.options.clock() - asked_at).total_seconds())
-        job = LiveJob(record, params, endpoint, presenter, policy, monotonic() - age, StatusBoard(asked_at))
+        board = StatusBoard(asked_at, painting_since=record.painting_at)  # as the ledger knew it before a restart
+        job = LiveJob(record, params, endpoint, presenter, policy, monotonic() - age, board)
         presenter.context = job.context
         return job
 
@@ -391,10 +392,10 @@ class JobRunner:
                 return
             position = self.queue.position(ticket)
             if position is not None and position != shown:
+                place = LinePlace.of(position, self.queue.running(ticket.guild_id, ticket.member_id), job.policy, shown)
                 shown = position
-                running = self.queue.running(job.record.guild_id or 0, job.record.user_id)
                 pictures = (job.status.pictures_ready or 0, job.params.count) if job.parts.sent else None
-                job.presenter.waiting(position=position, running=running, pictures=pictures)
+                job.presenter.waiting(place, pictures)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(ticket.admitted), 1.0)
 
@@ -411,9 +412,8 @@ class JobRunner:
                 ids = job.record.runpod_job_ids
                 if parts.ended < len(ids):
                     runpod_job_id = ids[parts.ended]
-                    job.status.pictures_ready = sum(len(r.images) for r in results) if parts.planned > 1 else None
-                    job.status.parts_behind = len(ids) - 1 - parts.ended
-                    job.status.parts_unsent = parts.unsent
+                    ready = sum(len(r.images) for r in results) if parts.planned > 1 else None
+                    job.status.following(parts.planned, parts.ended, sent=len(ids), ready=ready)
                     try:
                         results.append(
                             await self._follow_part(job, client, runpod_job_id, parts.answers.pop(runpod_job_id, None))
@@ -464,16 +464,16 @@ class JobRunner:
             wakeup=self.wakeups.line(job.record.request_id, job.parts.ended)
             if self.webhooks and not client.local
             else None,
+            limit=job.policy.max_wall_seconds,
         ):
             if isinstance(event, JobResult):
                 return event
             was = job.record.state
+            job.status.saw(event, self.options.clock())
             if job.record.state is not LedgerState.COMPLETED:  # resumed after its pictures arrived: only fetch
-                move = self._storage.queued if event.state is JobState.IN_QUEUE else self._storage.running
-                job.record = await move(job.record, delay_ms=event.delay_ms)
+                job.record = await _recorded(self._storage, job.record, event, job.status.painting_since)
             if job.record.state is not was:
                 log.info("%s: %s on RunPod (worker %s)", job.context, job.record.state, event.worker_id or "-")
-            job.status.saw(event, self.options.clock())
             await self._show_status(job, client)
         raise AssertionError("follow_job ends with a result or an error")
 
@@ -492,6 +492,7 @@ class JobRunner:
         if board.health_due(loop_time, self.options.health_interval):
             board.health_read_at = loop_time
             board.health = await self._runpod.health(client)
+            board.own_painting = await own_parts_painting(job, client)
         if board.waiting_on_runpod:
             endpoint_id = job.endpoint.endpoint_id
             board.move_up(other.status for other in self.live.values() if other.endpoint.endpoint_id == endpoint_id)
@@ -582,6 +583,32 @@ ENDED_BY: dict[type[BotError], LedgerState] = {
     JobTimedOut: LedgerState.TIMED_OUT,
     JobExpired: LedgerState.EXPIRED,
 }
+
+
+async def own_parts_painting(job: LiveJob, client: RunPodClient) -> int | None:
+    """How many of the job's own parts behind the one followed now are painting, so the status does not count
+    their workers as busy with others' jobs; None when unknown (RunPod's local server reads a result once)."""
+    behind = [id_ for id_ in job.record.runpod_job_ids[job.parts.ended + 1 :] if id_ not in job.status.parts_done]
+    if not behind or client.local:
+        return None
+    painting = 0
+    for runpod_job_id in behind:
+        try:
+            status = await client.status(runpod_job_id)
+        except BotError:
+            return None
+        if status.state.is_terminal:  # its output (the pictures) is not read again until it is followed
+            job.status.parts_done.add(runpod_job_id)
+        painting += status.state is JobState.IN_PROGRESS
+    return painting
+
+
+async def _recorded(storage: Storage, record: JobRecord, event: JobUpdate, since: datetime | None) -> JobRecord:
+    """RunPod's news in the ledger: waiting, or painting `since` then (kept, so a status drawn after a restart says
+    the same)."""
+    if event.state is JobState.IN_QUEUE:
+        return await storage.queued(record, delay_ms=event.delay_ms)
+    return await storage.running(record, delay_ms=event.delay_ms, painting_at=since)
 
 
 def _one_set(results: Sequence[JobResult]) -> JobResult:

@@ -5,7 +5,9 @@ edits at most once per `min_interval`, and only when the look changed. The messa
 ids only (application, interaction token, message, channel), so it can be rebuilt from the ledger
 after a restart. The interaction token dies after 15 minutes (docs/discord-notes.md, Interaction
 deadlines); from then on, or when an edit says the token is gone, the status continues in a channel
-message sent with the bot token.
+message sent with the bot token. That message replies to the interaction's, and (while the token still works,
+`expiry_margin` before it dies) the interaction's reply is edited one last time to point at it: the hand-over.
+Nothing is left behind with a live Cancel or an estimate that has gone by.
 
 Nothing here raises for a fault of Discord or of the network: every attempt ends as an `Outcome`
 (`Shown`, `RetryLater`, `Unreachable`), and the caller decides what to do about it. discord.py retries
@@ -64,6 +66,9 @@ class Unreachable:
 
 
 Outcome = Shown | RetryLater | Unreachable
+
+# The interaction reply's last look once the status moves to the channel, given where it continues (a link).
+HandOver = Callable[[str], tuple[discord.Embed, discord.ui.View | None]]
 
 
 class _TokenGone(Exception):
@@ -148,8 +153,11 @@ class LiveMessage:
         context: str = "",
         on_channel_message: Callable[[int], Awaitable[None]] | None = None,
         clock: Callable[[], datetime] = wall_clock,
+        hand_over: HandOver | None = None,
     ) -> None:
         self._address = address
+        self._hand_over = hand_over
+        self._attached: dict[str, str] = {}  # file name -> its address, of pictures attached to the reply
         self._min_interval = min_interval
         self.context = context  # "job … guild …" for log lines
         self._on_channel_message = on_channel_message
@@ -199,8 +207,12 @@ class LiveMessage:
 
     async def attach(self, embed: discord.Embed, upload: Upload) -> Outcome:
         """Show this look with one picture attached, now. Later statuses keep the picture; the final look
-        replaces it."""
-        return await self._send(_Look(embed, None, (upload,)))
+        replaces it. An embed may show it as `attachment://<its name>` (a thumbnail rather than a full-size
+        picture that looks like a result); a status continued in the channel shows it by its address instead."""
+        outcome = await self._send(_Look(embed, None, (upload,)))
+        if isinstance(outcome, Shown) and isinstance(outcome.message, discord.Message):
+            self._attached |= {attachment.filename: attachment.url for attachment in outcome.message.attachments}
+        return outcome
 
     async def stop(self) -> None:
         self._closing.set()
@@ -235,14 +247,16 @@ class LiveMessage:
     async def _pump(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._closing.is_set():
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):  # the hand-over is due even when nothing new is asked
+                await asyncio.wait_for(self._wake.wait(), self._until_hand_over())
             self._wake.clear()
             wait = self._last_edit + self._min_interval - loop.time()
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), wait)
             look = self._pending
-            if self._closing.is_set() or self._refused or look is None or look.key == self._shown_key:
+            unchanged = look is not None and look.key == self._shown_key and not self._hand_over_due()
+            if self._closing.is_set() or self._refused or look is None or unchanged:
                 continue
             match await self._send(look):
                 case Shown():
@@ -276,6 +290,19 @@ class LiveMessage:
     def _token_usable(self) -> bool:
         return self._webhook is not None and monotonic() < self._token_deadline
 
+    def _on_the_reply(self) -> bool:
+        """Whether the status is still shown on the interaction's reply (not yet continued in the channel)."""
+        return self._webhook is not None and self._channel_message is None and self._address.message_id is not None
+
+    def _hand_over_due(self) -> bool:
+        return self._on_the_reply() and not self._token_usable()
+
+    def _until_hand_over(self) -> float | None:
+        """Seconds until the status must move to the channel; None when that is not the pump's to do."""
+        if not self._on_the_reply() or self._pending is None or self._refused:
+            return None
+        return max(0.0, self._token_deadline - monotonic())
+
     async def _via_interaction(self, look: _Look) -> Outcome | None:
         """The outcome of editing the interaction's reply; None when the status lives in the channel."""
         if self._webhook is None or self._channel_message is not None or not self._token_usable():
@@ -297,15 +324,26 @@ class LiveMessage:
 
     async def _via_channel(self, look: _Look) -> Outcome:
         new = self._channel_message is None
+        embed = self._portable(look)
         try:
             if self._channel_message is None:
+                # A reply to the interaction's message, so the channel reads as one story; sent even if that
+                # message was deleted meanwhile.
+                replied = self._address.message_id
+                reply: dict[str, Any] = {}
+                if replied is not None:
+                    reference = discord.MessageReference(
+                        message_id=replied, channel_id=self._address.channel_id, fail_if_not_exists=False
+                    )
+                    reply = {"reference": reference, "allowed_mentions": discord.AllowedMentions.none()}
                 self._channel_message = await self._channel.send(
-                    embed=look.embed,
+                    embed=embed,
                     view=look.view or discord.utils.MISSING,
                     files=_files(look.uploads or ()) or discord.utils.MISSING,
+                    **reply,
                 )
             else:
-                edit = self._channel_message.edit(embed=look.embed, view=look.view, attachments=_attachments(look))
+                edit = self._channel_message.edit(embed=embed, view=look.view, attachments=_attachments(look))
                 self._channel_message = await _bounded(edit, look)
         except TRANSPORT_ERRORS as error:
             return RetryLater(describe(error))
@@ -314,7 +352,45 @@ class LiveMessage:
         self.message = self._channel_message
         if new and self._on_channel_message is not None:
             await self._on_channel_message(self._channel_message.id)
+        if new:
+            await self._point_to(self._channel_message.id)
         return Shown(self.message)
+
+    async def _point_to(self, message_id: int) -> None:
+        """The hand-over: the interaction's reply, edited a last time, says where the job continues and keeps no
+        button but what the `hand_over` look has. Through its token while that works (`expiry_margin` before it
+        dies); once it is gone (a restart across the 15 minutes), as the bot's own message in the channel. Tried
+        once each: the continuation is a reply to it either way."""
+        original = self._address.message_id
+        if self._hand_over is None or original is None:
+            return
+        guild = self._address.guild_id or "@me"
+        embed, view = self._hand_over(f"https://discord.com/channels/{guild}/{self._address.channel_id}/{message_id}")
+        edits: list[Callable[[], Awaitable[Any]]] = []
+        if self._webhook is not None:
+            webhook = self._webhook
+            edits.append(lambda: webhook.edit_message(original, embed=embed, view=view))
+        edits.append(lambda: self._channel.get_partial_message(original).edit(embed=embed, view=view))
+        self._webhook = None  # the reply is handed over: nothing more goes through its token
+        for edit in edits:
+            try:
+                await asyncio.wait_for(edit(), STATUS_EDIT_TIMEOUT)
+                return
+            except (*TRANSPORT_ERRORS, discord.HTTPException) as error:
+                log.info("%s: could not point the first card at its continuation (%s)", self.context, describe(error))
+
+    def _portable(self, look: _Look) -> discord.Embed:
+        """The look's embed as a channel message can show it: a thumbnail drawn from a picture attached to the
+        interaction's reply (`attachment://…`) is drawn from that picture's address instead."""
+        thumbnail = look.embed.thumbnail.url
+        if not thumbnail or not thumbnail.startswith("attachment://"):
+            return look.embed
+        name = thumbnail.removeprefix("attachment://")
+        if any(upload.filename == name for upload in look.uploads or ()):
+            return look.embed
+        embed = look.embed.copy()
+        embed.set_thumbnail(url=self._attached.get(name))
+        return embed
 
 
 async def _bounded(edit: Awaitable[T], look: _Look) -> T:

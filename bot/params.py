@@ -52,6 +52,12 @@ class GenerationParams:
     image_message_id: int | None = None
     # Zoom Out and Pan: "zoom:<factor>" or "pan:<direction>", painted around image_url on a larger canvas.
     outpaint: str | None = None
+    # What a job made from a picture is, for its label ("Variations (strong) of picture 3", bot/render.py): the
+    # button that made it (`vary:strong`, `vary:3`, `upscale`, as its custom_id names it), the picture's number in
+    # its set (None when the set had one), and who asked for that set, so a click by someone else is named.
+    made_by: str | None = None
+    picture: int | None = None
+    set_owner_id: int | None = None
 
     def __post_init__(self) -> None:
         prompt = self.prompt.strip()
@@ -84,7 +90,7 @@ class GenerationParams:
                 raise InvalidParams("Strength must be between 0 and 1.")
             object.__setattr__(self, "strength", float(self.strength))
             if self.image_url is None:
-                raise InvalidParams("Strength only applies when you attach an image to start from.")
+                raise InvalidParams("Strength only applies when you attach a picture to start from.")
         if self.upscale and self.image_url is None:
             raise InvalidParams("Upscale needs a picture to start from.")
         if self.outpaint is not None:
@@ -218,7 +224,7 @@ def _whole_number(flag: str, value: str, most: int) -> int:
 def _check_image_url(url: object) -> None:
     """An image to start from must be a plain http(s) URL the worker can fetch (no data:, file: or the like)."""
     if not isinstance(url, str) or len(url) > MAX_IMAGE_URL_LENGTH:
-        raise InvalidParams(f"The image link must be an http(s) URL of at most {MAX_IMAGE_URL_LENGTH} characters.")
+        raise InvalidParams(f"The picture link must be an http(s) URL of at most {MAX_IMAGE_URL_LENGTH} characters.")
     try:
         parts = urlsplit(url)
     except ValueError:  # e.g. an unbalanced "[" in the host
@@ -231,7 +237,7 @@ def _check_image_url(url: object) -> None:
         or not url.isprintable()
         or " " in url
     ):
-        raise InvalidParams("The image to start from must be an http(s) link.")
+        raise InvalidParams("The picture to start from must be an http(s) link.")
 
 
 def _shown(value: str, limit: int = 40) -> str:

@@ -153,7 +153,7 @@ def _moderate_text(policy: GuildPolicy, text: str, *, nsfw_channel: bool, where:
 
 def check_size(policy: GuildPolicy, params: GenerationParams) -> None:
     if params.count > policy.max_count:
-        raise Refused(f"This server allows at most {plural(policy.max_count, 'image')} per job.")
+        raise Refused(f"This server allows at most {plural(policy.max_count, 'picture')} per job.")
     if params.steps is not None and params.steps > policy.max_steps:
         raise Refused(f"This server allows at most {plural(policy.max_steps, 'step')}.")
 

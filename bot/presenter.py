@@ -19,7 +19,7 @@ from typing import Any
 import discord
 
 from bot import render
-from bot.buttons import ENDED_ACTIONS, ButtonAction, job_view, result_view
+from bot.buttons import ENDED_ACTIONS, ButtonAction, ResultMoves, job_view, result_view
 from bot.clock import wall_clock
 from bot.delivery import Upload, fit_within, upload_stem
 from bot.engine import JobResult, JobUpdate
@@ -28,7 +28,7 @@ from bot.images import MemoryBudget
 from bot.live import Address, LiveMessage, Outcome, RetryLater, Shown, Unreachable
 from bot.params import GenerationParams
 from bot.ratelimit import RateLimit, RateLimiterPerKey
-from bot.status import Outlook
+from bot.status import LinePlace, Outlook
 from bot.storage import JobRecord
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 # Pings are new messages in the channel: Discord has quoted 30 webhook messages a minute per channel
 # (docs/discord-notes.md, Rate limits).
 PING_PACE = RateLimit(25, 60.0)
+# What the picture a job starts from is called when the bot attaches it to the status message for the worker:
+# a JPEG once re-encoded to fit, else a PNG.
+START_NAMES = ("start.jpg", "start.png")
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,7 @@ class JobPresenter:
         params: GenerationParams,
         *,
         token: str | None,
-        can_vary: bool,
-        can_outpaint: bool = False,
+        moves: ResultMoves,
         spoiler_outside_nsfw: bool,
         filesize_limit: int | None,
         on_channel_message: Callable[[int], Awaitable[None]],
@@ -86,10 +88,13 @@ class JobPresenter:
         self._user_id = record.user_id
         self._channel_id = record.channel_id
         self._guild_id = record.guild_id
-        self._can_vary = can_vary
-        self._can_outpaint = can_outpaint  # Zoom Out and Pan buttons (bot/buttons.py)
+        self._moves = moves  # which of V, Vary, Upscale, Zoom Out and Pan its result offers (bot/buttons.py)
         self._spoiler_outside_nsfw = spoiler_outside_nsfw
         self._filesize_limit = filesize_limit  # the interaction's own; unknown after a restart
+        # Someone other than the set's requester clicked the button that made this job: the label names them.
+        owner = params.set_owner_id
+        self._clicked_by = record.user_name if owner is not None and owner != record.user_id else None
+        self._start_name: str | None = None  # the picture it starts from, once attached to the status message
         self.message = LiveMessage(
             stage.client,
             Address.of(record, token),
@@ -97,6 +102,7 @@ class JobPresenter:
             expiry_margin=stage.expiry_margin,
             on_channel_message=on_channel_message,
             clock=stage.clock,
+            hand_over=self._handed_over,
         )
 
     @property
@@ -109,22 +115,25 @@ class JobPresenter:
 
     # --- while it runs -----------------------------------------------------------------------------
 
-    def waiting(self, *, position: int, running: int, pictures: tuple[int, int] | None = None) -> None:
+    def waiting(self, place: LinePlace, pictures: tuple[int, int] | None = None) -> None:
         """Its place in the server's fair queue; `pictures` (ready, asked for) once a set's first parts are sent."""
-        embed = render.waiting_embed(self._params, self._requester, position=position, running=running)
+        embed = render.waiting_embed(self._params, self._requester, place)
         if pictures is not None:
             embed.add_field(name="Pictures", value="{} of {} ready".format(*pictures))
-        self.message.show(embed, self._cancel_view())
+        self.message.show(self._dressed(embed), self._cancel_view())
 
     def status(self, update: JobUpdate, outlook: Outlook) -> None:
-        self.message.show(render.status_embed(update, self._params, self._requester, outlook), self._cancel_view())
+        embed = render.status_embed(update, self._params, self._requester, outlook)
+        self.message.show(self._dressed(embed), self._cancel_view())
 
     async def start_picture(self, data: bytes) -> str | None:
-        """Post the picture an upscale starts from on the job's own message, for the worker to fetch: its address
-        on Discord's CDN, or None when it could not be posted."""
-        embed = render.starting_embed(self._params, self._requester)
-        name = "start.jpg" if data.startswith(b"\xff\xd8\xff") else "start.png"  # re-encoded to fit, it is a JPEG
-        outcome = await self._tried(lambda: self.message.attach(embed, Upload(name, data)))
+        """Post the picture a job starts from on the job's own message, for the worker to fetch: its address
+        on Discord's CDN, or None when it could not be posted. The status shows it as a thumbnail, never as a
+        full-size picture that would look like a result."""
+        self._start_name = START_NAMES[0] if data.startswith(b"\xff\xd8\xff") else START_NAMES[1]  # re-encoded: JPEG
+        embed = self._dressed(render.starting_embed(self._params, self._requester))
+        upload = Upload(self._start_name, data)
+        outcome = await self._tried(lambda: self.message.attach(embed, upload))
         message = outcome.message if isinstance(outcome, Shown) else None
         if isinstance(message, discord.Message) and message.attachments:
             return message.attachments[0].url
@@ -133,7 +142,8 @@ class JobPresenter:
     async def restarting(self) -> None:
         """Tell the member the bot restarts and the job goes on. The attachments stay: a queued worker may still
         have to fetch the picture it starts from."""
-        outcome = await self.message.final(render.restarting_embed(self._params, self._requester), uploads=None)
+        embed = self._dressed(render.restarting_embed(self._params, self._requester))
+        outcome = await self.message.final(embed, uploads=None)
         if not isinstance(outcome, Shown):
             log.warning("%s: could not say the bot restarts (%s)", self.context, outcome)
 
@@ -168,13 +178,15 @@ class JobPresenter:
                 0, f"{arrived} before {cancelled_by} cancelled." if cancelled_by else f"{arrived}. {why_short}".strip()
             )
         embed = render.result_embed(self._params, self._requester, result, seconds=seconds, notes=notes)
-        view = result_view(self._key, len(uploads), can_vary=self._can_vary, can_outpaint=self._can_outpaint)
+        first = result.images[0]
+        self._dressed(embed, size=(first.width, first.height), thumbnail=False)
+        view = result_view(self._key, len(uploads), can_vary=self._moves.vary, can_outpaint=self._moves.outpaint)
         # Editing the status message is idempotent: a bot killed between this edit and the ledger's record of it
         # edits the same message again after its restart, and nobody sees the picture twice.
         return await self._last_look(embed, view, uploads)
 
     async def end(self, error: BotError) -> Delivered | Undelivered:
-        embed = render.failure_embed(error, self._params, self._requester)
+        embed = self._dressed(render.failure_embed(error, self._params, self._requester), final=True)
         return await self._last_look(embed, job_view(self._key, *ENDED_ACTIONS), ())
 
     async def ping(self, pictures: int) -> None:
@@ -213,6 +225,38 @@ class JobPresenter:
             log.warning("%s: Discord did not take it (%s); trying again in %g s", self.context, outcome, pause)
             await asyncio.sleep(pause)
         raise AssertionError("unreachable")
+
+    def _dressed(
+        self,
+        embed: discord.Embed,
+        *,
+        size: tuple[int, int] | None = None,
+        thumbnail: bool = True,
+        final: bool = False,
+    ) -> discord.Embed:
+        """The embed with what this job is ("Variations (strong) of picture 3") above its title, and the picture
+        it starts from as a thumbnail: attached to this message while it runs, else at its own address (a final
+        look removes the attachments)."""
+        label = render.made_label(self._params, size=size, by=self._clicked_by, running=size is None)
+        if label:
+            embed.set_author(name=label)
+        if thumbnail and self._params.image_url is not None:
+            attached = self._start_attached() if not final else None
+            embed.set_thumbnail(url=f"attachment://{attached}" if attached else self._params.image_url)
+        return embed
+
+    def _start_attached(self) -> str | None:
+        """The name of the picture the job starts from, when it is attached to the status message: known from
+        posting it, or (after a restart) from the message as last shown."""
+        if self._start_name is None:
+            names = {attachment.filename for attachment in getattr(self.message.message, "attachments", ())}
+            self._start_name = next((name for name in START_NAMES if name in names), None)
+        return self._start_name
+
+    def _handed_over(self, link: str) -> tuple[discord.Embed, discord.ui.View]:
+        """The first message's last look once the job continues in a reply to it: where, and only Info."""
+        embed = self._dressed(render.handed_over_embed(self._params, self._requester, link))
+        return embed, job_view(self._key, ButtonAction.INFO)
 
     def _cancel_view(self) -> discord.ui.View:
         return job_view(self._key, ButtonAction.CANCEL)

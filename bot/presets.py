@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from bot.outpaint import image_size, make_mask
 from bot.params import DEFAULT_STRENGTH, MAX_SEED, UPSCALE_STRENGTH, GenerationParams, InvalidParams
+from bot.text import plural
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,16 @@ def start_strength(params: GenerationParams) -> float:
 
 
 @dataclass(frozen=True)
+class SentNumbers:
+    """The numbers a job's input carries, where the member left them to the worker: what its Info shows."""
+
+    steps: int | None
+    guidance: float | None
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
 class WorkerPreset:
     name: str
     description: str
@@ -57,9 +68,22 @@ class WorkerPreset:
     # sent scaled down, an upscale is enlarged up to it. By default a 2x upscale of a 1024x1024 picture.
     max_start_pixels: int = 2048 * 2048
     check: Check | None = None  # the preset's own refusals (e.g. a ComfyUI template unfit for the job)
+    # What its builder sends when the member chose none (the same constants it is built with); None: unknown.
+    default_steps: int | None = None
+    default_guidance: float | None = None
+    image_default_steps: int | None = None  # the steps of its image-to-image path, when they differ
     # Whether its workflow template may say where to paint outside a picture (Zoom Out, Pan): only a template
     # with {{image}} and {{mask}} then does (`paints_outside`).
     takes_mask: bool = False
+
+    def sent_numbers(self, params: GenerationParams) -> SentNumbers:
+        """The steps, guidance and size in pixels a job with `params` is sent with."""
+        steps = params.steps
+        if steps is None:
+            image_path = params.image_url is not None and self.image_default_steps is not None
+            steps = self.image_default_steps if image_path else self.default_steps
+        guidance = params.guidance if params.guidance is not None else self.default_guidance
+        return SentNumbers(steps, guidance, *self.job_size(params))
 
     @property
     def can_start_from_image(self) -> bool:
@@ -108,7 +132,7 @@ class WorkerPreset:
         """Raise InvalidParams if this worker cannot run `params` at all; needs no seed and no image bytes
         (preflight). How many pictures one job makes is not a refusal: a request runs as `parts`."""
         if params.image_url is not None and not self.can_start_from_image:
-            raise InvalidParams(f"This server's worker ({self.name}) cannot start from an image.")
+            raise InvalidParams(f"This server's worker ({self.name}) cannot start from a picture.")
         if params.outpaint is not None and not self.takes_mask:
             raise InvalidParams(f"This server's worker ({self.name}) cannot paint outside a picture (Zoom Out, Pan).")
         if self.check is not None:
@@ -120,11 +144,11 @@ class WorkerPreset:
         if params.count <= most:
             return
         if most < self.max_count:
-            pictures = "1 image" if most == 1 else f"{most} images"
+            pictures = plural(most, "picture")
             raise InvalidParams(
-                f"This endpoint's worker ({self.name}) makes at most {pictures} per job when it starts from an image."
+                f"This endpoint's worker ({self.name}) makes at most {pictures} per job when it starts from a picture."
             )
-        raise InvalidParams(f"This endpoint's worker ({self.name}) makes at most {most} images per job.")
+        raise InvalidParams(f"This endpoint's worker ({self.name}) makes at most {plural(most, 'picture')} per job.")
 
     def takes_image(self, workflow: Any = None) -> bool:
         """Whether image jobs can run on this endpoint, its workflow template included (Vary/Upscale, `image:`)."""
@@ -260,7 +284,7 @@ def _check_comfyui(params: GenerationParams, workflow: Any) -> None:
             "This server's ComfyUI workflow cannot start from an image: it has no {{image}} placeholder."
         )
     if params.image_url is None and takes_image:
-        raise InvalidParams("This server's ComfyUI workflow starts from an image: attach one with the image option.")
+        raise InvalidParams("This server's ComfyUI workflow starts from a picture: attach one with the image option.")
     if params.outpaint is not None and "mask" not in workflow_placeholders(workflow):
         raise InvalidParams(
             "This server's ComfyUI workflow cannot paint outside a picture: it has no {{mask}} placeholder."
@@ -288,8 +312,8 @@ def _comfyui(
         "width": width,
         "height": height,
         "seed": params.seed,
-        "steps": params.steps or 25,
-        "guidance": params.guidance if params.guidance is not None else 7.0,
+        "steps": params.steps or COMFY_STEPS,
+        "guidance": params.guidance if params.guidance is not None else COMFY_GUIDANCE,
         "count": params.count,
         "strength": start.strength if start is not None else 1.0,
         "mask": "",
@@ -325,6 +349,13 @@ def _comfyui(
     return job
 
 
+# What each worker is sent when the member leaves steps and guidance to it.
+SDXL_STEPS, SDXL_GUIDANCE = 25, 7.5
+SDXL_IMAGE_STEPS = 50  # worker-sdxl's schemas.py: refiner_inference_steps defaults to 50
+A1111_STEPS, A1111_GUIDANCE = 25, 7.0
+SD15_STEPS, SD15_GUIDANCE = 30, 7.5
+COMFY_STEPS, COMFY_GUIDANCE = 25, 7.0
+
 PRESETS: dict[str, WorkerPreset] = {
     preset.name: preset
     for preset in (
@@ -338,23 +369,28 @@ PRESETS: dict[str, WorkerPreset] = {
                 "num_inference_steps",
                 "guidance_scale",
                 "num_images",
-                25,
-                7.5,
+                SDXL_STEPS,
+                SDXL_GUIDANCE,
                 image="image_url",
                 strength="strength",
                 image_steps="refiner_inference_steps",
-                image_default_steps=50,  # schemas.py: refiner_inference_steps defaults to 50
+                image_default_steps=SDXL_IMAGE_STEPS,
             ),
             image_input="url",
             max_image_count=1,
+            default_steps=SDXL_STEPS,
+            default_guidance=SDXL_GUIDANCE,
+            image_default_steps=SDXL_IMAGE_STEPS,
         ),
         WorkerPreset(
             "a1111",
             "worker-a1111 (Automatic1111 txt2img)",
             1024,
             4,
-            _named("steps", "cfg_scale", "batch_size", 25, 7.0),
+            _named("steps", "cfg_scale", "batch_size", A1111_STEPS, A1111_GUIDANCE),
             image_input=None,  # the stock handler posts to /sdapi/v1/txt2img only
+            default_steps=A1111_STEPS,
+            default_guidance=A1111_GUIDANCE,
         ),
         WorkerPreset(
             "sd15",
@@ -365,14 +401,16 @@ PRESETS: dict[str, WorkerPreset] = {
                 "num_inference_steps",
                 "guidance_scale",
                 "num_outputs",
-                30,
-                7.5,
+                SD15_STEPS,
+                SD15_GUIDANCE,
                 image="init_image",
                 strength="prompt_strength",
             ),
             sides=(128, 256, 384, 448, 512, 576, 640, 704, 768),
             image_input="url",  # rp_handler.py downloads init_image over HTTP(S)
             max_start_pixels=1024 * 768,  # a larger init image may run out of GPU memory (docs/image-to-image.md)
+            default_steps=SD15_STEPS,
+            default_guidance=SD15_GUIDANCE,
         ),
         WorkerPreset(
             "comfyui",
@@ -382,6 +420,8 @@ PRESETS: dict[str, WorkerPreset] = {
             _comfyui,
             image_input="base64",  # input.images: uploaded into ComfyUI's input folder before the workflow runs
             check=_check_comfyui,
+            default_steps=COMFY_STEPS,
+            default_guidance=COMFY_GUIDANCE,
             takes_mask=True,
         ),
     )

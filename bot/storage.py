@@ -108,6 +108,7 @@ jobs = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("delivered_at", UTCDateTime(), index=True),
+    sa.Column("painting_at", UTCDateTime()),  # when painting really began: its status says so after a restart
     sa.Index("ix_jobs_guild_created", "guild_id", "created_at"),
 )
 
@@ -185,6 +186,7 @@ class JobRecord:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     delivered_at: datetime | None = None
+    painting_at: datetime | None = None
 
     @property
     def runpod_job_ids(self) -> tuple[str, ...]:
@@ -520,10 +522,14 @@ class Storage:
             return record
         return await self._move(record, LedgerState.QUEUED, **_given(delay_ms=delay_ms))
 
-    async def running(self, record: JobRecord, *, delay_ms: int | None = None) -> JobRecord:
+    async def running(
+        self, record: JobRecord, *, delay_ms: int | None = None, painting_at: datetime | None = None
+    ) -> JobRecord:
+        """Painting; `painting_at` is when it began, kept from the first part's start on."""
         if record.state is LedgerState.RUNNING:
             return record
-        return await self._move(record, LedgerState.RUNNING, **_given(delay_ms=delay_ms))
+        started = painting_at if record.painting_at is None else None
+        return await self._move(record, LedgerState.RUNNING, **_given(delay_ms=delay_ms, painting_at=started))
 
     async def completed(
         self, record: JobRecord, *, pictures: int, delay_ms: int | None, execution_ms: int | None

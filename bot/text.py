@@ -51,6 +51,21 @@ def dollars(amount: float, places: int = 2) -> str:
     return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
+def duration(seconds: float) -> str:
+    """A duration as a member reads it, rounded to the second: `59 s`, `1 min`, `2 min 5 s`, `1 h 20 min`."""
+    whole = max(1, round(seconds)) if seconds > 0 else 0
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        minutes, rest = divmod(whole, 60)
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    hours, rest = divmod(whole, 3600)
+    minutes = round(rest / 60)
+    if minutes == 60:
+        hours, minutes = hours + 1, 0
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
 def size_text(size: int) -> str:
     """A size as a member reads it: "64 MB", or "512 KB" below a megabyte (of 1024 x 1024 bytes)."""
     return f"{size / (1024 * 1024):.0f} MB" if size >= 1024 * 1024 else f"{size / 1024:.0f} KB"

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 DAYS = 30
-TOP_MEMBERS = 8  # in the chart; the text lists a few more
+TOP_MEMBERS = 5  # in the chart, which says how many more there are; the text lists a few more
 LISTED_MEMBERS = 10
 
 
@@ -143,8 +143,11 @@ def build_report(figures: UsageFigures, now: datetime, policy: GuildPolicy) -> U
     )
 
 
-# Discord's dark theme, so the chart sits in the conversation rather than on it.
-WIDTH, HEIGHT, DPI = 900, 560, 100
+# Discord's dark theme, so the chart sits in the conversation rather than on it. Tall and narrow, with large type:
+# a phone shows a picture about 360 points wide, so every word here is drawn at least LABEL_SIZE points on 800
+# pixels (about 15 points on the phone), and the panels are stacked rather than side by side.
+WIDTH, HEIGHT, DPI = 800, 1100, 100
+TITLE_SIZE, LABEL_SIZE, TICK_SIZE = 26, 22, 20
 BACKGROUND = "#313338"
 INK = "#DBDEE1"
 MUTED = "#949BA4"
@@ -152,13 +155,15 @@ GRID = "#3F4147"
 PICTURES = "#5865F2"  # blurple
 GPU = "#23A55A"
 DAY_AXIS = "Day (UTC)"
+DAY_TICK_EVERY = 10  # days between the day axis's labels: three in a month, ending on today
 
 # Matplotlib is not thread-safe (its text and font caches are shared); reports are rare, so one at a time.
 _drawing = threading.Lock()
 
 
 def chart_figure(report: UsageReport) -> Figure:
-    """Pictures and GPU seconds per day (sharing the day axis), and GPU seconds by member. Blocking.
+    """Pictures and GPU seconds per day (sharing the day axis), then GPU seconds by member, one above the other
+    (the top TOP_MEMBERS, and "+N more" for the rest). Blocking.
 
     Built on `Figure` itself, never pyplot: no global figure state, no GUI backend, safe off the event loop.
     """
@@ -167,28 +172,28 @@ def chart_figure(report: UsageReport) -> Figure:
     from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI, facecolor=BACKGROUND, layout="constrained")
-    grid = figure.add_gridspec(2, 3)
-    by_pictures = figure.add_subplot(grid[0, :2])
-    by_gpu = figure.add_subplot(grid[1, :2], sharex=by_pictures)
-    by_member = figure.add_subplot(grid[:, 2])
+    grid = figure.add_gridspec(3, 1, height_ratios=(1, 1, 1.3))
+    by_pictures = figure.add_subplot(grid[0])
+    by_gpu = figure.add_subplot(grid[1], sharex=by_pictures)
+    by_member = figure.add_subplot(grid[2])
     figure.suptitle(
-        f"Last {len(report.days)} days: {plural(report.total_pictures, 'picture')}, "
+        f"Last {len(report.days)} days: {plural(report.total_pictures, 'picture')}\n"
         f"{gpu_time(report.total_gpu_seconds)}",
         color=INK,
-        fontsize=16,
+        fontsize=TITLE_SIZE,
     )
 
     positions = range(len(report.days))
     by_pictures.bar(positions, report.pictures_by_day, color=PICTURES, width=0.75)
-    by_pictures.set_ylabel("Pictures", color=INK, fontsize=14)
-    by_pictures.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+    by_pictures.set_ylabel("Pictures", color=INK, fontsize=LABEL_SIZE)
+    by_pictures.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=3))
     by_pictures.tick_params(labelbottom=False)
     by_gpu.bar(positions, report.gpu_seconds_by_day, color=GPU, width=0.75)
-    by_gpu.set_ylabel("GPU seconds", color=INK, fontsize=14)
-    by_gpu.yaxis.set_major_locator(MaxNLocator(nbins=5))
-    by_gpu.set_xlabel(DAY_AXIS, color=INK, fontsize=14)
-    # A tick a week, ending on today, which is what an admin looks for first.
-    ticks = list(range(len(report.days) - 1, -1, -7))[::-1]
+    by_gpu.set_ylabel("GPU seconds", color=INK, fontsize=LABEL_SIZE)
+    by_gpu.yaxis.set_major_locator(MaxNLocator(nbins=3))
+    by_gpu.set_xlabel(DAY_AXIS, color=INK, fontsize=LABEL_SIZE)
+    # Few day labels, ending on today, which is what an admin looks for first.
+    ticks = list(range(len(report.days) - 1, -1, -DAY_TICK_EVERY))[::-1]
     by_gpu.set_xticks(ticks, [report.days[tick].strftime("%b %d") for tick in ticks])
     by_gpu.set_xlim(-0.6, len(report.days) - 0.4)
     for axes, values in ((by_pictures, report.pictures_by_day), (by_gpu, report.gpu_seconds_by_day)):
@@ -198,31 +203,40 @@ def chart_figure(report: UsageReport) -> Figure:
         axes.grid(axis="y", color=GRID, linewidth=0.8)
 
     members = report.members[:TOP_MEMBERS]
-    by_member.set_title("GPU seconds by member", color=INK, fontsize=14)
+    by_member.set_title("GPU seconds by member", color=INK, fontsize=LABEL_SIZE)
     if members:
         rows = range(len(members))
         by_member.barh(rows, [member.gpu_seconds for member in members], color=GPU, height=0.6)
         by_member.set_yticks(rows, [_short(member.name) for member in members])
         by_member.set_ylim(max(len(members), 4) - 0.5, -0.5)  # most first; a few members get bars, not slabs
         most = max(member.gpu_seconds for member in members) or 1.0
-        by_member.set_xlim(0, most * 1.5)  # room for the picture counts beside the bars
+        by_member.set_xlim(0, most * 1.6)  # room for the picture counts beside the bars
         by_member.xaxis.set_major_locator(MaxNLocator(nbins=3))
         for row, member in zip(rows, members, strict=True):
             by_member.annotate(
                 plural(member.pictures, "picture"),
                 (member.gpu_seconds, row),
-                xytext=(4, 0),
+                xytext=(6, 0),
                 textcoords="offset points",
                 va="center",
                 color=MUTED,
-                fontsize=11,
+                fontsize=TICK_SIZE,
             )
         by_member.grid(axis="x", color=GRID, linewidth=0.8)
         _style(by_member)
+        more = max(report.member_count, len(report.members)) - len(members)
+        if more > 0:  # nobody vanishes without a word
+            by_member.set_xlabel(f"+{plural(more, 'more member')}", color=MUTED, fontsize=LABEL_SIZE, loc="right")
     else:
         by_member.set_axis_off()
         by_member.text(
-            0.5, 0.5, "No pictures in these days", color=MUTED, fontsize=13, ha="center", transform=by_member.transAxes
+            0.5,
+            0.5,
+            "No pictures in these days",
+            color=MUTED,
+            fontsize=LABEL_SIZE,
+            ha="center",
+            transform=by_member.transAxes,
         )
     return figure
 
@@ -242,12 +256,12 @@ def render_chart(report: UsageReport) -> bytes:
 def _style(axes: Axes) -> None:
     axes.set_facecolor(BACKGROUND)
     axes.set_axisbelow(True)
-    axes.tick_params(colors=MUTED, labelsize=12)
+    axes.tick_params(colors=MUTED, labelsize=TICK_SIZE)
     for side in ("top", "right"):
         axes.spines[side].set_visible(False)
     for side in ("left", "bottom"):
         axes.spines[side].set_color(GRID)
 
 
-def _short(name: str, limit: int = 14) -> str:
+def _short(name: str, limit: int = 12) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"

@@ -22,7 +22,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import render
-from bot.admission import NEEDED_PERMISSIONS, Request, preflight
+from bot.admission import NEEDED_PERMISSIONS, Request, preflight, refuse_unpostable
 from bot.buttons import REMIXABLE, ButtonAction, JobButton, Variation, result_view
 from bot.errors import BotError
 from bot.forms import BoundForm, submitted_values
@@ -45,6 +45,7 @@ from bot.params import (
     split_inline_flags,
 )
 from bot.presenter import is_nsfw
+from bot.presets import PRESETS
 from bot.replies import explain, reply_privately
 from bot.storage import JobRecord
 from bot.text import size_text
@@ -194,6 +195,7 @@ class Imagine(commands.Cog):
             nsfw_channel=is_nsfw(interaction.channel),
             missing_permissions=tuple(name for name in NEEDED_PERMISSIONS if not getattr(permissions, name)),
         )
+        refuse_unpostable(request)  # before the public "thinking…": a refusal is seen by the member alone
         await interaction.response.defer(thinking=True)
         try:
             if not isinstance(params, GenerationParams):
@@ -226,9 +228,7 @@ class Imagine(commands.Cog):
             await interaction.response.send_message("I have no record of this job any more.", ephemeral=True)
             return
         if action is ButtonAction.INFO:
-            policy = await self.bot.endpoints.policy(record.guild_id)
-            embed = render.info_embed(record, policy.cost(record.execution_ms))
-            await interaction.response.send_message(embed=embed, ephemeral=True)
+            await self._info(interaction, record)
             return
         if action in (ButtonAction.CANCEL, ButtonAction.DELETE) and not _may_moderate(interaction, record):
             await interaction.response.send_message(
@@ -279,9 +279,10 @@ class Imagine(commands.Cog):
                 return params, record.model
             if source is None:
                 raise BotError("That picture is no longer on this message.")
+            move = f"{action}:{argument}" if argument else str(action)
             start = dataclasses.replace(
                 params, image_url=source.url, image_message_id=message.id if message else None, seed=None,
-                upscale=False, outpaint=None, count=1,
+                upscale=False, outpaint=None, count=1, **_made_by(interaction, record, move),
             )  # fmt: skip
             if action is ButtonAction.VARY:
                 variation = Variation(argument) if argument in tuple(Variation) else Variation.STRONG
@@ -353,6 +354,15 @@ class Imagine(commands.Cog):
         except Exception as error:  # no command tree to report to
             await reply_privately(interaction, explain(interaction, error))
 
+    async def _info(self, interaction: discord.Interaction[ImagineBot], record: JobRecord) -> None:
+        """A job's details, privately; RunPod's ids only for its requester and the server's moderators."""
+        policy = await self.bot.endpoints.policy(record.guild_id)
+        permissions = interaction.permissions
+        show_ids = interaction.user.id == record.user_id or permissions.manage_guild or permissions.manage_messages
+        preset = PRESETS.get(record.worker)
+        embed = render.info_embed(record, policy.cost(record.execution_ms), preset=preset, show_ids=show_ids)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
     async def _pick(
         self, interaction: discord.Interaction[ImagineBot], record: JobRecord, params: GenerationParams, number: int
     ) -> None:
@@ -365,7 +375,9 @@ class Imagine(commands.Cog):
             can_vary, can_outpaint = endpoint.takes_images, endpoint.paints_outside
         except BotError:  # the endpoint is gone: the picture can still be posted, but not varied
             can_vary = can_outpaint = False
-        embed = render.picked_embed(params, record.user_name, number)
+        clicker = interaction.user
+        by = clicker.display_name if clicker.id != record.user_id else None
+        embed = render.picked_embed(params, record.user_name, number, _pictures_on(interaction), by)
         await interaction.followup.send(
             embed=embed,
             file=discord.File(BytesIO(data), filename=source.filename),
@@ -380,8 +392,9 @@ class Imagine(commands.Cog):
             assert interaction.message is not None
             view = discord.ui.View(timeout=None)
             view.add_item(JobButton(ButtonAction.DELETE, str(record.request_id), str(interaction.message.id)))
+            what = "picture" if interaction.message.attachments else "message"
             await interaction.response.send_message(
-                "Delete this picture for everyone in the channel? This cannot be undone.", view=view, ephemeral=True
+                f"Delete this {what} for everyone in the channel? This cannot be undone.", view=view, ephemeral=True
             )
             return
         await interaction.response.defer(ephemeral=True)
@@ -453,10 +466,10 @@ def image_prompt_url(image: discord.Attachment) -> str:
     """An image prompt's address on Discord's CDN, once its type and size (as Discord reports them) pass."""
     content_type = (image.content_type or "").split(";")[0].strip().lower()
     if content_type not in IMAGE_PROMPT_TYPES:
-        raise InvalidParams("The image to start from must be a PNG, JPEG or WebP picture.")
+        raise InvalidParams("The picture to start from must be a PNG, JPEG or WebP file.")
     if image.size > MAX_IMAGE_PROMPT_BYTES:
         raise InvalidParams(
-            f"The image to start from is {size_text(image.size)}; the most is {size_text(MAX_IMAGE_PROMPT_BYTES)}."
+            f"The picture to start from is {size_text(image.size)}; the most is {size_text(MAX_IMAGE_PROMPT_BYTES)}."
         )
     return image.url
 
@@ -522,6 +535,18 @@ def remix_form(
         form.add_item(strength)
     form.stop()  # finished before it is sent: discord.py keeps no object for it, the listener answers it
     return form
+
+
+def _pictures_on(interaction: discord.Interaction[Any]) -> int:
+    return len(interaction.message.attachments) if interaction.message is not None else 0
+
+
+def _made_by(interaction: discord.Interaction[Any], record: JobRecord, move: str) -> dict[str, Any]:
+    """What a job made by a button on a result is, for its label (bot/render.py, `made_label`): the move, the
+    number of the picture in its set (V<n>; None on a single picture), and who asked for that set."""
+    kind, _, argument = move.partition(":")
+    picture = int(argument) if kind == ButtonAction.VARY and argument.isdigit() else None  # zoom:2 is a factor
+    return {"made_by": move, "picture": picture, "set_owner_id": record.user_id}
 
 
 def _message_id(interaction: discord.Interaction[Any]) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import socket
@@ -108,6 +109,15 @@ class Harness:
         message = self.shown(interaction)
         assert message is not None
         return message
+
+    async def recorded_as(self, interaction: Interaction, state: str, timeout: float = 5.0) -> None:
+        """Until the ledger has this job in `state` (a job is recorded as delivered just after its card shows it)."""
+        for _ in range(round(timeout / 0.02)):
+            record = await self.bot.storage.job(interaction.id)
+            if record is not None and record.state == state:
+                return
+            await asyncio.sleep(0.02)
+        raise TimeoutError(f"job {interaction.id} was not recorded as {state} within {timeout}s")
 
     def edits(self, interaction: Interaction) -> list[Recorded]:
         """Every edit of this interaction's reply, whichever webhook route the bot used for it."""

@@ -147,7 +147,7 @@ async def test_bad_key_and_bad_input(tmp_path, runpod):
     )
     finished = await generate(tmp_path, "--prompt", "x", "--count", "3", runpod=runpod)
     assert finished.code == 1
-    assert "at most 2 images per job" in finished.stderr
+    assert "at most 2 pictures per job" in finished.stderr
     assert runpod.requests_for("run") == [runpod.requests_for("run")[0]]  # only the bad-key attempt reached RunPod
 
 

@@ -177,6 +177,8 @@ async def test_preflight_refuses_without_attach_files_and_pays_nothing(harness):
     text = await refused(harness, interaction)
     assert text == "I cannot post pictures in this channel: I am missing Attach Files. Ask an admin to allow it."
     assert harness.runpod.requests == []
+    (callback,) = harness.discord.calls_for("callback", interaction.token)  # no public "thinking…" flashed first
+    assert (callback.json["type"], callback.json["data"]["flags"] & 64) == (4, 64)
 
 
 async def test_banned_words_and_the_nsfw_only_rule(harness):
@@ -204,7 +206,7 @@ async def test_results_outside_nsfw_channels_can_be_spoilered(harness):
 
 async def test_size_limits_refuse_privately(harness):
     await set_policy(harness, max_count=1, max_steps=20)
-    assert "at most 1 image" in await refused(harness, await harness.imagine("x", count=2))
+    assert "at most 1 picture" in await refused(harness, await harness.imagine("x", count=2))
     assert "at most 20 steps" in await refused(harness, await harness.imagine("x", steps=30))
     assert harness.runpod.requests == []
 
@@ -349,7 +351,7 @@ async def test_usage_counts_pictures_and_cents_and_its_chart_is_a_png(harness):
     (reply,) = harness.discord.calls_for("followup", usage.token)
     (chart,) = reply.files
     with Image.open(BytesIO(chart.data)) as image:
-        assert (image.format, image.size) == ("PNG", (900, 560))
+        assert (image.format, image.size) == ("PNG", (800, 1100))  # tall: it reads at phone width
 
     records = await harness.bot.storage.guild_jobs_since(DEFAULT_GUILD_ID, datetime.now(UTC) - timedelta(days=1))
     counted = [r for r in records if r.state == "delivered"]

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
 
+import discord
 import pytest
 
 from bot.config import Secret
@@ -216,7 +217,11 @@ async def test_an_interaction_already_near_expiry_goes_to_the_channel_at_once(ru
         interaction = await harness.imagine("late", created_at=datetime.now(UTC) - timedelta(minutes=14, seconds=30))
         final = await harness.finished(interaction)
         assert final.interaction_token is None
-        assert harness.edits(interaction) == []
+        # The "thinking…" placeholder is not left behind: it points at the reply where the job went on.
+        original = harness.discord.original_message(interaction.token)
+        assert original.embeds[0]["title"] == "⤵️ Continued below"
+        assert final.reply_to == original.id
+        assert [call.status for call in harness.edits(interaction)] == [200]
 
 
 async def test_when_the_channel_refuses_too_the_loss_is_logged(runpod, caplog):
@@ -450,19 +455,33 @@ async def test_reroll_runs_the_same_parameters_with_a_new_seed(harness):
     assert harness.discord.messages[final.id].attachments == final.attachments
 
 
-async def test_info_shows_the_full_parameters_privately(harness):
-    _, final, job = await result_of(harness, "details please --seed 99")
-    click = harness.discord.click(button(final, "info"), user=UserSpec(id=DEFAULT_USER_ID + 5), message_id=final.id)
+async def info_fields(harness, final, **click_options) -> dict[str, str]:
+    click = harness.discord.click(button(final, "info"), message_id=final.id, **click_options)
     await harness.discord.send(click)
     await harness.discord.wait_for(lambda: harness.discord.calls_for("callback", click.token))
     (callback,) = harness.discord.calls_for("callback", click.token)
     assert callback.json["data"]["flags"] & 64
-    fields = {field["name"]: field["value"] for field in callback.json["data"]["embeds"][0]["fields"]}
+    return {field["name"]: field["value"] for field in callback.json["data"]["embeds"][0]["fields"]}
+
+
+async def test_info_shows_the_full_parameters_privately(harness):
+    interaction, final, job = await result_of(harness, "details please --seed 99")
+    await harness.recorded_as(interaction, "delivered")
+    fields = await info_fields(harness, final, user=UserSpec(id=DEFAULT_USER_ID + 5))
     assert fields["Seed"] == "99"
     assert fields["Worker"] == "sdxl"
-    assert fields["RunPod"] == f"job `{job.id}`\nendpoint `{job.endpoint_id}`"  # private, for whoever asks support
+    # The numbers the worker was sent, not "worker default"; the state in words, not "completed".
+    assert (fields["Steps"], fields["Guidance"], fields["Size"]) == ("25", "7.5", "1:1 · 1024×1024")
+    assert (fields["Pictures"], fields["State"]) == ("1", "Posted")
+    assert "RunPod" not in fields  # RunPod's ids are for the requester and the server's moderators only
     assert job.id not in str(final.embeds) + str(final.components)  # never in the public result
-    assert fields["Run time"].endswith(" s")
+    assert fields["Run time"].endswith(" s") and "." not in fields["Run time"]
+
+    ids = f"job `{job.id}`\nendpoint `{job.endpoint_id}`"  # for whoever asks RunPod's support
+    assert (await info_fields(harness, final))["RunPod"] == ids  # the requester
+    moderator = UserSpec(id=DEFAULT_USER_ID + 6, username="mod", global_name="Mod")
+    manage_messages = int(discord.Permissions(manage_messages=True).value)
+    assert (await info_fields(harness, final, user=moderator, permissions=manage_messages))["RunPod"] == ids
 
 
 async def test_delete_is_for_the_requester_or_a_moderator(harness):

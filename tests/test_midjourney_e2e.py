@@ -112,7 +112,7 @@ async def test_u2_posts_picture_2_alone_with_the_single_picture_buttons(harness)
     picked = harness.discord.original_message(u2.token)
     (attachment,) = picked.attachments
     assert attachment.data == final.attachments[1].data  # picture 2, the very bytes
-    assert picked.embeds[0]["title"] == "🖼️ Picture 2"
+    assert picked.embeds[0]["title"] == "🖼️ Picture 2 of 4"
     assert custom_ids(picked)[0] == [
         f"imagine:{action}:{interaction.id}"
         for action in ("vary:subtle", "vary:strong", "upscale:subtle", "upscale:creative")
@@ -218,7 +218,7 @@ async def test_an_image_prompt_on_a_worker_without_image_to_image_is_refused(run
         option = harness.discord.attachment_option(make_png(8, 8), "start.png", "image/png")
         interaction = await harness.imagine("from a picture", image=option)
         await harness.discord.wait_for(lambda: harness.private_replies(interaction))
-        assert harness.private_replies(interaction) == ["This server's worker (a1111) cannot start from an image."]
+        assert harness.private_replies(interaction) == ["This server's worker (a1111) cannot start from a picture."]
         assert harness.runpod.requests == []
 
 
@@ -226,7 +226,7 @@ async def test_an_image_prompt_that_is_not_a_picture_is_refused_before_any_gpu_t
     option = harness.discord.attachment_option(b"%PDF-1.7 not a picture", "notes.pdf", "application/pdf")
     interaction = await harness.imagine("from a pdf", image=option)
     await harness.discord.wait_for(lambda: harness.private_replies(interaction))
-    assert harness.private_replies(interaction) == ["The image to start from must be a PNG, JPEG or WebP picture."]
+    assert harness.private_replies(interaction) == ["The picture to start from must be a PNG, JPEG or WebP file."]
     assert harness.runpod.requests == []
 
 
@@ -243,7 +243,8 @@ async def test_a_failed_card_has_retry_and_retry_runs_the_same_job_again(harness
     interaction = await harness.imagine("try again", seed=77)
     failed = await harness.finished(interaction)
     assert failed.embeds[0]["title"] == "⚠️ No picture this time"
-    assert custom_ids(failed) == [[f"imagine:{action}:{interaction.id}" for action in ("retry", "edit", "info")]]
+    ended = ("retry", "edit", "info", "delete")
+    assert custom_ids(failed) == [[f"imagine:{action}:{interaction.id}" for action in ended]]
     (first,) = harness.runpod.jobs.values()
 
     harness.runpod.default_script = painted
@@ -352,7 +353,8 @@ async def test_runpod_failing_while_a_set_is_sent_cancels_the_part_already_sent_
     assert [request.job_id for request in runpod.requests_for("cancel")] == [sent.id]  # it would bill for nothing
     assert failed.embeds[0]["title"] == "⚠️ No picture this time"
     assert "RunPod" in field_value(failed, "What happened")
-    assert custom_ids(failed) == [[f"imagine:{action}:{interaction.id}" for action in ("retry", "edit", "info")]]
+    ended = ("retry", "edit", "info", "delete")
+    assert custom_ids(failed) == [[f"imagine:{action}:{interaction.id}" for action in ended]]
 
 
 async def test_buttons_of_another_server_s_job_do_nothing_here(harness):

@@ -298,7 +298,7 @@ def test_an_image_request_keeps_url_and_strength():
         ({"image_url": URL, "strength": math.inf}, "Strength"),
         ({"image_url": URL, "strength": True}, "Strength"),
         ({"image_url": URL, "strength": "0.5"}, "Strength"),
-        ({"strength": 0.5}, "attach an image"),
+        ({"strength": 0.5}, "attach a picture"),
         ({"upscale": True}, "Upscale needs a picture"),
     ],
 )
@@ -365,7 +365,7 @@ def test_sdxl_image_job_makes_one_picture():
     params = GenerationParams("x", seed=1, count=2, image_url=URL)
     assert PRESETS["sdxl"].max_count_for(params) == 1
     assert PRESETS["sdxl"].max_count_for(dataclasses.replace(params, image_url=None)) == 2
-    with pytest.raises(InvalidParams, match="at most 1 image per job when it starts from an image"):
+    with pytest.raises(InvalidParams, match="at most 1 picture per job when it starts from a picture"):
         PRESETS["sdxl"].build_input(params)
 
 
@@ -398,7 +398,7 @@ def test_a1111_refuses_an_image_in_a_full_sentence():
     assert not PRESETS["a1111"].can_start_from_image and not PRESETS["a1111"].takes_image()
     with pytest.raises(InvalidParams) as refused:
         PRESETS["a1111"].build_input(GenerationParams("x", seed=1, image_url=URL), image=PNG)
-    assert str(refused.value) == "This server's worker (a1111) cannot start from an image."
+    assert str(refused.value) == "This server's worker (a1111) cannot start from a picture."
 
 
 def test_comfyui_image_job_uploads_the_bytes_and_fills_image_and_strength():
@@ -547,8 +547,8 @@ def test_any_image_link_is_taken_or_refused_clearly(url):
         params = GenerationParams("x", image_url=url)
     except InvalidParams as refused:
         assert str(refused) in {
-            "The image to start from must be an http(s) link.",
-            "The image link must be an http(s) URL of at most 2048 characters.",
+            "The picture to start from must be an http(s) link.",
+            "The picture link must be an http(s) URL of at most 2048 characters.",
         }
     else:
         assert params.image_url == url and url.lower().startswith(("http://", "https://"))

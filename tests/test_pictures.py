@@ -17,9 +17,9 @@ from doubles.pictures.__main__ import main
 from doubles.pictures.draw import Invocation, draw_message, parse, relative
 
 ROOT = Path(__file__).resolve().parent.parent
-PICTURES = ("status", "set-of-4", "failure", "usage")
+PICTURES = ("status", "set-of-4", "variation", "failure", "usage")
 # What the renderer draws around a message (Discord's own chrome, not the bot's words).
-CHROME = re.compile(r"^(imagine-bot|APP|\w+ used /[\w ]+|Only you can see this · Dismiss message)$")
+CHROME = re.compile(r"^(imagine-bot|APP|\w+ used (/[\w ]+|[UV]\d)|Only you can see this · Dismiss message)$")
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,7 @@ def said(message: Message) -> list[str]:
     """Every string of the message a member can read: content, embeds, button labels."""
     strings = [message.content or ""]
     for embed in message.embeds:
+        strings.append((embed.get("author") or {}).get("name", ""))
         strings += [embed.get("title", ""), embed.get("description", ""), (embed.get("footer") or {}).get("text", "")]
         for field in embed.get("fields", []):
             strings += [field["name"], field["value"]]
@@ -93,13 +94,21 @@ def test_the_set_of_4_shows_its_four_pictures_and_u_v_buttons(pictures):
     assert {"U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4", "Reroll", "Delete"} <= set(picture.drawing.texts)
 
 
+def test_the_variations_say_what_they_are_and_who_asked(pictures):
+    picture = pictures["variation"]
+    message = picture.scene.message
+    assert message.embeds[0]["author"]["name"] == "Variations (strong) of picture 2 · by Ann"
+    assert "Variations (strong) of picture 2 · by Ann" in picture.drawing.texts
+    assert len(picture.drawing.pictures) == 4
+
+
 def test_the_failure_card_says_what_happened_and_offers_retry(pictures):
     picture = pictures["failure"]
     message = picture.scene.message
     assert message.embeds[0]["title"] == "⚠️ No picture this time"
     (what,) = [field["value"] for field in message.embeds[0]["fields"] if field["name"] == "What happened"]
     assert what.startswith("The GPU ran out of memory") and what in picture.drawing.texts
-    assert "Retry" in picture.drawing.texts
+    assert {"Retry", "Delete"} <= set(picture.drawing.texts)
 
 
 def test_the_usage_report_shows_its_chart_to_the_admin_alone(pictures):

@@ -137,7 +137,7 @@ def test_moderation_words_patterns_and_nsfw_only():
 
 
 def test_size_limits():
-    with pytest.raises(Refused, match="at most 2 image"):
+    with pytest.raises(Refused, match="at most 2 picture"):
         check_size(GuildPolicy(max_count=2), GenerationParams("x", count=3))
     with pytest.raises(Refused, match="at most 30 steps"):
         check_size(GuildPolicy(max_steps=30), GenerationParams("x", steps=40))

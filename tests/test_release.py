@@ -27,7 +27,7 @@ VOICE_WARNING = "voice will NOT be supported"
 async def test_release_migrates_then_publishes_only_when_the_commands_changed(tmp_path, discord_double, runpod):
     first = await start_bot(tmp_path, discord_double, runpod, "release", BOT_ENCRYPTION_KEY=GENERATED)
     assert await first.finish() == 0
-    assert "database migrated: schema at revision 0009" in first.log
+    assert "database migrated: schema at revision 0010" in first.log
     assert "published 3 global command(s): imagine, runpod, settings" in first.log
     assert [command["name"] for command in discord_double.commands(None)] == ["imagine", "runpod", "settings"]
     assert len(discord_double.calls_for("sync_global")) == 1

@@ -10,7 +10,7 @@ import pytest
 from bot import render
 from bot.policy import GuildPolicy, Refused, Usage, check_quota
 from bot.runpod import Health
-from bot.text import dollars, health_text, moment, noun, plural, size_text
+from bot.text import dollars, duration, health_text, moment, noun, plural, size_text
 from cogs.admin import describe_health, price
 
 NOON = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -129,3 +129,12 @@ def test_other_errors_read_as_before_on_the_discord_side():
     assert render.explanation(Refused("This server's rules do not allow that prompt.")) == (
         "This server's rules do not allow that prompt."
     )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0, "0 s"), (0.4, "1 s"), (59.4, "59 s"), (59.9019, "1 min"), (60, "1 min"), (125, "2 min 5 s"),
+     (900, "15 min"), (3600, "1 h"), (4860, "1 h 21 min"), (7199, "2 h")],
+)  # fmt: skip
+def test_durations_read_as_people_say_them_never_as_a_float(seconds, shown):
+    assert duration(seconds) == shown

@@ -3,7 +3,7 @@ database sums them (SQLite and PostgreSQL), from a ledger written as the bot wri
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from io import BytesIO
 
 import pytest
@@ -15,9 +15,12 @@ from bot.policy import GuildPolicy
 from bot.storage import JobRecord, KeySource, Storage
 from bot.usage import (
     DAY_AXIS,
+    DAYS,
     HEIGHT,
     LISTED_MEMBERS,
+    TOP_MEMBERS,
     WIDTH,
+    MemberUse,
     UsageReport,
     build_report,
     chart_figure,
@@ -140,7 +143,10 @@ async def test_the_chart_labels_both_axes_and_draws_the_day_label_inside_the_pic
     assert label.get_visible()
     box = label.get_window_extent(canvas.get_renderer())
     assert 0 <= box.x0 < box.x1 <= WIDTH and 0 <= box.y0 < box.y1 <= HEIGHT  # inside, not cut off
-    assert label.get_fontsize() >= 12  # readable at Discord's size
+    # Readable on a phone, which shows the picture about 360 points wide: type of 20 points or more on 800 pixels.
+    assert WIDTH <= 800 and label.get_fontsize() >= 20
+    assert all(tick.get_fontsize() >= 20 for tick in day_axes.get_xticklabels())
+    assert len(day_axes.get_xticks()) <= 3  # few day labels: they do not run into each other at that width
 
     # The PNG itself, where the label was laid out: light text on the dark background.
     with Image.open(BytesIO(render_chart(report))) as image:
@@ -177,3 +183,13 @@ async def test_members_are_ranked_by_the_database_and_named_by_their_latest_job(
     assert "Member 2" not in [member.name for member in report.members]
     assert (report.total_pictures, report.not_counted) == (2 + LISTED_MEMBERS + 2, 5)
     assert report.summary().endswith("…and 3 more members.")
+
+
+def test_members_past_the_charts_top_are_counted_not_dropped():
+    days = tuple(date(2026, 11, 1) + timedelta(days=offset) for offset in range(DAYS))
+    members = tuple(MemberUse(f"Member {n}", 1, 10.0 - n, None) for n in range(LISTED_MEMBERS))
+    report = UsageReport(days, (1,) * DAYS, (1.0,) * DAYS, members, DAYS, float(DAYS), 0, None, member_count=14)
+    figure = chart_figure(report)
+    by_member = next(axes for axes in figure.axes if axes.get_title() == "GPU seconds by member")
+    assert [label.get_text() for label in by_member.get_yticklabels()] == [f"Member {n}" for n in range(TOP_MEMBERS)]
+    assert by_member.get_xlabel() == f"+{14 - TOP_MEMBERS} more members"

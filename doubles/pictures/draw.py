@@ -479,6 +479,9 @@ def _embed(painter: Painter, embed: dict[str, Any], attachments: Sequence[Attach
     thumbnail = _referenced((embed.get("thumbnail") or {}).get("url"), attachments)
     text_width = inner - (96 if thumbnail else 0)
     painter.y = top + 12
+    if author := (embed.get("author") or {}).get("name"):  # what a job made from a picture is, above its title
+        painter.markdown(str(author), left, text_width, 14, 19, NAME, "bold")
+        painter.y += 4
     if embed.get("title"):
         painter.markdown(str(embed["title"]), left, text_width, 16, 22, NAME, "bold")
         painter.y += 4

@@ -179,6 +179,23 @@ async def set_of_4(harness: Harness) -> Scene:
     return Scene("set-of-4", _snapshot(message), _used(interaction, "/imagine"), datetime.now(UTC))
 
 
+async def variation(harness: Harness, of_set: Message) -> Scene:
+    """Ann clicks V2 on Ben's set: the variations are labelled with what they are and who asked for them."""
+    click = harness.discord.click(
+        next(
+            component["custom_id"]
+            for row in of_set.components
+            for component in row["components"]
+            if component.get("custom_id", "").startswith("imagine:vary:2:")
+        ),
+        message_id=of_set.id,
+        user=ANN,
+    )
+    await harness.discord.send(click)
+    message = await harness.finished(click, timeout=20)
+    return Scene("variation", _snapshot(message), _used(click, "V2"), datetime.now(UTC))
+
+
 async def failure(harness: Harness) -> Scene:
     interaction = await harness.imagine(STORM_PROMPT, user=CLOE)
     message = await harness.finished(interaction, timeout=15)
@@ -230,7 +247,8 @@ async def play() -> list[Scene]:
     ):
         status_task = asyncio.create_task(live_status(harness))
         await asyncio.sleep(0.2)  # its job first, so it is RunPod's oldest and painting soonest
-        scenes = [await set_of_4(harness), await failure(harness)]
+        of_4 = await set_of_4(harness)
+        scenes = [of_4, await variation(harness, of_4.message), await failure(harness)]
         scenes.insert(0, await status_task)
         scenes.append(await usage(harness))
         return scenes
