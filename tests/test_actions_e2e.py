@@ -335,14 +335,17 @@ async def test_zoom_out_sends_the_picture_centred_on_a_doubled_canvas_and_a_mask
     assert mask.getpixel((0, 0)) == 255 and mask.getpixel((64, 48)) == 0  # paint around, keep the middle
     assert mask.getpixel((33, 48)) == 255  # the picture's edge is repainted a little, so no seam shows
     assert done.embeds[0]["title"] == "✅ Done"
+    assert "Zoomed out 2×" in str(done.embeds[0])  # the result says what it is
     record = await harness.bot.storage.job(zoom.id)
-    assert record.params["outpaint"] == "zoom:2"
+    assert (record.params["outpaint"], record.params["made_by"]) == ("zoom:2", "zoom:2")
+    assert record.params["picture"] is None  # a factor, not a picture's number
 
 
 async def test_pan_left_grows_the_canvas_on_the_left_only(harness):
     _, final, picture = await outpainting_result(harness)
     known = set(harness.runpod.jobs)
-    await harness.finished(await click(harness, final, "pan:left"))
+    panned = await harness.finished(await click(harness, final, "pan:left"))
+    assert "Panned left" in str(panned.embeds[0])
     (job,) = new_jobs(harness, known)
     inputs = job.input["workflow"]["1"]["inputs"]
     images = sent_images(job)
