@@ -16,7 +16,9 @@ Measured: interactions acknowledged in time (the callback reached the Discord do
 the ack latency, from the moment the double wrote the interaction to the gateway (`Interaction.dispatched_at`)
 to the moment the callback request reached it (`Recorded.at`), both on this process's monotonic clock;
 whether every member got their own picture, and each picture was posted exactly once; and, to tell where
-the time goes when an ack is slow, how late the event loop ran a 10 ms timer during the arrival window.
+the time goes when an ack is slow, how late the event loop ran a 10 ms timer during the arrival window, and
+the ack split at the moment the bot's client received the interaction (discord.py's `on_interaction`): the
+gateway's part before, the bot's answer and its way to the double after.
 `--profile FILE` writes a cProfile of the arrival window (the first ack-deadline after the last arrival).
 """
 
@@ -33,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import discord
 
 from benchmarks.report import (
     command_line,
@@ -109,6 +113,7 @@ class AckMeasure:
     callbacks: int  # callback requests for it (more than one would be a retry)
     status: int | None  # the double's answer to the first callback: 204 in time, 404 too late
     ack_s: float | None  # dispatched -> callback request reached the double
+    received_s: float | None  # dispatched -> the bot's client received it (`on_interaction`)
     title: str | None  # what the member's message shows at the end
     own_picture: bool  # the member's message carries exactly their own picture
     uploads: int  # accepted requests that carried this member's picture, wherever they went
@@ -193,7 +198,10 @@ async def _quiet(double: DiscordDouble, for_s: float = 1.0, at_most_s: float = 1
 
 
 def measure(
-    harness: Harness, arrivals: Sequence[Arrival], sent: Sequence[tuple[Interaction, float]]
+    harness: Harness,
+    arrivals: Sequence[Arrival],
+    sent: Sequence[tuple[Interaction, float]],
+    received: dict[int, float] | None = None,
 ) -> tuple[list[AckMeasure], int]:
     """(each interaction's numbers, pictures found on another member's message)."""
     double = harness.discord
@@ -223,6 +231,9 @@ def measure(
                 status=first.status if first is not None else None,
                 ack_s=first.at - interaction.dispatched_at
                 if first is not None and interaction.dispatched_at is not None
+                else None,
+                received_s=(received or {})[int(interaction.id)] - interaction.dispatched_at
+                if int(interaction.id) in (received or {}) and interaction.dispatched_at is not None
                 else None,
                 title=harness.title(interaction),
                 own_picture=shown is not None and [attachment.data for attachment in shown.attachments] == [own],
@@ -269,6 +280,12 @@ async def benchmark(args: argparse.Namespace) -> Run:
         # Limits raised so that every member's job may run at once: only the ack is measured here.
         policy = GuildPolicy(guild_concurrent=max(n, 1), member_concurrent=n, member_waiting=n)
         await harness.bot.storage.save_guild_policy(DEFAULT_GUILD_ID, policy.to_json())
+        received: dict[int, float] = {}
+
+        async def on_interaction(interaction: discord.Interaction[Any]) -> None:
+            received.setdefault(interaction.id, time.monotonic())
+
+        harness.bot.add_listener(on_interaction)
         print(f"{n} members send /imagine within {args.window:g} s...", file=sys.stderr, flush=True)
         stop = asyncio.Event()
         probe = asyncio.create_task(_probe_loop(lags, stop))
@@ -286,7 +303,7 @@ async def benchmark(args: argparse.Namespace) -> Run:
         horizon = max((a.queue_s + a.run_s for a in arrivals), default=0.0) + 60.0
         await _all_final(harness, interactions, horizon)
         await _quiet(discord_double)
-        measures, misplaced = measure(harness, arrivals, sent)
+        measures, misplaced = measure(harness, arrivals, sent, received)
     polls = [request.at for request in runpod.requests_for("status")]
     dispatched = [interaction.dispatched_at for interaction in interactions if interaction.dispatched_at is not None]
     settings = {
@@ -397,12 +414,19 @@ def detail_table(report: Report) -> str:
     lateness = [ack.dispatched_late_s for ack in report.acks]
     lags = report.loop_lag_s
     busy = sum(1 for lag in lags if lag > 0.05)
+    received = [ack.received_s for ack in report.acks if ack.received_s is not None]
+    answered = [
+        ack.ack_s - ack.received_s for ack in report.acks if ack.ack_s is not None and ack.received_s is not None
+    ]
     rows = [
         ["first to last interaction dispatched, s", number(report.arrival_span_s, 2)],
         ["interactions dispatched behind their planned moment, s: p50 / p99 / max", _spread(lateness)],
         [f"event loop: a {TICK_S * 1000:g} ms timer fired late by, s: p50 / p99 / max (arrivals + 3 s)",
          _spread(lags)],
         ["event loop: timers more than 50 ms late", f"{busy} of {len(lags)}"],
+        ["ack, gateway's part: dispatched -> the bot's client has it, s: p50 / p99 / max", _spread(received)],
+        ["ack, the bot's answer: the bot's client has it -> callback reaches Discord, s: p50 / p99 / max",
+         _spread(answered)],
         ["interaction dispatched -> its picture reaches Discord, s: p50 / p99 / max",
          _spread([ack.picture_s for ack in report.acks if ack.picture_s is not None], 2)],
         ["interaction dispatched -> its /run reaches RunPod, s: p50 / p99 / max",

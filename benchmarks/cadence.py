@@ -61,14 +61,13 @@ def simulate(
     heapq.heapify(events)
     while events:
         sent, index, is_poll = heapq.heappop(events)
-        job = jobs[index]
         received = sent + rtt if is_poll else sent
         polls[index] += is_poll
         double = doubles[index]
         status = parse_status(double.view(sent), "status")
         finished = double.finished_at(sent)
         if finished is not None:
-            stats[job.endpoint].record_status(status)
+            cadences[index].finished(status)
             lags.append(received + handle - finished)
             continue
         cadence = cadences[index]

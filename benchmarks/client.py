@@ -134,6 +134,19 @@ def prepare(name: str, meter: DecodeMeter) -> Runner:
     return peers.RUNNERS[name]
 
 
+def peak_rss_kb(usage: resource.struct_rusage) -> int:
+    """This process's own peak resident memory. `ru_maxrss` is not: Linux carries the parent's peak over the
+    exec, so a client started after a big round would report the benchmark's own memory as its peak."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return usage.ru_maxrss
+
+
 def main() -> None:
     config = json.load(sys.stdin)
     meter = DecodeMeter()
@@ -151,7 +164,7 @@ def main() -> None:
         "jobs": [list(row) for row in rows.values()],
         "cpu_s": cpu_seconds(after) - cpu_seconds(before),
         "decode_cpu_s": meter.seconds,
-        "maxrss_kb": after.ru_maxrss,
+        "maxrss_kb": peak_rss_kb(after),
         "late_s": late,
         "stopped": stopped,
     }

@@ -16,7 +16,10 @@ does); `--history 0` measures a bot that just started.
 Rounds: the clients run one after the other (with N <= `--side-by-side` they run at once, each on its
 own endpoints: faster, but they contend for the CPU). A client still busy 15 s after the last job was due
 to finish is stopped and reported as such. Then a 429 burst, the clients side by side (small pictures,
-little CPU): every /status request is refused for 5 s while 100 jobs per client are in flight.
+little CPU): every /status request is refused for 5 s while 100 jobs per client are in flight. Then a
+cold start (`--cold`, 50 jobs): one endpoint, all jobs submitted together just after the client starts,
+queued 0-4 s and run 3-8 s (uniform), the clients side by side; ours twice, knowing no run time ("cold",
+as a bot that has just started) and, in a second round, 32 ("warm").
 
 Measured per client: detection lag (from when the double marks a job COMPLETED to when the client holds
 the decoded picture), /status requests per job, the peak /status count to one endpoint in any 10 s window
@@ -71,6 +74,8 @@ CLIENTS = ("ours", "official", "original")
 STATUS_LIMIT = RUNPOD_RATE_LIMITS["status"]
 BURST_ENDPOINT = EndpointSpec("burst", 6.0, "comfyui")
 TARGETS = {"lag_p50": 0.25, "lag_p99": 1.0, "requests_ratio": 0.6, "cpu_ratio": 0.5, "rss_mb_at_1000": 150.0}
+COLD_ENDPOINT = EndpointSpec("cold", 5.5, "comfyui")
+COLD_TARGETS = {"status_per_job": 7.0, "lag_p50": 0.2}
 
 
 @dataclass
@@ -119,6 +124,7 @@ class Report:
     rounds: dict[str, list[ClientResult]]  # by N
     burst: list[BurstResult] | None
     duration_s: float
+    cold: dict[str, list[ClientResult]] | None = None  # "cold" and "warm": what ours knew at its start
 
 
 # --- running a round ----------------------------------------------------------------------------
@@ -350,6 +356,33 @@ def burst_workload(n: int, *, seed: int, history: int, scale: float) -> Workload
     return scaled(workload, scale)
 
 
+def cold_workload(n: int, *, seed: int, history: int, scale: float) -> Workload:
+    """`n` jobs on one endpoint, all submitted within 0.25 s: queued 0-4 s, run 3-8 s (uniform), and
+    `history` earlier runs drawn alike."""
+    import random
+
+    rng = random.Random(seed + 4)
+    jobs = tuple(JobSpec(i, 0, rng.uniform(0.0, 0.25), rng.uniform(0.0, 4.0), rng.uniform(3.0, 8.0)) for i in range(n))
+    past = random.Random(seed + 5)
+    workload = Workload(jobs, {COLD_ENDPOINT.name: [past.uniform(3.0, 8.0) for _ in range(history)]}, 0.0, 0.0)
+    return scaled(workload, scale)
+
+
+async def cold_rounds(args: argparse.Namespace, clients: tuple[str, ...], output: Any) -> dict[str, list[ClientResult]]:
+    """The cold-start workload, clients side by side: ours knowing nothing, then (a second round, the
+    same jobs) ours knowing 32 runs; the peers do not learn, and are measured in both."""
+    rounds = {}
+    for label, history in (("cold", 0), ("warm", 32)):
+        workload = cold_workload(args.cold, seed=args.seed, history=history, scale=args.scale)
+        known = (workload.history[COLD_ENDPOINT.name],) if history else None
+        horizon = max(job.arrival_s + job.queue_s + job.run_s for job in workload.jobs)
+        print(f"cold start ({label}): running {', '.join(clients)} side by side...", file=sys.stderr, flush=True)
+        spec = RoundSpec(clients, (COLD_ENDPOINT,), workload.jobs, (output,), known)
+        outcome = await run_round(spec, startup=3.0 if set(clients) - {"ours"} else 1.5, timeout=horizon + 120)
+        rounds[label] = [client_result(outcome, client) for client in clients]
+    return rounds
+
+
 async def benchmark(args: argparse.Namespace) -> Report:
     begun = time.monotonic()
     clients = tuple(args.clients)
@@ -390,6 +423,9 @@ async def benchmark(args: argparse.Namespace) -> Report:
         )
         outcome = await run_round(spec, startup=startup, timeout=window[1] + 120)
         burst = [burst_result(outcome, client, window) for client in clients]
+    cold = None
+    if args.cold:
+        cold = await cold_rounds(args, tuple(c for c in clients if c != "original"), outputs[0])
     return Report(
         date=now_utc(),
         machine=machine(),
@@ -402,12 +438,14 @@ async def benchmark(args: argparse.Namespace) -> Report:
             "scale": args.scale,
             "image": f"{size}x{size} PNG, {statistics.mean(len(png) for png in pngs) / 1e6:.2f} MB",
             "burst_jobs": args.burst,
+            "cold_jobs": args.cold,
             "side_by_side": args.side_by_side,
             "peak_finishes_per_s": peak_finishes,
         },
         rounds=rounds,
         burst=burst,
         duration_s=time.monotonic() - begun,
+        cold=cold,
     )
 
 
@@ -523,6 +561,13 @@ def targets(report: Report) -> list[tuple[str, bool]]:
             checks.append((f"429 burst: no job lost ({ours_burst.lost})", ours_burst.lost == 0))
             peak = ours_burst.peak_status_per_window
             checks.append((f"429 burst: peak {peak} status req/10 s <= {STATUS_LIMIT.requests}", peak <= 2000))
+    cold = next((r for r in (report.cold or {}).get("cold", []) if r.client == "ours"), None)
+    if cold is not None:
+        per_job, p50 = cold.status_per_job, cold.lag_p50 or 0.0
+        limit, lag = COLD_TARGETS["status_per_job"], COLD_TARGETS["lag_p50"]
+        checks.append((f"cold start: {per_job:.1f} status req/job <= {limit:g}", per_job <= limit))
+        checks.append((f"cold start: lag p50 {p50:.2f} s <= {lag}", p50 <= lag))
+        checks.append((f"cold start: every job done ({cold.ok}/{cold.n})", cold.ok == cold.n))
     return checks
 
 
@@ -561,6 +606,15 @@ def markdown(report: Report) -> str:
             f"## 429 burst ({s['burst_jobs']} jobs per client, 6 s runs; every /status refused for 5 s)",
             "",
             burst_table(report.burst),
+        ]
+    for label, results in (report.cold or {}).items():
+        known = "knowing no run time of the endpoint" if label == "cold" else "ours knowing 32 earlier runs"
+        parts += [
+            "",
+            f"## Cold start, {label} ({s.get('cold_jobs')} jobs on one endpoint submitted together, queued 0-4 s, "
+            f"run 3-8 s; side by side; {known})",
+            "",
+            round_table(results),
         ]
     checks = targets(report)
     if checks:
@@ -639,6 +693,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--side-by-side", type=int, default=0, help="clients share a round up to this N (faster, but they contend)"
     )
     parser.add_argument("--burst", type=int, default=None, help="jobs per client in the 429 burst (0: skip)")
+    parser.add_argument("--cold", type=int, default=None, help="jobs in the cold-start rounds (0: skip)")
     parser.add_argument("--results", type=Path, default=None, help="write the Markdown report here")
     parser.add_argument("--json", type=Path, default=None, help="write the raw numbers here")
     args = parser.parse_args(argv)
@@ -648,6 +703,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.jobs = [20] if args.quick else [100, 1000]
     if args.burst is None:
         args.burst = 20 if args.quick else 100
+    if args.cold is None:
+        args.cold = 10 if args.quick else 50
     if args.clients is None:
         args.clients = [client for client in CLIENTS if client == "ours" or peers.available(client)]
         missing = sorted(set(CLIENTS) - set(args.clients))

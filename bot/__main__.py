@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(a PaaS release phase), then exit",
     )
     commands.add_parser("check", help="check the configuration, token, commands, database and RunPod; then exit")
-    generate.add_arguments(commands.add_parser("generate", help="run one job from the terminal and save the PNG"))
+    generate.add_arguments(
+        commands.add_parser("generate", help="paint from the terminal and save the pictures as PNG files")
+    )
     return parser
 
 
@@ -159,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         if args.command == "generate":
             configure_logging(settings.log_level, sys.stderr, settings.secrets)  # stdout carries the saved paths
-            for path in asyncio.run(generate.generate(args, settings)):
-                print(path)
+            asyncio.run(generate.generate(args, settings))  # names each saved picture on stdout as it is saved
             return 0
         configure_logging(settings.log_level, sys.stdout, settings.secrets)
         asyncio.run(run_bot(settings, command=args.command or "run"))

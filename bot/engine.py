@@ -98,7 +98,10 @@ LOCAL_MODE_NOTE = (
     "RUNPOD_BASE_URL {url} is RunPod's local test server (python handler.py --rp_serve_api): no key is sent, each "
     "job runs inside its status request, and jobs cannot be cancelled there"
 )
-_LARGE_ANSWER = 256 * 1024  # bytes; status answers without a picture are a few hundred
+# What RunPod's local test server answers to /status of a job it does not have (runpod's rp_fastapi `_sim_status`):
+# never a worker's failure.
+LOCAL_UNKNOWN_JOB = "Job ID not found"
+LARGE_ANSWER = 256 * 1024  # bytes; status answers without a picture are a few hundred
 # How many requests one API key may have in flight at once, as a share of the session's pooled connections (100 by
 # default, bot/__main__.py): a server whose jobs all finish together leaves the others three quarters of them.
 _KEY_SHARE = 4
@@ -223,7 +226,7 @@ class _Turn:
 
     async def admit(self, size: int) -> None:
         """`RunPodClient`'s admit hook: a large answer is read only with a turn in hand."""
-        if self._held or 0 <= size < _LARGE_ANSWER:
+        if self._held or 0 <= size < LARGE_ANSWER:
             return
         if self._wait_in_socket:
             await self.wait()
@@ -251,15 +254,16 @@ async def submit_job(
     workflow: Any = None,
     image: bytes | None = None,
     execution_timeout_s: float | None = None,
+    start_size: tuple[int, int] | None = None,
     webhook: str | None = None,
 ) -> JobStatus:
     """Build the worker's input and POST /run. `params` must carry a seed; `image` is the picture to start from,
-    for a worker that takes it in base64 (`WorkerPreset.image_input`); `webhook` is where RunPod says the job
-    ended (bot/push.py)."""
+    for a worker that takes it in base64 (`WorkerPreset.image_input`), and `start_size` that picture's size;
+    `webhook` is where RunPod says the job ended (bot/push.py)."""
     if image is None:
-        job_input = preset.build_input(params, workflow)
+        job_input = preset.build_input(params, workflow, start_size=start_size)
     else:  # base64 and a digest of megabytes: off the event loop
-        job_input = await asyncio.to_thread(preset.build_input, params, workflow, image)
+        job_input = await asyncio.to_thread(preset.build_input, params, workflow, image, start_size)
     policy = {"executionTimeout": int(execution_timeout_s * 1000)} if execution_timeout_s else None
     status = await client.run(job_input, policy=policy, webhook=webhook)
     log.info("job %s submitted to endpoint %s (%s)", status.id, client.endpoint_id, preset.name)
@@ -336,8 +340,8 @@ async def follow_job(
                     status = None
                 result = None
                 if status is not None and status.state.is_terminal:
-                    cadence.stats.record_status(status)
-                    result = await _finish(status, context.fetcher, tenant=tenant)
+                    cadence.finished(status)
+                    result = await _finish(status, context.fetcher, tenant=tenant, local=client.local)
             finally:
                 turn.release()
             if result is not None:
@@ -382,9 +386,18 @@ def _update(status: JobStatus) -> JobUpdate:
     return JobUpdate(status.id, status.state, status.delay_ms, status.execution_ms, status.worker_id, progress)
 
 
-async def _finish(status: JobStatus, fetcher: ImageFetcher, *, tenant: object = None) -> JobResult:
+async def _finish(status: JobStatus, fetcher: ImageFetcher, *, tenant: object = None, local: bool = False) -> JobResult:
     job_id = status.id
-    log.info("job %s ended %s (queue %s ms, run %s ms)", job_id, status.state, status.delay_ms, status.execution_ms)
+    timings = [
+        f"{what} {ms} ms" for what, ms in (("queue", status.delay_ms), ("run", status.execution_ms)) if ms is not None
+    ]
+    log.info("job %s ended %s%s", job_id, status.state, f" ({', '.join(timings)})" if timings else "")
+    if local and status.state is JobState.FAILED and status.error == LOCAL_UNKNOWN_JOB:
+        raise JobExpired(
+            "RunPod's local test server no longer has this job: it forgets each job once a status request has run "
+            "it, so a job cannot be resumed there.",
+            job_id,
+        )
     if status.state is JobState.FAILED:
         raise JobFailed(describe_worker_error(status.error, status.output), job_id)
     if status.state is JobState.CANCELLED:

@@ -101,6 +101,14 @@ class JobError(BotError):
         self.job_id = job_id
 
 
+# What a member is told when the worker could not fetch or open the picture an image job starts from.
+START_UNREAD = "The worker could not read the picture to start from."
+# How workers say so in their own words: Pillow on bytes that are no picture (worker-sdxl opens whatever its URL
+# answered: `cannot identify image file <_io.BytesIO object at 0x...>`), diffusers' `load_image` on an address it
+# cannot fetch ("Incorrect path or url, URLs must start with http:// or https://").
+_START_UNREAD_SIGNS = ("cannot identify image file", "unidentifiedimageerror", "incorrect path or url")
+
+
 class JobFailed(JobError):
     """RunPod reported FAILED; the message is the worker's own error text (for Info, logs and the terminal),
     and `for_members` says it in a member's words."""
@@ -110,11 +118,23 @@ class JobFailed(JobError):
     @property
     def for_members(self) -> str:
         text = str(self).lower()
+        if any(sign in text for sign in _START_UNREAD_SIGNS):  # the worker's words, with an object's address in them
+            return START_UNREAD
         if "out of memory" in text or "outofmemory" in text:
             what = "The GPU ran out of memory painting this. Try a smaller size or fewer pictures."
         else:
             what = "The worker stopped with an error before the picture was done. Press Retry to try again."
         return f"{what} If it keeps happening, ask a server admin: the worker's own words are under Info."
+
+
+class StartPictureUnread(JobFailed):
+    """An image job whose worker painted from its text alone: the Stable Diffusion v1 worker does so, saying
+    nothing, when it cannot fetch the picture to start from (docs/image-to-image.md), and a picture of another size
+    than the start's gives it away. The message says what the bot saw, for Info."""
+
+    @property
+    def for_members(self) -> str:
+        return START_UNREAD
 
 
 class JobCancelled(JobError):

@@ -28,8 +28,8 @@ from bot.clock import monotonic, wall_clock
 from bot.config import Settings
 from bot.crypto import Vault
 from bot.endpoints import Endpoint, Endpoints
-from bot.engine import JobResult, JobUpdate, RunPodContext, follow_job, submit_job
-from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut
+from bot.engine import LARGE_ANSWER, JobResult, JobUpdate, RunPodContext, follow_job, submit_job
+from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut, StartPictureUnread
 from bot.lifecycle import ENDINGS, LedgerState
 from bot.metrics import Metrics
 from bot.params import GenerationParams
@@ -124,7 +124,8 @@ class LiveJob:
 
     @property
     def context(self) -> str:
-        return f"job {self.job_id} guild {self.record.guild_id} endpoint {self.endpoint.endpoint_id}"
+        guild = f" guild {self.record.guild_id}" if self.record.guild_id is not None else ""
+        return f"job {self.job_id}{guild} endpoint {self.endpoint.endpoint_id}"
 
 
 @dataclass
@@ -138,6 +139,7 @@ class Parts:
     sent: int = 0
     params: GenerationParams | None = None  # as sent: with the start picture's address, once it is prepared
     image: bytes | None = None  # the start picture, for a worker that takes it as base64
+    start_size: tuple[int, int] | None = None  # the start picture's size as sent; not known after a restart
 
     @property
     def unsent(self) -> int:
@@ -185,14 +187,20 @@ class PartSender:
                 if parts.params is None:
                     job.record = await self._storage.submitting(job.record)
                     budget = self._runpod.fetcher.budget
-                    parts.params, parts.image = await start_picture.prepare(
+                    parts.params, parts.image, parts.start_size = await start_picture.prepare(
                         self._discord, budget, job.presenter, job.params, preset, tenant=job.record.guild_id
                     )
                 part = preset.parts(parts.params)[parts.sent]
                 client = self._endpoints.client(job.endpoint)
                 webhook = self._webhooks.url(job.record.request_id, parts.sent) if self._webhooks else None
                 status = await submit_job(
-                    client, part, preset, workflow=job.endpoint.workflow, image=parts.image, webhook=webhook
+                    client,
+                    part,
+                    preset,
+                    workflow=job.endpoint.workflow,
+                    image=parts.image,
+                    start_size=parts.start_size,
+                    webhook=webhook,
                 )
             except BotError as error:
                 if not parts.sent:
@@ -362,7 +370,7 @@ class JobRunner:
                 planned = len(job.endpoint.preset.parts(job.params.with_seed()))
                 job.tickets = self.queue.join_set(guild_id, job.record.user_id, job.policy, parts=planned)
                 job.parts = Parts(planned)
-                log.info("%s: waiting for a turn, place %s", job.context, self.queue.position(job.tickets[0]) or "-")
+                log.info("%s: waiting for a turn%s", job.context, _place(self.queue, job))
                 await self._wait_for_turn(job, job.tickets[0])
             else:  # followed on after a restart: what is on RunPod takes its slots whatever the limits say
                 job.tickets = [
@@ -467,13 +475,13 @@ class JobRunner:
             limit=job.policy.max_wall_seconds,
         ):
             if isinstance(event, JobResult):
-                return event
+                return _painted_from_start(job, event)
             was = job.record.state
             job.status.saw(event, self.options.clock())
             if job.record.state is not LedgerState.COMPLETED:  # resumed after its pictures arrived: only fetch
                 job.record = await _recorded(self._storage, job.record, event, job.status.painting_since)
             if job.record.state is not was:
-                log.info("%s: %s on RunPod (worker %s)", job.context, job.record.state, event.worker_id or "-")
+                log.info("%s: %s on RunPod%s", job.context, job.record.state, _known(" (worker {})", event.worker_id))
             await self._show_status(job, client)
         raise AssertionError("follow_job ends with a result or an error")
 
@@ -585,6 +593,32 @@ ENDED_BY: dict[type[BotError], LedgerState] = {
 }
 
 
+def _known(text: str, value: object) -> str:
+    """`text` with `value` in it, or nothing where the value is not known: a log line prints no `None` or `-`."""
+    return "" if value is None or value == "" else text.format(value)
+
+
+def _place(queue: FairQueue, job: LiveJob) -> str:
+    return _known(", place {}", queue.position(job.tickets[0]))
+
+
+def _painted_from_start(job: LiveJob, result: JobResult) -> JobResult:
+    """The result, unless its worker painted from the text alone where it was to start from a picture (it could
+    not fetch it and said nothing): those pictures would be posted as the member's variation or upscale."""
+    start = job.parts.start_size
+    if start is None:
+        return result
+    preset = job.endpoint.preset
+    for image in result.images:
+        if not preset.painted_from_start(start, (image.width, image.height)):
+            raise StartPictureUnread(
+                f"The worker painted a {image.width}×{image.height} picture from the text alone, not from the "
+                f"{start[0]}×{start[1]} picture to start from: it could not fetch that picture.",
+                result.job_id,
+            )
+    return result
+
+
 async def own_parts_painting(job: LiveJob, client: RunPodClient) -> int | None:
     """How many of the job's own parts behind the one followed now are painting, so the status does not count
     their workers as busy with others' jobs; None when unknown (RunPod's local server reads a result once)."""
@@ -594,13 +628,26 @@ async def own_parts_painting(job: LiveJob, client: RunPodClient) -> int | None:
     painting = 0
     for runpod_job_id in behind:
         try:
-            status = await client.status(runpod_job_id)
+            status = await client.status(runpod_job_id, admit=_no_pictures)
+        except _PicturesIn:  # it has ended: its pictures are read once, with a turn, when it is followed
+            job.status.parts_done.add(runpod_job_id)
+            continue
         except BotError:
             return None
-        if status.state.is_terminal:  # its output (the pictures) is not read again until it is followed
+        if status.state.is_terminal:
             job.status.parts_done.add(runpod_job_id)
         painting += status.state is JobState.IN_PROGRESS
     return painting
+
+
+class _PicturesIn(Exception):
+    """A part's answer large enough to hold its pictures: left unread (its connection let go)."""
+
+
+async def _no_pictures(size: int) -> None:
+    """`RunPodClient.status`'s admit hook for a look at a part's state only: no answer with pictures is read."""
+    if not 0 <= size < LARGE_ANSWER:
+        raise _PicturesIn
 
 
 async def _recorded(storage: Storage, record: JobRecord, event: JobUpdate, since: datetime | None) -> JobRecord:

@@ -68,6 +68,10 @@ class WorkerPreset:
     # sent scaled down, an upscale is enlarged up to it. By default a 2x upscale of a 1024x1024 picture.
     max_start_pixels: int = 2048 * 2048
     check: Check | None = None  # the preset's own refusals (e.g. a ComfyUI template unfit for the job)
+    # Its image-to-image path paints at the start picture's size, and a start it cannot fetch silently becomes a
+    # text-to-image job at `width`/`height` (the Stable Diffusion v1 worker, docs/image-to-image.md): the size of
+    # what comes back tells the two apart.
+    paints_at_start_size: bool = False
     # What its builder sends when the member chose none (the same constants it is built with); None: unknown.
     default_steps: int | None = None
     default_guidance: float | None = None
@@ -150,6 +154,26 @@ class WorkerPreset:
             )
         raise InvalidParams(f"This endpoint's worker ({self.name}) makes at most {plural(most, 'picture')} per job.")
 
+    @staticmethod
+    def painted_size(start: tuple[int, int]) -> tuple[int, int]:
+        """The size an image job from a picture of size `start` comes back at: diffusers' img2img rounds each side
+        down to a multiple of 8 (`preprocess`)."""
+        return start[0] - start[0] % 8, start[1] - start[1] % 8
+
+    def painted_from_start(self, start: tuple[int, int], painted: tuple[int, int]) -> bool:
+        """Whether a picture of size `painted` can be this worker's image job from a picture of size `start`:
+        always, unless the worker `paints_at_start_size`."""
+        return not self.paints_at_start_size or painted in (start, self.painted_size(start))
+
+    def _unlike_start(self, start: tuple[int, int], width: int, height: int) -> tuple[int, int]:
+        """`width`/`height` for an image job of a worker that `paints_at_start_size` (its image path ignores them),
+        chosen unlike the start's size, so a picture painted from the text alone is told apart."""
+        start_sizes = (start, self.painted_size(start))
+        if (width, height) not in start_sizes:
+            return width, height
+        nearest_first = sorted(self.sides or (height - 64, height + 64), key=lambda side: (abs(side - height), side))
+        return width, next(side for side in nearest_first if (width, side) not in start_sizes)
+
     def takes_image(self, workflow: Any = None) -> bool:
         """Whether image jobs can run on this endpoint, its workflow template included (Vary/Upscale, `image:`)."""
         if not self.can_start_from_image:
@@ -164,11 +188,18 @@ class WorkerPreset:
         """Whether Zoom Out and Pan can run on this endpoint: a picture and a mask of where to paint go in."""
         return self.takes_mask and self.takes_image(workflow) and "mask" in workflow_placeholders(workflow)
 
-    def build_input(self, params: GenerationParams, workflow: Any = None, image: bytes | None = None) -> dict[str, Any]:
+    def build_input(
+        self,
+        params: GenerationParams,
+        workflow: Any = None,
+        image: bytes | None = None,
+        start_size: tuple[int, int] | None = None,
+    ) -> dict[str, Any]:
         """The `input` object for POST /run. `params` must carry a seed (`params.with_seed()`).
 
         For an image job (`params.image_url`), a "base64" preset needs the picture's `image` bytes, downloaded
         (and, for an upscale, enlarged if wanted) by the caller; a "url" preset sends the URL and ignores them.
+        `start_size` is the size of the picture sent, where known (`painted_from_start` checks the result).
         """
         if params.seed is None:
             raise ValueError("build_input needs a concrete seed")
@@ -182,6 +213,8 @@ class WorkerPreset:
                 params.image_url, start_strength(params), image if self.image_input == "base64" else None
             )
         width, height = self.job_size(params)
+        if start is not None and start_size is not None and self.paints_at_start_size:
+            width, height = self._unlike_start(start_size, width, height)
         return self.build(params, width, height, workflow, start)
 
 
@@ -409,6 +442,7 @@ PRESETS: dict[str, WorkerPreset] = {
             sides=(128, 256, 384, 448, 512, 576, 640, 704, 768),
             image_input="url",  # rp_handler.py downloads init_image over HTTP(S)
             max_start_pixels=1024 * 768,  # a larger init image may run out of GPU memory (docs/image-to-image.md)
+            paints_at_start_size=True,  # and paints text-to-image, saying nothing, when that download fails
             default_steps=SD15_STEPS,
             default_guidance=SD15_GUIDANCE,
         ),

@@ -54,8 +54,9 @@ async def prepare(
     preset: WorkerPreset,
     *,
     tenant: object = None,
-) -> tuple[GenerationParams, bytes | None]:
-    """The job's parameters and the bytes its worker takes as base64 (None where it fetches a URL itself).
+) -> tuple[GenerationParams, bytes | None, tuple[int, int] | None]:
+    """The job's parameters, the bytes its worker takes as base64 (None where it fetches a URL itself) and the size
+    of the picture sent (None for a text job): what the worker's picture is checked against (`painted_from_start`).
 
     The picture is read and its header checked first, so a file that only claims to be a picture, or one deleted
     since, is refused before any GPU time is paid. It is sent no larger than the worker takes
@@ -63,14 +64,15 @@ async def prepare(
     enlarged up to that size) and re-encoded here, on the pictures' thread in `tenant`'s turn, its memory held from
     the budget. A worker that fetches URLs finds a picture made here attached to the job's own status message."""
     if params.image_url is None:
-        return params, None
+        return params, None, None
     if not from_discord(params.image_url):  # only Discord's payloads put a URL here; never fetch another
         raise BotError(f"{_WHERE} is not on Discord's CDN, so it was not fetched.")
     data = await _read(client, params.image_url)
     try:
         header = await budget.run(0, functools.partial(read_header, data, _WHERE), tenant=tenant)
         if params.outpaint is not None:  # Zoom Out, Pan: only on a worker that takes base64 (bot/presets.py)
-            return params, await _canvas(budget, data, header, params.outpaint, preset, tenant)
+            canvas, size = await _canvas(budget, data, header, params.outpaint, preset, tenant)
+            return params, canvas, size
         factor = UPSCALE_FACTOR if params.upscale else 1
         size = start_size(header.width, header.height, factor=factor, max_pixels=preset.max_start_pixels)
         as_sent = size == (header.width, header.height) and (
@@ -85,19 +87,20 @@ async def prepare(
     except OutputError as error:  # the member's file, not the worker's output: no admin can fix it
         raise InvalidParams(str(error)) from None
     if preset.image_input == "base64":
-        return params, data
+        return params, data, size
     if as_sent:
-        return params, None  # the worker fetches it from Discord itself
+        return params, None, size  # the worker fetches it from Discord itself
     url = await presenter.start_picture(data)
     if url is None:
         raise BotError("The picture to start from could not be posted for the worker to fetch. Try again.")
-    return dataclasses.replace(params, image_url=url), None
+    return dataclasses.replace(params, image_url=url), None, size
 
 
 async def _canvas(
     budget: MemoryBudget, data: bytes, header: ImageHeader, outpaint: str, preset: WorkerPreset, tenant: object
-) -> bytes:
-    """The picture on the canvas a Zoom Out or Pan paints, within the worker's size, made on the pictures' thread."""
+) -> tuple[bytes, tuple[int, int]]:
+    """The picture on the canvas a Zoom Out or Pan paints, within the worker's size, made on the pictures' thread;
+    and the canvas's size."""
     size = canvas_size(header.width, header.height, outpaint, max_pixels=preset.max_start_pixels)
     needed = prepare_bytes(header, size) + size[0] * size[1] * RESULT_BYTES_PER_PIXEL
     if needed > budget.limit:
@@ -105,7 +108,7 @@ async def _canvas(
     make = functools.partial(
         make_canvas, data, _WHERE, outpaint, max_pixels=preset.max_start_pixels, max_bytes=MAX_START_BYTES
     )
-    return await budget.run(needed, make, tenant=tenant)
+    return await budget.run(needed, make, tenant=tenant), size
 
 
 async def _read(client: discord.Client, url: str) -> bytes:

@@ -402,7 +402,7 @@ class Imagine(commands.Cog):
         with contextlib.suppress(discord.NotFound):  # deleted already: the member's wish holds
             await channel.get_partial_message(int(target)).delete()
         await interaction.edit_original_response(content="Deleted.", view=None)
-        log.info("job %s: result message %s deleted by user %s", record.runpod_job_id, target, interaction.user.id)
+        log.info("%s: result message %s deleted by user %s", _logged(record), target, interaction.user.id)
 
     async def _cancel(self, interaction: discord.Interaction[ImagineBot], record: JobRecord) -> None:
         if record.delivered_at is not None or not self.bot.runner.is_live(record.request_id):
@@ -414,10 +414,13 @@ class Imagine(commands.Cog):
         except BotError as error:
             await interaction.followup.send(f"Could not cancel: {error.explanation}", ephemeral=True)
             return
-        log.info(
-            "job %s (request %s): cancelled by user %s", record.runpod_job_id, record.request_id, interaction.user.id
-        )
+        log.info("%s: cancelled by user %s", _logged(record), interaction.user.id)
         await interaction.followup.send("Cancelled.", ephemeral=True)
+
+
+def _logged(record: JobRecord) -> str:
+    """A job as a log line names it: its request, and its RunPod job once it has one (never `None`)."""
+    return f"request {record.request_id}" + (f" (job {record.runpod_job_id})" if record.runpod_job_id else "")
 
 
 class EditModal(BoundForm):

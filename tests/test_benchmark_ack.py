@@ -33,6 +33,10 @@ async def test_quick_ack_benchmark_answers_every_interaction_and_delivers_each_p
         assert len(carrying) == 1
         assert carrying[0].token == interaction.token
 
+    # The ack splits where the bot's client received the interaction: it did so before answering it.
+    assert all(ack.received_s is not None and ack.ack_s is not None for ack in report.acks)
+    assert all(0 <= ack.received_s <= ack.ack_s for ack in report.acks)
+
     # The report counts what the double saw.
     summary = summarise(report)
     assert summary.in_time == summary.members == 30
@@ -47,3 +51,4 @@ async def test_quick_ack_benchmark_answers_every_interaction_and_delivers_each_p
     assert "| interactions acknowledged in time (callback accepted within 3 s) | 30/30 | 30/30 |" in text
     assert "| pictures delivered exactly once, each on its own member's message | 30/30 | 30/30 |" in text
     assert "python -m benchmarks.ack --quick" in text
+    assert "| ack, gateway's part: dispatched -> the bot's client has it, s: p50 / p99 / max |" in text

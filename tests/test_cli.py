@@ -6,6 +6,8 @@ import asyncio
 import io
 import json
 import os
+import re
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,26 +34,50 @@ class Finished:
     stderr: str
 
 
-async def generate(tmp_path, *args: str, env: dict[str, str] | None = None, runpod=None) -> Finished:
+async def start_generate(
+    tmp_path, *args: str, env: dict[str, str] | None = None, runpod=None, outdir: bool = True
+) -> asyncio.subprocess.Process:
+    """`python -m bot generate` as a process in `tmp_path`, saving to `tmp_path/out` (the default, spelled out
+    unless `outdir` is False)."""
     environment = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
     if runpod is not None:
         environment |= {"RUNPOD_API_KEY": API_KEY, "RUNPOD_ENDPOINT_ID": ENDPOINT, "RUNPOD_API_URL": runpod.api_url}
     environment |= env or {}
-    process = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bot",
         "generate",
-        "--outdir",
-        str(tmp_path / "out"),
+        *(("--outdir", str(tmp_path / "out")) if outdir else ()),
         *args,
         cwd=tmp_path,
         env=environment,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def generate(
+    tmp_path, *args: str, env: dict[str, str] | None = None, runpod=None, outdir: bool = True
+) -> Finished:
+    process = await start_generate(tmp_path, *args, env=env, runpod=runpod, outdir=outdir)
     stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
     return Finished(process.returncode, stdout.decode(), stderr.decode())
+
+
+async def interrupt_when(process: asyncio.subprocess.Process, said: str) -> Finished:
+    """Ctrl-C the process once its stderr has a line containing `said`; what it wrote, all told."""
+    assert process.stderr is not None and process.stdout is not None
+    lines = []
+    while True:
+        line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
+        assert line, "".join(lines)
+        lines.append(line)
+        if said in line:
+            break
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    return Finished(process.returncode, stdout.decode(), "".join(lines) + stderr.decode())
 
 
 async def test_generate_saves_the_workers_picture_as_job_id_png(tmp_path, runpod):
@@ -86,6 +112,67 @@ async def test_several_images_are_numbered(tmp_path, runpod):
     (job_id,) = runpod.jobs
     assert [(tmp_path / "out" / f"{job_id}-{n}.png").read_bytes() for n in (1, 2)] == pngs
     assert runpod.jobs[job_id].input["batch_size"] == 2
+
+
+async def test_four_pictures_on_sdxl_run_as_two_jobs_as_imagine_does_and_all_four_are_saved(tmp_path, runpod):
+    """worker-sdxl makes at most 2 pictures a job: `--count 4` sends two, the second's seed after the first's
+    pictures, and saves every picture, without `--outdir` in ./out/, made for them."""
+    pngs = [make_png(seed=n) for n in range(4)]
+    runpod.script_next(
+        Script(run_s=0.3, output=outputs.sdxl(*pngs[:2])), Script(run_s=0.6, output=outputs.sdxl(*pngs[2:]))
+    )
+    finished = await generate(
+        tmp_path, "--prompt", "four owls", "--seed", "7", "--count", "4", runpod=runpod, outdir=False
+    )
+    assert finished.code == 0, finished.stderr
+    first, second = runpod.jobs
+    assert [(job.input["num_images"], job.input["seed"]) for job in runpod.jobs.values()] == [(2, 7), (2, 9)]
+    saved = [tmp_path / "out" / f"{job_id}-{n}.png" for job_id in (first, second) for n in (1, 2)]
+    assert finished.stdout.split() == [str(path.relative_to(tmp_path)) for path in saved]
+    assert [path.read_bytes() for path in saved] == pngs
+    assert f"job {first} submitted (seed 7; job 1 of 2, 2 pictures)" in finished.stderr
+    assert f"job {second} submitted (seed 9; job 2 of 2, 2 pictures)" in finished.stderr
+
+
+async def test_a_set_keeps_the_pictures_of_the_job_that_worked_when_the_other_fails(tmp_path, runpod):
+    pngs = [make_png(seed=n) for n in range(3)]
+    runpod.script_next(
+        Script(outcome="FAILED", error=outputs.RUNPOD_PYTHON_ERROR), Script(run_s=0.3, output=outputs.sdxl(*pngs[:1]))
+    )
+    finished = await generate(tmp_path, "--prompt", "three owls", "--count", "3", runpod=runpod)
+    assert finished.code == 1
+    failed, worked = runpod.jobs
+    assert finished.stdout.split() == [str(tmp_path / "out" / f"{worked}.png")]
+    assert (tmp_path / "out" / f"{worked}.png").read_bytes() == pngs[0]
+    lines = finished.stderr.strip().splitlines()
+    assert f"job {failed}: The worker failed: CUDA out of memory" in finished.stderr
+    assert lines[-1] == "error: 1 picture saved; 1 of 2 jobs gave none."
+
+
+async def test_a_set_runpod_stops_taking_cancels_the_job_already_sent(tmp_path, runpod):
+    runpod.script_next(Script(queue_s=60))
+    runpod.set_rate_limit("run", 1, 600)  # the second /run keeps getting 429
+    finished = await generate(tmp_path, "--prompt", "x", "--count", "4", runpod=runpod)
+    (sent,) = runpod.jobs
+    assert finished.code == 1
+    assert [request.job_id for request in runpod.requests_for("cancel")] == [sent]
+    lines = finished.stderr.strip().splitlines()
+    assert lines[-2:] == [
+        f"job {sent} cancelled on RunPod: the rest of the set could not be sent",
+        "error: RunPod kept answering 429 (rate limited); try again in a minute.",
+    ]
+
+
+async def test_ctrl_c_names_every_unfinished_job_of_a_set_to_resume(tmp_path, runpod):
+    runpod.script_next(Script(queue_s=60), Script(queue_s=60))
+    process = await start_generate(tmp_path, "--prompt", "x", "--count", "4", runpod=runpod)
+    finished = await interrupt_when(process, "in queue")
+    first, second = runpod.jobs
+    assert finished.code == 130
+    assert finished.stderr.strip().splitlines()[-1] == (
+        f"interrupted: jobs {first}, {second} keep running on RunPod; resume with --id {first} --id {second}"
+    )
+    assert "Traceback" not in finished.stderr
 
 
 async def test_resume_with_id_polls_without_submitting(tmp_path, runpod, client):
@@ -145,9 +232,8 @@ async def test_bad_key_and_bad_input(tmp_path, runpod):
         1,
         "error: RunPod refused the API key (401). Check that the key is valid and has access.",
     )
-    finished = await generate(tmp_path, "--prompt", "x", "--count", "3", runpod=runpod)
-    assert finished.code == 1
-    assert "at most 2 pictures per job" in finished.stderr
+    finished = await generate(tmp_path, "--prompt", "x", "--count", "5", runpod=runpod)
+    assert (finished.code, finished.stderr) == (1, "error: Count must be between 1 and 4.\n")
     assert runpod.requests_for("run") == [runpod.requests_for("run")[0]]  # only the bad-key attempt reached RunPod
 
 
@@ -193,6 +279,8 @@ async def test_log_level_debug_shows_the_engine_but_never_the_key(tmp_path, runp
     assert polls >= 2
     assert finished.stderr.count("; next poll in ") == polls  # the answer to /run, then all but the last
     assert "worker ?" not in finished.stderr
+    (ended,) = [line for line in finished.stderr.splitlines() if " ended COMPLETED" in line]
+    assert re.search(r"ended COMPLETED \(queue \d+ ms, run \d+ ms\)$", ended), ended
 
 
 HOSTILE_PROGRESS = "\x1b]0;pwned\x07step\x1b[2J 2/4\rEVIL \x1b]8;;http://evil\x07link\x1b]8;;\x07 \x9b2J"
@@ -305,3 +393,12 @@ async def test_a_hostile_job_id_cannot_rewrite_the_terminal_through_notes_or_log
     assert_nothing_but_text(finished.stderr)
     assert "INFO    bot.engine: job job" in finished.stderr  # the log line, made printable too
     assert "submitted (seed" in finished.stderr and "pwned" in finished.stderr
+
+
+def test_help_speaks_of_pictures_and_the_default_folder(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--count COUNT how many pictures (1-4; as with /imagine, several jobs" in shown
+    assert "(default: out/)" in shown
+    assert "images in one job" not in shown

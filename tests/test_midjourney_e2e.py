@@ -527,7 +527,9 @@ async def test_an_8_mb_image_prompt_on_a_base64_worker_is_re_encoded_to_fit_runp
 async def test_an_image_prompt_larger_than_sd15_takes_is_sent_scaled_down_to_it(runpod):
     """The SD v1 worker runs out of GPU memory past 1024x768 worth of pixels (docs/image-to-image.md)."""
     async with running_bot(runpod, settings=settings_for(runpod, runpod_worker="sd15")) as harness:
-        harness.runpod.default_script = painted
+        # the worker paints an image job at the size of the picture it fetched
+        painted_size = PRESETS["sd15"].painted_size(start_size(1600, 1200, max_pixels=1024 * 768))
+        harness.runpod.default_script = lambda job_input: Script(output=outputs.sd_v1(make_png(*painted_size)))
         option = harness.discord.attachment_option(make_png(1600, 1200, seed=4), "large.png", "image/png")
         interaction = await harness.imagine("from a large one", image=option)
         await harness.discord.wait_for(lambda: harness.runpod.jobs)

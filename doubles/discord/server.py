@@ -158,7 +158,9 @@ class DiscordDouble:
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        # Discord's edge takes hundreds of new connections at once; aiohttp's default backlog (128) would drop
+        # the SYNs past it and their clients would wait out a 1 s retransmission (benchmarks/ACK-RESULTS.md).
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
