@@ -10,6 +10,7 @@ A client still busy at the config's `deadline` is stopped there and reports what
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -17,10 +18,13 @@ import resource
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.workload import JobSpec, prompt_for
+
+if TYPE_CHECKING:
+    from bot.push import Wakeups, WebhookAddresses
 
 JobRow = list[Any]  # [index, job id | None, decoded_at | None, error | None]
 Rows = dict[int, JobRow]  # filled in as jobs go, so a stopped client still says what it did
@@ -49,8 +53,10 @@ async def sleep_until(moment: float) -> None:
         await asyncio.sleep(delay)
 
 
-async def run_ours(config: dict[str, Any], rows: Rows) -> None:
-    """The bot's own path: `submit_job`, then `follow_job`, all jobs sharing one `RunPodContext`."""
+async def run_ours(config: dict[str, Any], rows: Rows, *, push: bool = False) -> None:
+    """The bot's own path: `submit_job`, then `follow_job`, all jobs sharing one `RunPodContext`. With `push`, as
+    the bot runs with PUBLIC_URL: each job asks for a webhook at this process's own web server, which wakes its
+    follower (`bot.push`), and polls stay sparse."""
     import aiohttp
 
     from bot.config import Secret
@@ -59,9 +65,14 @@ async def run_ours(config: dict[str, Any], rows: Rows) -> None:
     from bot.images import ImageFetcher
     from bot.params import GenerationParams
     from bot.presets import PRESETS
+    from bot.push import Wakeups
 
     key, endpoints = Secret(config["api_key"]), config["endpoints"]
-    async with aiohttp.ClientSession() as session, ImageFetcher() as fetcher:
+    wakeups = Wakeups()
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        fetcher = await stack.enter_async_context(ImageFetcher())
+        webhooks = await stack.enter_async_context(webhook_server(wakeups)) if push else None
         context = RunPodContext(session, fetcher, api_url=config["api_url"])
 
         # A bot that has run before knows its endpoints' run times (e.g. from its job ledger).
@@ -73,19 +84,55 @@ async def run_ours(config: dict[str, Any], rows: Rows) -> None:
         async def one(spec: JobSpec) -> None:
             await sleep_until(config["t0"] + spec.arrival_s)
             client, row = context.client(key, endpoints[spec.endpoint]), rows[spec.index]
+            wakeups.open(spec.index)
             try:
                 params = GenerationParams(prompt_for(spec.index), seed=spec.index)
-                submitted = await submit_job(client, params, PRESETS["sdxl"])
+                webhook = webhooks.url(spec.index, 0) if webhooks else None
+                submitted = await submit_job(client, params, PRESETS["sdxl"], webhook=webhook)
                 row[1] = submitted.id
-                async for event in follow_job(context, client, row[1], timeout=config["timeout"], submitted=submitted):
+                wakeup = wakeups.line(spec.index, 0) if webhooks else None
+                timeout = config["timeout"]
+                async for event in follow_job(
+                    context, client, row[1], timeout=timeout, submitted=submitted, wakeup=wakeup
+                ):
                     if isinstance(event, JobResult):
                         row[2:] = [time.monotonic(), None]
                         return
                 row[3] = "ended without a result"
             except BotError as error:
                 row[3] = f"{type(error).__name__}: {error}"
+            finally:
+                wakeups.close(spec.index)
 
         await until_deadline(config, [asyncio.create_task(one(spec)) for spec in job_specs(config)])
+
+
+@contextlib.asynccontextmanager
+async def webhook_server(wakeups: Wakeups) -> AsyncIterator[WebhookAddresses]:
+    """What the bot's web server does with a webhook (`bot.web`): a true address wakes its job's follower."""
+    from aiohttp import web
+
+    from bot.config import Secret
+    from bot.push import WEBHOOK_PATH, WebhookAddresses
+
+    async def webhook(request: web.Request) -> web.Response:
+        call = addresses.check(request.path)
+        if call is None or not wakeups.ring(call):
+            raise web.HTTPNotFound()
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post(WEBHOOK_PATH + "/{tail:.*}", webhook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        addresses = WebhookAddresses(f"http://127.0.0.1:{port}", [Secret("benchmark webhook secret, 32+ characters")])
+        yield addresses
+    finally:
+        await runner.cleanup()
 
 
 class DecodeMeter:
@@ -117,16 +164,17 @@ Runner = Callable[[dict[str, Any], Rows], None]
 def prepare(name: str, meter: DecodeMeter) -> Runner:
     """Import everything the client needs before the round starts (imports are not what is measured), and
     time its picture decoding: base64, then Pillow's check of the picture."""
-    if name == "ours":
+    if name in ("ours", "push"):
         importlib.import_module("aiohttp")
-        for module in ("config", "errors", "params", "presets", "runpod"):
+        importlib.import_module("aiohttp.web")
+        for module in ("config", "errors", "params", "presets", "push", "runpod"):
             importlib.import_module(f"bot.{module}")
         import bot.images as images
 
         images.find_images = meter.wrap(images.find_images)  # base64, on the pictures' thread
         images.read_header = meter.wrap(images.read_header)  # Pillow, likewise
         images.decode_image = meter.wrap(images.decode_image)
-        return lambda config, rows: asyncio.run(run_ours(config, rows))
+        return lambda config, rows: asyncio.run(run_ours(config, rows, push=name == "push"))
     from benchmarks import peers
 
     peers.prepare(name)

@@ -70,12 +70,15 @@ from doubles.runpod import RecordedRequest, RunPodDouble, Script
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key"
-CLIENTS = ("ours", "official", "original")
+CLIENTS = ("ours", "push", "official", "original")
+OWN = frozenset({"ours", "push"})  # the bot's own code: polling alone, and with RunPod's webhooks (PUBLIC_URL)
 STATUS_LIMIT = RUNPOD_RATE_LIMITS["status"]
 BURST_ENDPOINT = EndpointSpec("burst", 6.0, "comfyui")
 TARGETS = {"lag_p50": 0.25, "lag_p99": 1.0, "requests_ratio": 0.6, "cpu_ratio": 0.5, "rss_mb_at_1000": 150.0}
 COLD_ENDPOINT = EndpointSpec("cold", 5.5, "comfyui")
 COLD_TARGETS = {"status_per_job": 7.0, "lag_p50": 0.2}
+# With webhooks (issue 24): on the cold 50 jobs, and against the official client's requests at N=1000.
+PUSH_TARGETS = {"lag_p50": 0.15, "lag_p99": 0.6, "status_per_job": 3.0, "requests_ratio_at_1000": 0.2}
 
 
 @dataclass
@@ -98,6 +101,7 @@ class ClientResult:
     late_start_s: float
     stopped: bool  # still busy at the round's deadline
     killed: bool  # did not even stop then: no CPU or memory figures
+    woken: int = 0  # jobs a webhook woke (the push client's)
 
 
 @dataclass
@@ -149,6 +153,7 @@ class RoundOutcome:
     submitted: dict[str, float]
     endpoints: dict[str, list[str]]  # client -> endpoint ids by endpoint index
     t0: float
+    woken: set[str] = field(default_factory=set)  # jobs whose webhook the client answered 200 (it was following)
 
 
 def endpoint_ids(client: str, endpoints: Sequence[EndpointSpec]) -> list[str]:
@@ -184,7 +189,7 @@ async def run_round(spec: RoundSpec, *, startup: float, timeout: float, grace: f
                 "api_key": API_KEY,
                 "endpoints": ids[client],
                 "jobs": [job.to_json() for job in spec.jobs],
-                "history": list(spec.history) if spec.history and client == "ours" else None,
+                "history": list(spec.history) if spec.history and client in OWN else None,
                 "t0": t0,
                 "deadline": deadline,
                 "timeout": timeout,
@@ -229,7 +234,8 @@ async def run_round(spec: RoundSpec, *, startup: float, timeout: float, grace: f
     now = time.monotonic()
     finished = {job_id: end for job_id, job in double.jobs.items() if (end := job.finished_at(now)) is not None}
     submitted = {job_id: job.submitted_at for job_id, job in double.jobs.items()}
-    return RoundOutcome(reports, double.requests, finished, submitted, ids, t0)
+    woken = {call.job_id for call in double.webhook_calls if call.status == 200}
+    return RoundOutcome(reports, double.requests, finished, submitted, ids, t0, woken)
 
 
 async def _burst(double: RunPodDouble, t0: float, window: tuple[float, float]) -> None:
@@ -290,6 +296,7 @@ def client_result(outcome: RoundOutcome, client: str) -> ClientResult:
         late_start_s=report["late_s"],
         stopped=report["stopped"],
         killed=report.get("killed", False),
+        woken=sum(1 for _, job_id, _, _ in rows if job_id in outcome.woken),
     )
 
 
@@ -378,7 +385,7 @@ async def cold_rounds(args: argparse.Namespace, clients: tuple[str, ...], output
         horizon = max(job.arrival_s + job.queue_s + job.run_s for job in workload.jobs)
         print(f"cold start ({label}): running {', '.join(clients)} side by side...", file=sys.stderr, flush=True)
         spec = RoundSpec(clients, (COLD_ENDPOINT,), workload.jobs, (output,), known)
-        outcome = await run_round(spec, startup=3.0 if set(clients) - {"ours"} else 1.5, timeout=horizon + 120)
+        outcome = await run_round(spec, startup=3.0 if set(clients) - OWN else 1.5, timeout=horizon + 120)
         rounds[label] = [client_result(outcome, client) for client in clients]
     return rounds
 
@@ -386,7 +393,7 @@ async def cold_rounds(args: argparse.Namespace, clients: tuple[str, ...], output
 async def benchmark(args: argparse.Namespace) -> Report:
     begun = time.monotonic()
     clients = tuple(args.clients)
-    startup = 3.0 if set(clients) - {"ours"} else 1.5
+    startup = 3.0 if set(clients) - OWN else 1.5
     size = 256 if args.quick else 1024
     pngs = [make_png(seed, size) for seed in range(len(ENDPOINTS))]
     outputs = tuple(worker_output(spec.shape, png) for spec, png in zip(ENDPOINTS, pngs, strict=True))
@@ -561,6 +568,7 @@ def targets(report: Report) -> list[tuple[str, bool]]:
             checks.append((f"429 burst: no job lost ({ours_burst.lost})", ours_burst.lost == 0))
             peak = ours_burst.peak_status_per_window
             checks.append((f"429 burst: peak {peak} status req/10 s <= {STATUS_LIMIT.requests}", peak <= 2000))
+    checks.extend(push_targets(report))
     cold = next((r for r in (report.cold or {}).get("cold", []) if r.client == "ours"), None)
     if cold is not None:
         per_job, p50 = cold.status_per_job, cold.lag_p50 or 0.0
@@ -568,6 +576,28 @@ def targets(report: Report) -> list[tuple[str, bool]]:
         checks.append((f"cold start: {per_job:.1f} status req/job <= {limit:g}", per_job <= limit))
         checks.append((f"cold start: lag p50 {p50:.2f} s <= {lag}", p50 <= lag))
         checks.append((f"cold start: every job done ({cold.ok}/{cold.n})", cold.ok == cold.n))
+    return checks
+
+
+def push_targets(report: Report) -> list[tuple[str, bool]]:
+    """The webhook client against its targets: lag and requests on the cold workload, requests at N=1000."""
+    checks = []
+    cold = next((r for r in (report.cold or {}).get("cold", []) if r.client == "push"), None)
+    if cold is not None:
+        p50, p99, per_job = cold.lag_p50 or 0.0, cold.lag_p99 or 0.0, cold.status_per_job
+        checks.append(
+            (f"push, cold start: lag p50 {p50:.2f} s <= {PUSH_TARGETS['lag_p50']}", p50 <= PUSH_TARGETS["lag_p50"])
+        )
+        checks.append(
+            (f"push, cold start: lag p99 {p99:.2f} s <= {PUSH_TARGETS['lag_p99']}", p99 <= PUSH_TARGETS["lag_p99"])
+        )
+        limit = PUSH_TARGETS["status_per_job"]
+        checks.append((f"push, cold start: {per_job:.1f} status req/job <= {limit:g}", per_job <= limit))
+    by = {r.client: r for r in report.rounds.get("1000", [])}
+    push, official = by.get("push"), by.get("official")
+    if push is not None and official is not None and official.status_per_job:
+        ratio, limit = push.status_per_job / official.status_per_job, PUSH_TARGETS["requests_ratio_at_1000"]
+        checks.append((f"push, N=1000: status requests/job {ratio:.2f}x official <= {limit}x", ratio <= limit))
     return checks
 
 
@@ -706,7 +736,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if args.cold is None:
         args.cold = 10 if args.quick else 50
     if args.clients is None:
-        args.clients = [client for client in CLIENTS if client == "ours" or peers.available(client)]
+        args.clients = [client for client in CLIENTS if client in OWN or peers.available(client)]
         missing = sorted(set(CLIENTS) - set(args.clients))
         if missing:
             print(f"not installed, skipped: {', '.join(missing)} (pip install -e '.[bench]')", file=sys.stderr)

@@ -35,3 +35,13 @@ def test_a_quick_run_reports_every_field(tmp_path, capsys):
     saved = json.loads(raw.read_text())
     assert set(saved) >= {"date", "machine", "rounds", "burst", "settings"}
     assert saved["machine"]["cpus"] and saved["machine"]["python"]
+
+
+def test_the_push_client_follows_every_job_on_its_webhooks(tmp_path):
+    """The bot's path with PUBLIC_URL: each job's webhook reaches the client's own server and wakes its follower,
+    so a job costs about one /status (its wake-up), where polling alone asks several times."""
+    report = polling.main(["--quick", "--clients", "push", "--burst", "0", "--cold", "0"])
+    (push,) = report.rounds["20"]
+    assert push.client == "push" and push.ok == push.n == 20 and not push.errors
+    assert push.woken == 20  # every job's webhook reached a follower
+    assert 1 <= push.status_per_job <= 3
