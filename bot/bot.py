@@ -26,7 +26,7 @@ from bot.storage import Storage
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.admin")
+EXTENSIONS = ("cogs.imagine", "cogs.admin", "cogs.settings")
 
 
 class ImagineTree(app_commands.CommandTree["ImagineBot"]):

@@ -48,6 +48,11 @@ class Endpoint:
         """Whether its worker (and workflow template) can start from a picture: Vary, Upscale, image prompts."""
         return self.preset.takes_image(self.workflow)
 
+    @property
+    def paints_outside(self) -> bool:
+        """Whether it can paint outside a picture (Zoom Out, Pan): comfyui with {{image}} and {{mask}}."""
+        return self.preset.paints_outside(self.workflow)
+
 
 class Endpoints:
     def __init__(self, settings: Settings, storage: Storage, vault: Vault, runpod: RunPodContext) -> None:

@@ -23,6 +23,7 @@ import discord
 
 from bot import start_picture, tasks
 from bot.admission import Admission, check_quota_now
+from bot.buttons import ResultMoves
 from bot.clock import monotonic, wall_clock
 from bot.config import Settings
 from bot.crypto import Vault
@@ -340,7 +341,7 @@ class JobRunner:
             record,
             params,
             token=token,
-            can_vary=endpoint.takes_images,
+            moves=ResultMoves(vary=endpoint.takes_images, outpaint=endpoint.paints_outside),
             spoiler_outside_nsfw=policy.spoiler_outside_nsfw,
             filesize_limit=filesize_limit,
             on_channel_message=remember_channel_message,

@@ -20,6 +20,14 @@ MAX_GUIDANCE = 30.0
 MAX_IMAGE_URL_LENGTH = 2048
 DEFAULT_STRENGTH = 0.6  # how far a variation or image prompt moves from its picture unless asked otherwise
 UPSCALE_STRENGTH = 0.3  # low, so "Upscale (2x)" adds detail without repainting the picture
+# Upscale (Subtle) and Upscale (Creative): the same 2x image-to-image, keeping closer to the picture or adding more.
+UPSCALE_STRENGTHS = {"subtle": 0.2, "creative": 0.5}
+# Zoom Out <factor> and Pan <direction> (outpainting): how the canvas grows around the picture. The new area is
+# painted from noise (strength 1.0) while the mask keeps the picture itself.
+ZOOM_FACTORS = ("2", "1.5")
+PAN_DIRECTIONS = ("left", "right", "up", "down")
+PAN_GROWTH = 1.5  # a pan adds half the picture's width (or height) on its side
+OUTPAINT_STRENGTH = 1.0
 
 
 class InvalidParams(BotError):
@@ -42,6 +50,8 @@ class GenerationParams:
     # The bot's message the picture to start from is attached to (Vary, Upscale): read again for a fresh address
     # when a later Retry, Reroll or Edit reuses it, since Discord's addresses expire after about a day.
     image_message_id: int | None = None
+    # Zoom Out and Pan: "zoom:<factor>" or "pan:<direction>", painted around image_url on a larger canvas.
+    outpaint: str | None = None
     # What a job made from a picture is, for its label ("Variations (strong) of picture 3", bot/render.py): the
     # button that made it (`vary:strong`, `vary:3`, `upscale`, as its custom_id names it), the picture's number in
     # its set (None when the set had one), and who asked for that set, so a click by someone else is named.
@@ -83,6 +93,11 @@ class GenerationParams:
                 raise InvalidParams("Strength only applies when you attach a picture to start from.")
         if self.upscale and self.image_url is None:
             raise InvalidParams("Upscale needs a picture to start from.")
+        if self.outpaint is not None:
+            if outpaint_growth(self.outpaint) is None:
+                raise InvalidParams(f"{_shown(str(self.outpaint))} is not a zoom or pan this bot knows.")
+            if self.image_url is None:
+                raise InvalidParams("Zoom Out and Pan need a picture to start from.")
 
     def with_seed(self) -> GenerationParams:
         """A copy with a concrete seed, so the picture can be reproduced and re-rolled."""
@@ -94,6 +109,55 @@ class GenerationParams:
     def ratio(self) -> float:
         width, height = self.aspect_ratio.split(":")
         return int(width) / int(height)
+
+
+def outpaint_growth(outpaint: str) -> tuple[float, float, float, float] | None:
+    """How much a Zoom Out or Pan adds on each side (left, top, right, bottom), as fractions of the picture's
+    width or height; None for anything else. Zoom Out 2 adds half a picture on each side, so the picture is
+    half as wide on the new canvas; Pan left adds half a picture on the left."""
+    kind, _, value = outpaint.partition(":")
+    if kind == "zoom" and value in ZOOM_FACTORS:
+        side = (float(value) - 1) / 2
+        return side, side, side, side
+    if kind == "pan" and value in PAN_DIRECTIONS:
+        grow = PAN_GROWTH - 1
+        return {
+            "left": (grow, 0.0, 0.0, 0.0),
+            "up": (0.0, grow, 0.0, 0.0),
+            "right": (0.0, 0.0, grow, 0.0),
+            "down": (0.0, 0.0, 0.0, grow),
+        }[value]
+    return None
+
+
+@dataclass(frozen=True)
+class MemberDefaults:
+    """What a member set with /settings in one server; `/imagine` uses it where no option or flag says otherwise."""
+
+    aspect_ratio: str | None = None
+    model: str | None = None
+    count: int | None = None
+    negative_prompt: str | None = None
+    remix: bool = False  # V, Vary and Reroll open a form with the prompt (and strength) before running
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, object]) -> MemberDefaults:
+        """From the ledger's JSON; a value no longer valid (or never valid) is left out rather than refused."""
+        ratio, model, count, negative = (
+            stored.get(name) for name in ("aspect_ratio", "model", "count", "negative_prompt")
+        )
+        return cls(
+            aspect_ratio=ratio if ratio in ASPECT_RATIOS else None,
+            model=model if isinstance(model, str) and model else None,
+            count=count if type(count) is int and 1 <= count <= MAX_COUNT else None,
+            negative_prompt=negative if isinstance(negative, str) and negative.strip() else None,
+            remix=stored.get("remix") is True,
+        )
+
+    def stored(self) -> dict[str, object]:
+        """What is worth remembering: the fields that differ from having no defaults."""
+        values = dataclasses.asdict(self)
+        return {name: value for name, value in values.items() if value not in (None, False)}
 
 
 _FLAG = re.compile(r"(?:^|\s)--(ar|aspect|seed|no)\s+(\S.*?)(?=\s--\w|\s*$)", re.IGNORECASE)
@@ -119,23 +183,26 @@ def params_from_request(
     seed: int | None = None,
     steps: int | None = None,
     guidance: float | None = None,
-    count: int = 1,
+    count: int | None = None,
     image_url: str | None = None,
     strength: float | None = None,
+    defaults: MemberDefaults | None = None,
 ) -> GenerationParams:
-    """Merge explicit options with inline flags; an explicit option wins over a flag."""
+    """Merge explicit options with inline flags and the member's /settings: an explicit option wins over a flag,
+    and either over a remembered default."""
+    defaults = defaults or MemberDefaults()
     text, flags = split_inline_flags(prompt)
     if seed is None and "seed" in flags:
         seed = _whole_number("--seed", flags["seed"], MAX_SEED)
-    negatives = [part for part in (negative_prompt, flags.get("no")) if part]
+    negatives = [part for part in (negative_prompt, flags.get("no")) if part] or [defaults.negative_prompt or ""]
     return GenerationParams(
         prompt=text,
-        negative_prompt=", ".join(negatives) or None,
-        aspect_ratio=aspect_ratio or flags.get("ar", "1:1"),
+        negative_prompt=", ".join(part for part in negatives if part) or None,
+        aspect_ratio=aspect_ratio or flags.get("ar") or defaults.aspect_ratio or "1:1",
         seed=seed,
         steps=steps,
         guidance=guidance,
-        count=count,
+        count=count or defaults.count or 1,
         image_url=image_url,
         strength=strength,
     )

@@ -19,7 +19,7 @@ from typing import Any
 import discord
 
 from bot import render
-from bot.buttons import ENDED_ACTIONS, ButtonAction, job_view, result_view
+from bot.buttons import ENDED_ACTIONS, ButtonAction, ResultMoves, job_view, result_view
 from bot.clock import wall_clock
 from bot.delivery import Upload, fit_within, upload_stem
 from bot.engine import JobResult, JobUpdate
@@ -76,7 +76,7 @@ class JobPresenter:
         params: GenerationParams,
         *,
         token: str | None,
-        can_vary: bool,
+        moves: ResultMoves,
         spoiler_outside_nsfw: bool,
         filesize_limit: int | None,
         on_channel_message: Callable[[int], Awaitable[None]],
@@ -88,7 +88,7 @@ class JobPresenter:
         self._user_id = record.user_id
         self._channel_id = record.channel_id
         self._guild_id = record.guild_id
-        self._can_vary = can_vary
+        self._moves = moves  # which of V, Vary, Upscale, Zoom Out and Pan its result offers (bot/buttons.py)
         self._spoiler_outside_nsfw = spoiler_outside_nsfw
         self._filesize_limit = filesize_limit  # the interaction's own; unknown after a restart
         # Someone other than the set's requester clicked the button that made this job: the label names them.
@@ -180,7 +180,7 @@ class JobPresenter:
         embed = render.result_embed(self._params, self._requester, result, seconds=seconds, notes=notes)
         first = result.images[0]
         self._dressed(embed, size=(first.width, first.height), thumbnail=False)
-        view = result_view(self._key, len(uploads), can_vary=self._can_vary)
+        view = result_view(self._key, len(uploads), can_vary=self._moves.vary, can_outpaint=self._moves.outpaint)
         # Editing the status message is idempotent: a bot killed between this edit and the ledger's record of it
         # edits the same message again after its restart, and nobody sees the picture twice.
         return await self._last_look(embed, view, uploads)

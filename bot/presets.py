@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bot.outpaint import image_size, make_mask
 from bot.params import DEFAULT_STRENGTH, MAX_SEED, UPSCALE_STRENGTH, GenerationParams, InvalidParams
 from bot.text import plural
 
@@ -75,6 +76,9 @@ class WorkerPreset:
     default_steps: int | None = None
     default_guidance: float | None = None
     image_default_steps: int | None = None  # the steps of its image-to-image path, when they differ
+    # Whether its workflow template may say where to paint outside a picture (Zoom Out, Pan): only a template
+    # with {{image}} and {{mask}} then does (`paints_outside`).
+    takes_mask: bool = False
 
     def sent_numbers(self, params: GenerationParams) -> SentNumbers:
         """The steps, guidance and size in pixels a job with `params` is sent with."""
@@ -133,6 +137,8 @@ class WorkerPreset:
         (preflight). How many pictures one job makes is not a refusal: a request runs as `parts`."""
         if params.image_url is not None and not self.can_start_from_image:
             raise InvalidParams(f"This server's worker ({self.name}) cannot start from a picture.")
+        if params.outpaint is not None and not self.takes_mask:
+            raise InvalidParams(f"This server's worker ({self.name}) cannot paint outside a picture (Zoom Out, Pan).")
         if self.check is not None:
             self.check(params, workflow)
 
@@ -177,6 +183,10 @@ class WorkerPreset:
         except InvalidParams:
             return False
         return True
+
+    def paints_outside(self, workflow: Any = None) -> bool:
+        """Whether Zoom Out and Pan can run on this endpoint: a picture and a mask of where to paint go in."""
+        return self.takes_mask and self.takes_image(workflow) and "mask" in workflow_placeholders(workflow)
 
     def build_input(
         self,
@@ -267,6 +277,7 @@ COMFY_PLACEHOLDERS = (
     "count",
     "image",  # the file name of the uploaded picture, for a LoadImage node
     "strength",  # how far to move from it, for a KSampler's denoise (1.0 in a text job: paint from noise)
+    "mask",  # the file name of the uploaded mask (white: paint here), for Zoom Out and Pan (bot/outpaint.py)
 )
 
 
@@ -286,6 +297,8 @@ def parse_workflow(text: str) -> dict[str, Any]:
         )
     if "prompt" not in found:
         raise InvalidParams("The ComfyUI workflow needs a {{prompt}} placeholder where the prompt goes.")
+    if "mask" in found and "image" not in found:
+        raise InvalidParams("The ComfyUI workflow has a {{mask}} but no {{image}} for it to mask.")
     return workflow
 
 
@@ -305,6 +318,10 @@ def _check_comfyui(params: GenerationParams, workflow: Any) -> None:
         )
     if params.image_url is None and takes_image:
         raise InvalidParams("This server's ComfyUI workflow starts from a picture: attach one with the image option.")
+    if params.outpaint is not None and "mask" not in workflow_placeholders(workflow):
+        raise InvalidParams(
+            "This server's ComfyUI workflow cannot paint outside a picture: it has no {{mask}} placeholder."
+        )
 
 
 # ComfyUI lists only files with an image extension in LoadImage, so the upload's name must carry the right one.
@@ -332,12 +349,20 @@ def _comfyui(
         "guidance": params.guidance if params.guidance is not None else COMFY_GUIDANCE,
         "count": params.count,
         "strength": start.strength if start is not None else 1.0,
+        "mask": "",
     }
     images: list[dict[str, str]] = []
     if start is not None and start.data is not None:
         values["image"] = comfy_image_name(start.data)
         # raw base64, not a data URI: worker-comfyui before 5.x decodes the string as it comes
         images.append({"name": values["image"], "image": base64.b64encode(start.data).decode("ascii")})
+        if "mask" in workflow_placeholders(workflow):  # blocking, like the base64: build_input runs in a thread
+            canvas = image_size(start.data)
+            mask = make_mask(canvas, params.outpaint)
+            values["mask"] = comfy_image_name(mask)
+            images.append({"name": values["mask"], "image": base64.b64encode(mask).decode("ascii")})
+            if params.outpaint is not None:  # the canvas is the picture's size now
+                values["width"], values["height"] = canvas
 
     def fill(node: Any) -> Any:
         if isinstance(node, dict):
@@ -431,6 +456,7 @@ PRESETS: dict[str, WorkerPreset] = {
             check=_check_comfyui,
             default_steps=COMFY_STEPS,
             default_guidance=COMFY_GUIDANCE,
+            takes_mask=True,
         ),
     )
 }

@@ -232,7 +232,11 @@ def made_label(
     elif kind == "upscale" or params.upscale:
         style = f" ({argument})" if argument and not argument.isdigit() else ""
         label = f"{'Upscale' if running else 'Upscaled'} 2×{style}{of}"
-    elif kind:  # a move of another kind (Zoom, Pan...): its name as its button says it
+    elif kind == "zoom":
+        label = f"{'Zoom' if running else 'Zoomed'} out {argument}×"
+    elif kind == "pan":
+        label = f"{'Pan' if running else 'Panned'} {argument}"
+    elif kind:  # a move of another kind: its name as its button says it
         label = f"{kind.capitalize()}{f' {argument}' if argument and not argument.isdigit() else ''}{of}"
     elif params.image_url is not None:
         label = f"Image prompt · strength {start_strength(params):g}"

@@ -11,7 +11,9 @@ import discord
 
 from bot.errors import BotError, OutputError
 from bot.images import (
+    RESULT_BYTES_PER_PIXEL,
     UPSCALE_FACTOR,
+    ImageHeader,
     MemoryBudget,
     fit_start,
     prepare_bytes,
@@ -20,6 +22,7 @@ from bot.images import (
     too_much_memory,
 )
 from bot.live import TRANSPORT_ERRORS, describe, retrying, transient
+from bot.outpaint import canvas_size, make_canvas
 from bot.params import GenerationParams, InvalidParams
 from bot.presenter import JobPresenter
 from bot.presets import WorkerPreset
@@ -67,6 +70,9 @@ async def prepare(
     data = await _read(client, params.image_url)
     try:
         header = await budget.run(0, functools.partial(read_header, data, _WHERE), tenant=tenant)
+        if params.outpaint is not None:  # Zoom Out, Pan: only on a worker that takes base64 (bot/presets.py)
+            canvas, size = await _canvas(budget, data, header, params.outpaint, preset, tenant)
+            return params, canvas, size
         factor = UPSCALE_FACTOR if params.upscale else 1
         size = start_size(header.width, header.height, factor=factor, max_pixels=preset.max_start_pixels)
         as_sent = size == (header.width, header.height) and (
@@ -88,6 +94,21 @@ async def prepare(
     if url is None:
         raise BotError("The picture to start from could not be posted for the worker to fetch. Try again.")
     return dataclasses.replace(params, image_url=url), None, size
+
+
+async def _canvas(
+    budget: MemoryBudget, data: bytes, header: ImageHeader, outpaint: str, preset: WorkerPreset, tenant: object
+) -> tuple[bytes, tuple[int, int]]:
+    """The picture on the canvas a Zoom Out or Pan paints, within the worker's size, made on the pictures' thread;
+    and the canvas's size."""
+    size = canvas_size(header.width, header.height, outpaint, max_pixels=preset.max_start_pixels)
+    needed = prepare_bytes(header, size) + size[0] * size[1] * RESULT_BYTES_PER_PIXEL
+    if needed > budget.limit:
+        raise OutputError(too_much_memory(_WHERE, header, needed, budget.limit, doing="preparing"))
+    make = functools.partial(
+        make_canvas, data, _WHERE, outpaint, max_pixels=preset.max_start_pixels, max_bytes=MAX_START_BYTES
+    )
+    return await budget.run(needed, make, tenant=tenant), size
 
 
 async def _read(client: discord.Client, url: str) -> bytes:

@@ -125,6 +125,16 @@ usage_days = sa.Table(
     sa.Column("gpu_ms", sa.BigInteger, nullable=False),
 )
 
+# A member's remembered defaults in one server (/settings): a JSON object of `bot.params.MemberDefaults`' fields.
+member_settings = sa.Table(
+    "member_settings",
+    metadata,
+    sa.Column("guild_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("user_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("settings", sa.JSON, nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
 
 # The slash commands last published for each application (its bot token), as a hash of their payload: the
 # release phase publishes only when the bot's commands differ from it (bot/release.py).
@@ -453,6 +463,27 @@ class Storage:
             await connection.execute(
                 sa.insert(guild_policies).values(guild_id=guild_id, policy=policy, updated_at=self.clock())
             )
+
+    @_uninterruptible
+    async def member_settings(self, guild_id: int, user_id: int) -> dict[str, Any]:
+        """A member's remembered defaults in this server ({} when none)."""
+        key = (member_settings.c.guild_id == guild_id) & (member_settings.c.user_id == user_id)
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(sa.select(member_settings.c.settings).where(key))).first()
+        return dict(row.settings) if row and isinstance(row.settings, dict) else {}
+
+    @_uninterruptible
+    async def save_member_settings(self, guild_id: int, user_id: int, settings: dict[str, Any]) -> None:
+        """Replace a member's defaults in this server; an empty `settings` forgets them."""
+        key = (member_settings.c.guild_id == guild_id) & (member_settings.c.user_id == user_id)
+        async with self.engine.begin() as connection:
+            await connection.execute(sa.delete(member_settings).where(key))
+            if settings:
+                await connection.execute(
+                    sa.insert(member_settings).values(
+                        guild_id=guild_id, user_id=user_id, settings=settings, updated_at=self.clock()
+                    )
+                )
 
     # --- job ledger --------------------------------------------------------------------------------
 

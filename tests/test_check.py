@@ -87,7 +87,7 @@ async def test_all_good(tmp_path, discord_double, runpod):
         "configuration", "DISCORD_TOKEN", "slash commands", "database", "BOT_ENCRYPTION_KEY",
         "RunPod endpoint test-endpoint", "permissions",
     ]  # fmt: skip
-    assert "imagine, runpod published globally" in report.line("slash commands")
+    assert "imagine, runpod, settings published globally" in report.line("slash commands")
     assert "schema at the latest revision" in report.line("database")
     assert "0 in queue" in report.line("RunPod endpoint")
     permissions = report.line("permissions")
@@ -110,7 +110,7 @@ async def test_commands_not_synced(tmp_path, discord_double, runpod):
     report = await check(tmp_path, discord_double, runpod)
     assert report.code == 1
     line = report.line("slash commands")
-    assert line.startswith("FAIL slash commands: not published globally: imagine, runpod")
+    assert line.startswith("FAIL slash commands: not published globally: imagine, runpod, settings")
     assert "python -m bot sync" in line
     assert report.line("DISCORD_TOKEN").startswith("ok")
 

@@ -75,7 +75,10 @@ async def test_the_full_conversation_from_defer_to_the_picture(harness):
     (job,) = harness.runpod.jobs.values()
     rows = [[button["custom_id"] for button in row["components"]] for row in final.components]
     assert rows == [
-        [f"imagine:{action}:{interaction.id}" for action in ("vary:subtle", "vary:strong", "upscale")],
+        [
+            f"imagine:{action}:{interaction.id}"
+            for action in ("vary:subtle", "vary:strong", "upscale:subtle", "upscale:creative")
+        ],
         [f"imagine:{action}:{interaction.id}" for action in ("reroll", "edit", "info", "delete")],
     ]
     assert job.api_key == API_KEY

@@ -146,10 +146,10 @@ async def test_an_upscale_is_labelled_with_its_size_and_never_shows_an_internal_
         final = await harness.finished(await harness.imagine("one tower"))
         big = make_png(80, 80, seed=8)
         harness.runpod.default_script = lambda job_input: Script(queue_s=0.4, run_s=0.2, output=outputs.sdxl(big))
-        upscale = await click(harness, final, "upscale")
+        upscale = await click(harness, final, "upscale:subtle")
         done = await harness.finished(upscale)
 
-    assert done.embeds[0]["author"]["name"] == "Upscaled 2× · 80×80"  # clicked by the requester: no "by"
+    assert done.embeds[0]["author"]["name"] == "Upscaled 2× (subtle) · 80×80"  # clicked by the requester: no "by"
     statuses = [embed for embed in looks(harness, upscale) if embed["title"] != "✅ Done"]
     titles = {embed["title"] for embed in statuses}
     assert "⏳ Starting" in titles and not any("RunPod" in title for title in titles)
@@ -157,7 +157,7 @@ async def test_an_upscale_is_labelled_with_its_size_and_never_shows_an_internal_
     (start,) = posted.files
     for embed in statuses[statuses.index(posted.json["embeds"][0]) :]:
         assert embed["thumbnail"]["url"] == f"attachment://{start.filename}"  # drawn small, inside the card
-        assert embed["author"]["name"] == "Upscale 2×"
+        assert embed["author"]["name"] == "Upscale 2× (subtle)"
         assert start.filename not in str(embed.get("fields"))
     assert [attachment.data for attachment in done.attachments] == [big]  # the start picture is gone
 

@@ -18,7 +18,7 @@ from PIL import Image
 from bot.buttons import Variation
 from bot.crypto import Vault
 from bot.images import ImageHeader, prepare_bytes, start_size
-from bot.params import UPSCALE_STRENGTH
+from bot.params import UPSCALE_STRENGTHS
 from bot.presets import PRESETS
 from bot.runpod import RUN_BODY_LIMIT, RetryPolicy
 from bot.start_picture import from_discord
@@ -114,12 +114,14 @@ async def test_u2_posts_picture_2_alone_with_the_single_picture_buttons(harness)
     assert attachment.data == final.attachments[1].data  # picture 2, the very bytes
     assert picked.embeds[0]["title"] == "🖼️ Picture 2 of 4"
     assert custom_ids(picked)[0] == [
-        f"imagine:{action}:{interaction.id}" for action in ("vary:subtle", "vary:strong", "upscale")
+        f"imagine:{action}:{interaction.id}"
+        for action in ("vary:subtle", "vary:strong", "upscale:subtle", "upscale:creative")
     ]
     assert len(harness.runpod.jobs) == 2  # posting a picture costs no GPU time
 
 
 async def test_v1_on_a_set_makes_variations_of_picture_1_from_its_url(harness):
+    await harness.bot.storage.save_member_settings(DEFAULT_GUILD_ID, DEFAULT_USER_ID, {"count": 2})  # /settings
     final = await harness.finished(await harness.imagine("vary me", count=2, seed=9))
     known = set(harness.runpod.jobs)
     v1 = await click(harness, final, "vary:1")
@@ -149,10 +151,10 @@ async def test_upscale_on_a_url_worker_sends_the_picture_enlarged_twice_where_th
     final = await harness.finished(await harness.imagine("upscale me"))
     known = set(harness.runpod.jobs)
     harness.runpod.default_script = lambda job_input: Script(queue_s=0.5, output=painted(job_input).output)
-    upscale = await click(harness, final, "upscale")
+    upscale = await click(harness, final, "upscale:subtle")
     await harness.discord.wait_for(lambda: jobs_after(harness, known))
     (job,) = jobs_after(harness, known)
-    assert job.input["strength"] == UPSCALE_STRENGTH
+    assert job.input["strength"] == UPSCALE_STRENGTHS["subtle"]
     async with aiohttp.ClientSession() as session, session.get(job.input["image_url"]) as response:
         start = await response.read()  # fetched as the worker fetches it, while the job waits
     done = await harness.finished(upscale)
@@ -402,11 +404,11 @@ async def test_upscale_on_a_base64_worker_sends_the_enlarged_bytes(harness):
     option = harness.discord.attachment_option(make_png(8, 8), "seed.png", "image/png")
     final = await harness.finished(await harness.imagine("enlarge", image=option))
     known = set(harness.runpod.jobs)
-    await harness.finished(await click(harness, final, "upscale"))
+    await harness.finished(await click(harness, final, "upscale:creative"))
     (job,) = jobs_after(harness, known)
     (entry,) = job.input["images"]
     assert Image.open(io.BytesIO(base64.b64decode(entry["image"]))).size == (80, 60)  # twice the picture posted
-    assert job.input["workflow"]["1"]["inputs"]["denoise"] == UPSCALE_STRENGTH
+    assert job.input["workflow"]["1"]["inputs"]["denoise"] == UPSCALE_STRENGTHS["creative"]
 
 
 def test_only_discord_s_own_addresses_are_fetched_as_a_picture_to_start_from():

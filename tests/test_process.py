@@ -17,7 +17,11 @@ async def test_sigterm_mid_job_closes_cleanly_and_tells_the_member(tmp_path, dis
     bot = await start_bot(tmp_path, discord_double, runpod, DISCORD_GUILD_IDS=str(DEFAULT_GUILD_ID))
     await ready(discord_double)
     await discord_double.wait_for(lambda: discord_double.commands(DEFAULT_GUILD_ID), timeout=15)
-    assert [command["name"] for command in discord_double.commands(DEFAULT_GUILD_ID)] == ["imagine", "runpod"]
+    assert [command["name"] for command in discord_double.commands(DEFAULT_GUILD_ID)] == [
+        "imagine",
+        "runpod",
+        "settings",
+    ]
 
     interaction = discord_double.slash("imagine", {"prompt": "a slow lighthouse"})
     await discord_double.send(interaction)
@@ -59,8 +63,8 @@ async def test_a_job_completes_through_the_real_process(tmp_path, discord_double
 async def test_sync_publishes_commands_globally(tmp_path, discord_double, runpod):
     bot = await start_bot(tmp_path, discord_double, runpod, "sync")
     assert await bot.finish() == 0
-    assert [command["name"] for command in discord_double.commands(None)] == ["imagine", "runpod"]
-    assert "published 2 global command(s): imagine, runpod" in bot.log
+    assert [command["name"] for command in discord_double.commands(None)] == ["imagine", "runpod", "settings"]
+    assert "published 3 global command(s): imagine, runpod, settings" in bot.log
 
 
 async def test_missing_or_refused_token_is_one_clear_line(tmp_path, discord_double, runpod):

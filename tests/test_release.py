@@ -27,14 +27,15 @@ VOICE_WARNING = "voice will NOT be supported"
 async def test_release_migrates_then_publishes_only_when_the_commands_changed(tmp_path, discord_double, runpod):
     first = await start_bot(tmp_path, discord_double, runpod, "release", BOT_ENCRYPTION_KEY=GENERATED)
     assert await first.finish() == 0
-    assert "database migrated: schema at revision 0009" in first.log
-    assert "published 2 global command(s): imagine, runpod" in first.log
-    assert [command["name"] for command in discord_double.commands(None)] == ["imagine", "runpod"]
+    assert "database migrated: schema at revision 0010" in first.log
+    assert "published 3 global command(s): imagine, runpod, settings" in first.log
+    assert [command["name"] for command in discord_double.commands(None)] == ["imagine", "runpod", "settings"]
     assert len(discord_double.calls_for("sync_global")) == 1
 
     second = await start_bot(tmp_path, discord_double, runpod, "release", BOT_ENCRYPTION_KEY=GENERATED)
     assert await second.finish() == 0
-    assert "slash commands unchanged since the last publish (imagine, runpod): not published again" in second.log
+    unchanged = "slash commands unchanged since the last publish (imagine, runpod, settings): not published again"
+    assert unchanged in second.log
     assert len(discord_double.calls_for("sync_global")) == 1  # nothing sent to Discord the second time
 
     # `sync` publishes whatever was published before, and the next release knows it
@@ -66,7 +67,7 @@ async def test_a_changed_command_is_published_by_the_next_release(tmp_path, disc
             assert (await release()).published
             assert not (await release()).published
             changed = await release("Paint a picture from your words")
-            assert changed == Publication(("imagine", "runpod"), published=True)
+            assert changed == Publication(("imagine", "runpod", "settings"), published=True)
             assert not (await release("Paint a picture from your words")).published
             assert (await release()).published  # and back again
         finally:

@@ -180,7 +180,9 @@ async def set_of_4(harness: Harness) -> Scene:
 
 
 async def variation(harness: Harness, of_set: Message) -> Scene:
-    """Ann clicks V2 on Ben's set: the variations are labelled with what they are and who asked for them."""
+    """Ann, whose /settings count is 4, clicks V2 on Ben's set: the variations are labelled with what they are and
+    who asked for them."""
+    await harness.bot.storage.save_member_settings(DEFAULT_GUILD_ID, ANN.id, {"count": 4})
     click = harness.discord.click(
         next(
             component["custom_id"]
