@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from bot.errors import ConfigError
 from bot.push import WEBHOOK_PATH
 
 if TYPE_CHECKING:
@@ -43,8 +44,6 @@ class WebServer:
             await web.TCPSite(self._runner, self._host, self._port).start()
         except OSError as error:
             await self._runner.cleanup()
-            from bot.errors import ConfigError
-
             raise ConfigError(f"PORT {self._port}: cannot listen there ({error.strerror or error})") from None
         log.info("web server listening on port %d (/healthz, /metrics%s)", self._port, self._webhooks_note)
 

@@ -103,3 +103,17 @@ async def test_check_says_whether_public_url_reaches_the_bot(tmp_path, discord_d
     assert line.startswith("warn webhooks: http://127.0.0.1:")
     assert "does not answer" in line
     assert "jobs are found by polling alone" in line
+
+
+async def test_a_port_already_taken_is_one_clear_line(tmp_path, discord_double, runpod):
+    taken = await asyncio.start_server(lambda reader, writer: None, "0.0.0.0", 0)
+    port = taken.sockets[0].getsockname()[1]
+    try:
+        bot = await start_bot(tmp_path, discord_double, runpod, PORT=str(port))
+        code = await bot.finish()
+    finally:
+        taken.close()
+        await taken.wait_closed()
+    assert code == 2
+    assert f"configuration error: PORT {port}: cannot listen there" in bot.log
+    assert "Traceback" not in bot.log
