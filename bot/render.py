@@ -314,8 +314,11 @@ def info_embed(
         embed.add_field(name="Without", value=safe_text(params.negative_prompt, 1000), inline=False)
     embed.add_field(name="Seed", value=str(params.seed))
     sent = preset.sent_numbers(params) if preset is not None else None
-    size = f" · {sent.width}×{sent.height}" if sent is not None else ""
-    embed.add_field(name="Size", value=f"{params.aspect_ratio}{size}")
+    if params.outpaint is not None:  # the canvas grows from the start picture's size, which the ledger does not keep
+        embed.add_field(name="Size", value="The picture's own, on a larger canvas")
+    else:
+        size = f" · {sent.width}×{sent.height}" if sent is not None else ""
+        embed.add_field(name="Size", value=f"{params.aspect_ratio}{size}")
     embed.add_field(name="Pictures", value=_pictures_arrived(record, params))
     steps = params.steps if params.steps is not None else (sent.steps if sent is not None else None)
     guidance = params.guidance if params.guidance is not None else (sent.guidance if sent is not None else None)

@@ -339,6 +339,11 @@ async def test_zoom_out_sends_the_picture_centred_on_a_doubled_canvas_and_a_mask
     record = await harness.bot.storage.job(zoom.id)
     assert (record.params["outpaint"], record.params["made_by"]) == ("zoom:2", "zoom:2")
     assert record.params["picture"] is None  # a factor, not a picture's number
+    info = await click(harness, done, "info")
+    await harness.discord.wait_for(lambda: harness.discord.calls_for("callback", info.token))
+    (callback,) = harness.discord.calls_for("callback", info.token)
+    fields = {field["name"]: field["value"] for field in callback.json["data"]["embeds"][0]["fields"]}
+    assert fields["Size"] == "The picture's own, on a larger canvas"  # not the aspect ratio's size, never sent
 
 
 async def test_pan_left_grows_the_canvas_on_the_left_only(harness):
