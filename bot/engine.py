@@ -101,7 +101,7 @@ LOCAL_MODE_NOTE = (
 # What RunPod's local test server answers to /status of a job it does not have (runpod's rp_fastapi `_sim_status`):
 # never a worker's failure.
 LOCAL_UNKNOWN_JOB = "Job ID not found"
-LARGE_ANSWER = 256 * 1024  # bytes; status answers without a picture are a few hundred
+_LARGE_ANSWER = 256 * 1024  # bytes; status answers without a picture are a few hundred
 # How many requests one API key may have in flight at once, as a share of the session's pooled connections (100 by
 # default, bot/__main__.py): a server whose jobs all finish together leaves the others three quarters of them.
 _KEY_SHARE = 4
@@ -209,6 +209,12 @@ class RunPodContext:
         return stats
 
 
+def may_hold_pictures(size: int) -> bool:
+    """Whether a /status answer of `size` bytes (-1: not said) may carry a job's pictures: those are read only with
+    a picture turn in hand."""
+    return not 0 <= size < _LARGE_ANSWER
+
+
 class _TurnBusy(Exception):
     """A large answer arrived while every picture turn was taken: left unread (its connection let go) until one is."""
 
@@ -226,7 +232,7 @@ class _Turn:
 
     async def admit(self, size: int) -> None:
         """`RunPodClient`'s admit hook: a large answer is read only with a turn in hand."""
-        if self._held or 0 <= size < LARGE_ANSWER:
+        if self._held or not may_hold_pictures(size):
             return
         if self._wait_in_socket:
             await self.wait()

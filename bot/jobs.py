@@ -28,7 +28,7 @@ from bot.clock import monotonic, wall_clock
 from bot.config import Settings
 from bot.crypto import Vault
 from bot.endpoints import Endpoint, Endpoints
-from bot.engine import LARGE_ANSWER, JobResult, JobUpdate, RunPodContext, follow_job, submit_job
+from bot.engine import JobResult, JobUpdate, RunPodContext, follow_job, may_hold_pictures, submit_job
 from bot.errors import BotError, JobCancelled, JobError, JobExpired, JobTimedOut, StartPictureUnread
 from bot.lifecycle import ENDINGS, LedgerState
 from bot.metrics import Metrics
@@ -646,7 +646,7 @@ class _PicturesIn(Exception):
 
 async def _no_pictures(size: int) -> None:
     """`RunPodClient.status`'s admit hook for a look at a part's state only: no answer with pictures is read."""
-    if not 0 <= size < LARGE_ANSWER:
+    if may_hold_pictures(size):
         raise _PicturesIn
 
 

@@ -16,11 +16,7 @@ from doubles.runpod import Script
 from tests.processes import ready, start_bot
 from tests.test_check import check
 from tests.test_restart import title
-
-
-async def get(url: str) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        return response.status, await response.text()
+from tests.test_web_e2e import get
 
 
 async def healthy(url: str, timeout: float = 15.0) -> list[int]:
