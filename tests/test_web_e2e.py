@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from doubles import outputs
+from doubles.discord import DEFAULT_GUILD_ID, DEFAULT_USER_ID, OTHER_CHANNEL_ID, OTHER_GUILD_ID, UserSpec, two_guilds
 from doubles.harness import (
     API_KEY,
     fast_options,
@@ -201,3 +202,42 @@ async def test_each_part_of_a_set_has_its_own_webhook(runpod):
         # one look when woken; the second part may also be looked at once while the first is followed, to tell
         # the status whether it is painting (never reading its pictures then)
         assert 1 <= len(runpod.requests_for("status", job_id)) <= 2
+
+
+async def test_a_flood_of_webhooks_from_one_server_wakes_the_other_servers_job_on_its_own(runpod):
+    """One server's 12 jobs end together with the other server's one: each is woken by its own webhook, and the
+    other server's job is looked at once, when its own webhook comes, not when the flood's do."""
+    worker = lambda job_input: Script(queue_s=0.05, run_s=0.3, output=outputs.sdxl(png_for(job_input["prompt"])))  # noqa: E731
+    settings = push_settings(runpod)
+    async with running_bot(runpod, settings=settings, options=push_options(), worker=worker, guilds=two_guilds()) as h:
+        await h.bot.storage.save_guild_policy(DEFAULT_GUILD_ID, {"member_concurrent": 12, "guild_concurrent": 12})
+        flood = [
+            await h.imagine(f"flood {n}", user=UserSpec(id=DEFAULT_USER_ID + n, username=f"m{n}", global_name=f"M{n}"))
+            for n in range(12)
+        ]
+        other = h.discord.slash(
+            "imagine", {"prompt": "meanwhile elsewhere"}, guild_id=OTHER_GUILD_ID, channel_id=OTHER_CHANNEL_ID
+        )
+        await h.discord.send(other)
+        finals = [await h.finished(interaction, timeout=20) for interaction in [*flood, other]]
+    assert [final.embeds[0]["title"] for final in finals] == ["✅ Done"] * 13
+    assert uploaded_pngs(finals[-1]) == [png_for("meanwhile elsewhere")]
+    (other_job,) = [job_id for job_id, job in runpod.jobs.items() if job.input["prompt"] == "meanwhile elsewhere"]
+    assert len(runpod.requests_for("status", other_job)) == 1
+    assert all(call.status == 200 for call in runpod.webhook_calls) and len(runpod.webhook_calls) == 13
+
+
+async def test_the_wake_up_s_status_refused_with_503_is_asked_again_soon(runpod):
+    """RunPod answers the woken follower's /status with 503 (twice, after the client's own retries): the follower
+    keeps asking on the outage backoff, not at the sparse fallback, and posts the picture."""
+    async with running_bot(runpod, settings=push_settings(runpod), options=push_options()) as harness:
+        runpod.webhook_delay_s = 0.2
+        runpod.script_next(Script(queue_s=0.05, run_s=0.1, output=outputs.sdxl(png_for("through an outage"))))
+        interaction = await harness.imagine("through an outage")
+        await harness.discord.wait_for(lambda: bool(runpod.requests_for("run")), timeout=5)
+        runpod.fail_next("status", 503, count=8)
+        message = await harness.finished(interaction, timeout=15)
+    assert message.embeds[0]["title"] == "✅ Done"
+    assert uploaded_pngs(message) == [png_for("through an outage")]
+    (job_id,) = runpod.jobs
+    assert len(runpod.requests_for("status", job_id)) > 8  # the 503s, then the answer with the picture
