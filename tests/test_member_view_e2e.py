@@ -13,6 +13,7 @@ import pytest
 
 from doubles import outputs
 from doubles.discord import DEFAULT_CHANNEL_ID, DEFAULT_GUILD_ID, UserSpec
+from doubles.faults import RESET
 from doubles.harness import button, fast_options, field_value, png_for, running_bot
 from doubles.outputs import make_png
 from doubles.runpod import Script
@@ -374,3 +375,25 @@ async def test_a_failed_card_can_be_deleted_by_its_requester(runpod):
 def _fields(harness, interaction) -> dict[str, str]:
     (callback,) = harness.discord.calls_for("callback", interaction.token)
     return {field["name"]: field["value"] for field in callback.json["data"]["embeds"][0]["fields"]}
+
+
+async def test_a_connection_reset_on_the_continuation_still_hands_over_to_a_reply(runpod):
+    """Discord hangs up on the first post of the continuation: it is posted again, still as a reply to the first
+    card, and the first card still says where the job went on."""
+    async with running_bot(runpod, options=fast_options(expiry_margin=timedelta(seconds=3))) as harness:
+        png = png_for("a long night")
+        harness.runpod.default_script = lambda job_input: Script(
+            queue_s=0.1, run_s=5.0, progress=[(0.2, "2/10"), (2.0, "6/10")], output=outputs.sdxl(png)
+        )
+        harness.discord.fail_next("channel_message", RESET)
+        created = datetime.now(UTC) - timedelta(minutes=15) + timedelta(seconds=6)
+        interaction = await harness.imagine("a long night", created_at=created)
+        final = await harness.finished(interaction, timeout=20)
+
+    original = harness.discord.original_message(interaction.token)
+    assert original.embeds[0]["title"] == "⤵️ Continued below"
+    assert custom_ids(original) == [[f"imagine:info:{interaction.id}"]]
+    assert final.reply_to == original.id
+    assert [attachment.data for attachment in final.attachments] == [png]
+    posted = harness.discord.calls_for("channel_message")
+    assert len(posted) >= 2 and posted[0].chaos == "reset"  # the hang-up, then the continuation that arrived
